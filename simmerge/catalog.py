@@ -1,0 +1,240 @@
+"""The catalog: a base model, the experts fine-tuned from it, and the tasks they are for.
+
+A catalog is a YAML file (paths relative to the file)::
+
+    name: tiny-zoo                 # optional
+    base: {name: base, path: base}
+    experts:
+      - {name: reverse_a, path: experts/reverse_a, tasks: [reverse]}
+    tasks:                         # optional: eval data and probe prompts per task
+      reverse: {eval: eval/reverse.jsonl, probes: probes/reverse.jsonl}
+
+:meth:`Catalog.load` checks everything that can be checked cheaply before any heavy work: the
+schema (unknown keys and wrong types are errors), unique and file-safe names, that every path
+exists, and that every expert has the base's architecture, vocabulary and tensor names/shapes
+(headers and config files only; no weights are read).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from simmerge.checkpoint import Checkpoint, open_checkpoint
+from simmerge.compat import check_compatible
+from simmerge.errors import CatalogError, DuplicateNameError, InputNotFoundError
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class _ModelEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    name: str
+    path: str
+
+
+class _ExpertEntry(_ModelEntry):
+    tasks: list[str] = []
+
+
+class _TaskEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    eval: str | None = None
+    probes: str | None = None
+
+
+class _CatalogFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    name: str | None = None
+    base: _ModelEntry
+    experts: list[_ExpertEntry]
+    tasks: dict[str, _TaskEntry] = {}
+
+
+@dataclass(frozen=True)
+class CatalogModel:
+    """A model of the catalog: its unique name, folder and the tasks it is an expert for."""
+
+    name: str
+    path: Path
+    tasks: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A task: optional eval data file and optional probe prompts file."""
+
+    name: str
+    eval: Path | None = None
+    probes: Path | None = None
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """A validated catalog. Build it with :meth:`load` (or :meth:`from_dict`)."""
+
+    name: str
+    source: Path | None
+    base: CatalogModel
+    experts: tuple[CatalogModel, ...]
+    tasks: dict[str, TaskSpec]
+    _checkpoints: dict[str, Checkpoint] = field(default_factory=dict, repr=False, compare=False)
+
+    # --- lookups -----------------------------------------------------------------------------
+
+    @property
+    def expert_names(self) -> list[str]:
+        return [e.name for e in self.experts]
+
+    @property
+    def task_names(self) -> list[str]:
+        names = list(self.tasks)
+        for e in self.experts:
+            names += [t for t in e.tasks if t not in names]
+        return names
+
+    def model(self, name: str) -> CatalogModel:
+        if name == self.base.name:
+            return self.base
+        for e in self.experts:
+            if e.name == name:
+                return e
+        raise CatalogError(
+            f"Catalog {self.name!r} has no model named {name!r}.",
+            f"use one of: {', '.join([self.base.name, *self.expert_names])}.",
+        )
+
+    def experts_for(self, task: str) -> list[CatalogModel]:
+        return [e for e in self.experts if task in e.tasks]
+
+    def checkpoint(self, name: str) -> Checkpoint:
+        """The opened (lazy) checkpoint of a model; opened once and reused."""
+        if name not in self._checkpoints:
+            self._checkpoints[name] = open_checkpoint(self.model(name).path)
+        return self._checkpoints[name]
+
+    # --- loading -----------------------------------------------------------------------------
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        *,
+        allow_pickle: bool = False,
+        allow_remote_code: bool = False,
+        check_models: bool = True,
+    ) -> Catalog:
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise InputNotFoundError(
+                f"Catalog file {str(path)!r} does not exist.",
+                "pass the path to a catalog YAML (see `simmerge zoo build` for an example).",
+            )
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise CatalogError(f"Catalog {str(path)!r} is not valid YAML: {exc}.") from None
+        return cls.from_dict(
+            data,
+            root=path.parent,
+            source=path,
+            allow_pickle=allow_pickle,
+            allow_remote_code=allow_remote_code,
+            check_models=check_models,
+        )
+
+    @classmethod
+    def from_dict(
+        cls,
+        data: Any,
+        *,
+        root: Path,
+        source: Path | None = None,
+        allow_pickle: bool = False,
+        allow_remote_code: bool = False,
+        check_models: bool = True,
+    ) -> Catalog:
+        where = str(source) if source else "catalog"
+        if not isinstance(data, Mapping):
+            raise CatalogError(
+                f"Catalog {where!r} must be a YAML mapping with `base` and `experts`."
+            )
+        try:
+            spec = _CatalogFile.model_validate(dict(data))
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            loc = ".".join(str(p) for p in err["loc"])
+            raise CatalogError(
+                f"Catalog {where!r}: {loc}: {err['msg']}.",
+                "allowed keys: name, base{name,path}, experts[{name,path,tasks}], "
+                "tasks{NAME: {eval, probes}}.",
+            ) from None
+        names = [spec.base.name] + [e.name for e in spec.experts]
+        for name in names + list(spec.tasks) + [t for e in spec.experts for t in e.tasks]:
+            if not NAME_PATTERN.match(name):
+                raise CatalogError(
+                    f"Catalog {where!r}: name {name!r} is not allowed (it is used in file names).",
+                    "use letters, digits, '.', '_' and '-' only, starting with a letter or digit.",
+                )
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise DuplicateNameError(
+                f"Catalog {where!r}: model name(s) used more than once: {', '.join(dupes)}.",
+                "give every model (base and experts) a unique name.",
+            )
+        if not spec.experts:
+            raise CatalogError(f"Catalog {where!r} lists no experts.", "add at least one expert.")
+
+        def folder(p: str, who: str) -> Path:
+            resolved = (root / Path(p).expanduser()).resolve()
+            if not resolved.is_dir():
+                raise InputNotFoundError(
+                    f"Catalog {where!r}: the folder of {who!r} does not exist: {str(resolved)!r}.",
+                    "fix the path (relative paths are relative to the catalog file).",
+                )
+            return resolved
+
+        def data_file(p: str | None, who: str) -> Path | None:
+            if p is None:
+                return None
+            resolved = (root / Path(p).expanduser()).resolve()
+            if not resolved.is_file():
+                raise InputNotFoundError(
+                    f"Catalog {where!r}: {who} file does not exist: {str(resolved)!r}.",
+                    "fix the path (relative paths are relative to the catalog file).",
+                )
+            return resolved
+
+        base = CatalogModel(spec.base.name, folder(spec.base.path, spec.base.name))
+        experts = tuple(
+            CatalogModel(e.name, folder(e.path, e.name), tuple(e.tasks)) for e in spec.experts
+        )
+        tasks = {
+            name: TaskSpec(
+                name,
+                data_file(t.eval, f"eval data of task {name!r}"),
+                data_file(t.probes, f"probes of task {name!r}"),
+            )
+            for name, t in spec.tasks.items()
+        }
+        catalog = cls(
+            spec.name or (source.stem if source else "catalog"), source, base, experts, tasks
+        )
+        if check_models:
+            catalog._check_models(allow_pickle, allow_remote_code)
+        return catalog
+
+    def _check_models(self, allow_pickle: bool, allow_remote_code: bool) -> None:
+        for m in (self.base, *self.experts):
+            self._checkpoints[m.name] = open_checkpoint(
+                m.path, allow_pickle=allow_pickle, allow_remote_code=allow_remote_code
+            )
+        base = self._checkpoints[self.base.name]
+        for e in self.experts:
+            check_compatible(base, self._checkpoints[e.name], self.base.name, e.name)

@@ -1,0 +1,96 @@
+"""Crash-safe writes: everything simmerge writes appears whole or not at all.
+
+Files are written to a temporary sibling and renamed into place (``os.replace`` is atomic on
+POSIX within one file system); output folders are built in a hidden temporary sibling folder and
+renamed when complete. A killed process leaves at most a ``.tmp-*`` sibling behind, never a
+half-written result under the real name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from simmerge.errors import OutputPathError, SimmergeError
+
+
+def _tmp_sibling(path: Path) -> Path:
+    return path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+
+
+def ensure_writable_dir(folder: Path, what: str) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputPathError(
+            f"Cannot create {what} folder {str(folder)!r}: {exc.strerror or exc}.",
+            "choose a location you can write to.",
+        ) from None
+    if not os.access(folder, os.W_OK):
+        raise OutputPathError(
+            f"The {what} folder {str(folder)!r} is not writable.",
+            "fix its permissions or choose another location.",
+        )
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    ensure_writable_dir(path.parent, "output")
+    tmp = _tmp_sibling(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OutputPathError(
+            f"Could not write {str(path)!r}: {exc.strerror or exc}.",
+            "check free disk space and permissions.",
+        ) from None
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+@contextlib.contextmanager
+def atomic_output_dir(out_dir: Path, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder; on success it replaces ``out_dir`` in one rename.
+
+    On any exception the temporary folder is removed and ``out_dir`` is left as it was.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise OutputPathError(
+            f"Output folder {str(out_dir)!r} already exists.",
+            "choose a new folder or pass overwrite=True (--overwrite).",
+        )
+    ensure_writable_dir(out_dir.parent, "output")
+    tmp = _tmp_sibling(out_dir)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if out_dir.exists():
+            old = _tmp_sibling(out_dir)
+            os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, SimmergeError):
+            raise
+        raise OutputPathError(
+            f"Writing {str(out_dir)!r} failed: {exc.strerror or exc}.",
+            "check free disk space and permissions; nothing was left under that name.",
+        ) from exc
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -1,0 +1,301 @@
+"""Merge operators as functions on tensors.
+
+Semantics follow mergekit 0.1.5 (see DESIGN.md, "Merge operators"). Notation: ``base`` is the
+shared base tensor, ``experts`` the member tensors, ``tau_i = W_i - W_base`` their task vectors,
+``w_i`` per-member weights and ``lam`` a global scale.
+
+Memory contract: every function *consumes* its ``experts`` (and ``base``) tensors -- it may
+overwrite them in place to hold task vectors or the result -- so the engine can stay within a few
+tensors of memory per step. Callers that need their inputs afterwards pass clones
+(:func:`simmerge.merge.registry.apply_operator` does that for you). Inputs are float32 or float64 on
+one device; the result has the same dtype and shape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from simmerge.merge.selection import chunks, top_k_mask
+
+_EPS = 1e-8
+
+
+# --- sparsification of one task vector (in place) --------------------------------------------
+
+
+def _keep_count(n: int, density: float) -> int:
+    """Entries kept at ``density``: at least one in a non-empty tensor (as mergekit does)."""
+    return max(1, int(density * n)) if n else 0
+
+
+def trim_magnitude_(delta: torch.Tensor, density: float) -> torch.Tensor:
+    """TIES trim: keep the ``density`` fraction of entries with largest |delta|, zero the rest."""
+    if density >= 1.0:
+        return delta
+    flat = delta.view(-1)
+    flat.masked_fill_(~top_k_mask(flat, _keep_count(flat.numel(), density)), 0.0)
+    return delta
+
+
+def trim_outliers_(delta: torch.Tensor, density: float, gamma: float) -> torch.Tensor:
+    """Breadcrumbs: drop the largest ``gamma`` fraction and the smallest, so ``density`` remains.
+
+    If ``gamma + density > 1`` fewer large entries are dropped, so exactly ``density`` remains.
+    """
+    if density >= 1.0:
+        return delta
+    flat = delta.view(-1)
+    n = flat.numel()
+    target = int(density * n)
+    n_top = min(int(gamma * n), n - target)
+    keep = top_k_mask(flat, n_top + target)
+    if n_top:
+        keep &= ~top_k_mask(flat, n_top)
+    flat.masked_fill_(~keep, 0.0)
+    return delta
+
+
+def _rescale_l1_(delta: torch.Tensor, l1_before: float) -> torch.Tensor:
+    """Scale ``delta`` so its L1 norm equals ``l1_before`` (DARE / DELLA rescale)."""
+    l1_after = float(delta.abs().sum())
+    if l1_before > _EPS and l1_after > _EPS:
+        delta.mul_(l1_before / l1_after)
+    return delta
+
+
+def drop_random_(
+    delta: torch.Tensor, density: float, rescale: bool, generator: torch.Generator
+) -> torch.Tensor:
+    """DARE: keep each entry with probability ``density``; optionally rescale to the same L1."""
+    if density >= 1.0:
+        return delta
+    l1_before = float(delta.abs().sum())
+    flat = delta.view(-1)
+    for sl in chunks(flat.numel()):
+        draw = torch.rand(sl.stop - sl.start, generator=generator, device=generator.device)
+        flat[sl].masked_fill_(draw.to(flat.device) >= density, 0.0)
+    return _rescale_l1_(delta, l1_before) if rescale else delta
+
+
+def drop_magnitude_ranked_(
+    delta: torch.Tensor,
+    density: float,
+    epsilon: float,
+    rescale: bool,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """DELLA MagPrune: keep probability rises linearly with magnitude rank within each row,
+    from ``density - epsilon`` (smallest) to ``density + epsilon`` (largest); then rescale."""
+    if density >= 1.0:
+        return delta
+    l1_before = float(delta.abs().sum())
+    rows = delta.view(1, -1) if delta.dim() < 2 else delta.view(delta.shape[0], -1)
+    width = rows.shape[1]
+    row_block = max(1, (1 << 20) // max(width, 1))
+    for start in range(0, rows.shape[0], row_block):
+        block = rows[start : start + row_block]
+        ranks = block.abs().argsort(dim=1).argsort(dim=1).to(block.dtype)  # 0 = smallest
+        rank_norm = ranks / (width - 1) if width > 1 else torch.full_like(ranks, 0.5)
+        probs = (density - epsilon) + rank_norm * (2.0 * epsilon)
+        draw = torch.rand(block.shape, generator=generator, device=generator.device)
+        block.masked_fill_(draw.to(block.device) >= probs, 0.0)
+    return _rescale_l1_(delta, l1_before) if rescale else delta
+
+
+# --- combining task vectors ------------------------------------------------------------------
+
+
+def combine_task_vectors_(
+    base: torch.Tensor,
+    deltas: Sequence[torch.Tensor],
+    weights: Sequence[float],
+    *,
+    sign_consensus: bool,
+    normalize: bool,
+    lam: float,
+) -> torch.Tensor:
+    """``base + lam * mix(w_i * tau_i)``, written into ``base`` chunk by chunk.
+
+    With ``sign_consensus`` (TIES): per entry the elected sign is the sign of the weighted sum
+    ``sum_i w_i * tau_i`` (a zero sum elects +); only entries whose weighted delta has the elected
+    sign are summed (zeros never agree), and ``normalize`` divides by the sum of the weights of
+    the agreeing members (the disjoint mean). Without it, ``normalize`` divides by ``sum_i w_i``.
+    """
+    flat_base = base.view(-1)
+    flat_deltas = [d.view(-1) for d in deltas]
+    w = torch.tensor(list(weights), dtype=base.dtype, device=base.device).unsqueeze(1)
+    total_weight = float(w.sum())
+    for sl in chunks(flat_base.numel()):
+        weighted = torch.stack([d[sl] for d in flat_deltas]) * w
+        if sign_consensus:
+            elected = torch.where(weighted.sum(0) >= 0, 1.0, -1.0).to(weighted.dtype)
+            agree = weighted.sign() == elected
+            mixed = (weighted * agree).sum(0)
+            if normalize:
+                divisor = (w * agree).sum(0)
+                mixed /= torch.where(divisor == 0, torch.ones_like(divisor), divisor)
+        else:
+            mixed = weighted.sum(0)
+            if normalize and abs(total_weight) > _EPS:
+                mixed /= total_weight
+        flat_base[sl] += lam * mixed
+    return base
+
+
+def _task_vectors_(base: torch.Tensor, experts: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    for x in experts:
+        x.sub_(base)
+    return list(experts)
+
+
+# --- the nine operators ----------------------------------------------------------------------
+
+
+def linear(
+    experts: Sequence[torch.Tensor], weights: Sequence[float], *, normalize: bool = True
+) -> torch.Tensor:
+    """``sum_i w_i W_i / sum_i w_i`` (no division when ``normalize`` is off)."""
+    out = experts[0].mul_(weights[0])
+    for x, wi in zip(experts[1:], weights[1:], strict=True):
+        out.add_(x, alpha=wi)
+    total = float(sum(weights))
+    if normalize and abs(total) > _EPS:
+        out /= total
+    return out
+
+
+def task_arithmetic(
+    base: torch.Tensor,
+    experts: Sequence[torch.Tensor],
+    weights: Sequence[float],
+    *,
+    lam: float = 1.0,
+    normalize: bool = False,
+) -> torch.Tensor:
+    """``W_base + lam * sum_i w_i tau_i``."""
+    deltas = _task_vectors_(base, experts)
+    return combine_task_vectors_(
+        base, deltas, weights, sign_consensus=False, normalize=normalize, lam=lam
+    )
+
+
+def ties(
+    base: torch.Tensor,
+    experts: Sequence[torch.Tensor],
+    weights: Sequence[float],
+    densities: Sequence[float],
+    *,
+    lam: float = 1.0,
+    normalize: bool = True,
+) -> torch.Tensor:
+    """TIES: trim each tau_i to its top ``density`` by magnitude, elect signs by weighted mass,
+    disjoint mean over agreeing entries, times ``lam``."""
+    deltas = _task_vectors_(base, experts)
+    for d, density in zip(deltas, densities, strict=True):
+        trim_magnitude_(d, density)
+    return combine_task_vectors_(
+        base, deltas, weights, sign_consensus=True, normalize=normalize, lam=lam
+    )
+
+
+def dare(
+    base: torch.Tensor,
+    experts: Sequence[torch.Tensor],
+    weights: Sequence[float],
+    densities: Sequence[float],
+    *,
+    generator: torch.Generator,
+    sign_consensus: bool,
+    lam: float = 1.0,
+    normalize: bool = False,
+    rescale: bool = True,
+) -> torch.Tensor:
+    """DARE (``dare_linear``; ``dare_ties`` with ``sign_consensus``): random drop + L1 rescale."""
+    deltas = _task_vectors_(base, experts)
+    for d, density in zip(deltas, densities, strict=True):
+        drop_random_(d, density, rescale, generator)
+    return combine_task_vectors_(
+        base, deltas, weights, sign_consensus=sign_consensus, normalize=normalize, lam=lam
+    )
+
+
+def breadcrumbs(
+    base: torch.Tensor,
+    experts: Sequence[torch.Tensor],
+    weights: Sequence[float],
+    densities: Sequence[float],
+    *,
+    gamma: float = 0.01,
+    lam: float = 1.0,
+    normalize: bool = False,
+) -> torch.Tensor:
+    """Model Breadcrumbs: drop the largest ``gamma`` and the smallest entries of each tau_i."""
+    deltas = _task_vectors_(base, experts)
+    for d, density in zip(deltas, densities, strict=True):
+        trim_outliers_(d, density, gamma)
+    return combine_task_vectors_(
+        base, deltas, weights, sign_consensus=False, normalize=normalize, lam=lam
+    )
+
+
+def della(
+    base: torch.Tensor,
+    experts: Sequence[torch.Tensor],
+    weights: Sequence[float],
+    densities: Sequence[float],
+    *,
+    generator: torch.Generator,
+    epsilon: float = 0.15,
+    lam: float = 1.0,
+    normalize: bool = True,
+    rescale: bool = True,
+) -> torch.Tensor:
+    """DELLA: magnitude-ranked random drop + rescale, then the TIES sign step, times ``lam``."""
+    deltas = _task_vectors_(base, experts)
+    for d, density in zip(deltas, densities, strict=True):
+        drop_magnitude_ranked_(d, density, epsilon, rescale, generator)
+    return combine_task_vectors_(
+        base, deltas, weights, sign_consensus=True, normalize=normalize, lam=lam
+    )
+
+
+SLERP_DOT_THRESHOLD = 0.9995
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, *, t: float) -> torch.Tensor:
+    """Spherical interpolation from ``a`` (t=0) to ``b`` (t=1) on the directions of the flattened
+    tensors, applied to the raw tensors; plain lerp when they are nearly colinear."""
+    norm_a, norm_b = float(a.norm()), float(b.norm())
+    dot = float((a * b).sum()) / (max(norm_a, _EPS) * max(norm_b, _EPS))
+    if norm_a <= _EPS or norm_b <= _EPS:
+        dot = 0.0  # a zero tensor has no direction; mergekit leaves it unnormalized
+    if abs(dot) > SLERP_DOT_THRESHOLD:
+        return a.mul_(1.0 - t).add_(b, alpha=t)
+    theta = torch.arccos(torch.tensor(dot, dtype=torch.float64))
+    sin_theta = torch.sin(theta)
+    s0 = float(torch.sin((1.0 - t) * theta) / sin_theta)
+    s1 = float(torch.sin(t * theta) / sin_theta)
+    return a.mul_(s0).add_(b, alpha=s1)
+
+
+def model_stock(base: torch.Tensor, experts: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Model Stock: ``t = N cos / (1 + (N-1) cos)`` from the mean pairwise cosine of the task
+    vectors; result ``t * mean(W_i) + (1 - t) * W_base``."""
+    n = len(experts)
+    deltas = _task_vectors_(base, experts)
+    norms = [float(d.norm()) for d in deltas]
+    cosines = [
+        max(-1.0, min(1.0, float((deltas[i] * deltas[j]).sum()) / max(norms[i] * norms[j], 1e-6)))
+        for i in range(n)
+        for j in range(i + 1, n)
+    ]
+    cos = sum(cosines) / len(cosines)
+    denominator = 1.0 + (n - 1) * cos
+    t = n * cos / denominator if abs(denominator) > _EPS else 0.0
+    # mean(W_i) = base + mean(tau_i), so the result is base + t * mean(tau_i).
+    mean_delta = deltas[0]
+    for d in deltas[1:]:
+        mean_delta.add_(d)
+    return base.add_(mean_delta, alpha=t / n)
