@@ -122,25 +122,32 @@ def combine_task_vectors_(
     ``sum_i w_i * tau_i`` (a zero sum elects +); only entries whose weighted delta has the elected
     sign are summed (zeros never agree), and ``normalize`` divides by the sum of the weights of
     the agreeing members (the disjoint mean). Without it, ``normalize`` divides by ``sum_i w_i``.
+
+    Members are accumulated one at a time into chunk-sized buffers (the deltas are consumed), so
+    scratch memory is a few chunks whatever the number of members.
     """
     flat_base = base.view(-1)
     flat_deltas = [d.view(-1) for d in deltas]
-    w = torch.tensor(list(weights), dtype=base.dtype, device=base.device).unsqueeze(1)
-    total_weight = float(w.sum())
+    total_weight = float(sum(weights))
     for sl in chunks(flat_base.numel()):
-        weighted = torch.stack([d[sl] for d in flat_deltas]) * w
+        mixed = torch.zeros_like(flat_base[sl])
+        for d, w in zip(flat_deltas, weights, strict=True):
+            mixed.add_(d[sl], alpha=w)
         if sign_consensus:
-            elected = torch.where(weighted.sum(0) >= 0, 1.0, -1.0).to(weighted.dtype)
-            agree = weighted.sign() == elected
-            mixed = (weighted * agree).sum(0)
-            if normalize:
-                divisor = (w * agree).sum(0)
-                mixed /= torch.where(divisor == 0, torch.ones_like(divisor), divisor)
-        else:
-            mixed = weighted.sum(0)
-            if normalize and abs(total_weight) > _EPS:
-                mixed /= total_weight
-        flat_base[sl] += lam * mixed
+            elected = torch.where(mixed >= 0, 1.0, -1.0)  # a zero sum elects +
+            mixed.zero_()
+            divisor = torch.zeros_like(mixed) if normalize else None
+            for d, w in zip(flat_deltas, weights, strict=True):
+                weighted = d[sl].mul_(w)
+                agree = (weighted * elected) > 0  # same sign as elected; zeros never agree
+                mixed.add_(weighted.mul_(agree))
+                if divisor is not None:
+                    divisor.add_(agree, alpha=w)
+            if divisor is not None:
+                mixed.div_(divisor.masked_fill_(divisor == 0, 1.0))
+        elif normalize and abs(total_weight) > _EPS:
+            mixed.div_(total_weight)
+        flat_base[sl].add_(mixed, alpha=lam)
     return base
 
 

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 import torch
 
-CHUNK = 1 << 22  # elements per chunk for elementwise passes (16 MiB of float32)
+CHUNK = 1 << 20  # elements per chunk for elementwise passes (4 MiB of float32)
 _SMALL = 1 << 20  # below this size a plain kthvalue is cheap enough
 _SAMPLE = 1 << 16
 
@@ -31,12 +31,19 @@ def chunks(n: int, size: int = CHUNK) -> Iterator[slice]:
 
 def kth_largest_abs(flat: torch.Tensor, k: int) -> float:
     """The k-th largest value of ``|flat|`` (1 <= k <= numel), exactly."""
+    return _kth_largest_abs_and_count_above(flat, k)[0]
+
+
+def _kth_largest_abs_and_count_above(flat: torch.Tensor, k: int) -> tuple[float, int]:
+    """The k-th largest ``|x|`` and how many entries are strictly larger (saves a pass)."""
     n = flat.numel()
     if not 1 <= k <= n:
         raise ValueError(f"k={k} out of range for a tensor of {n} elements")
     rank = n - k + 1  # 1-based rank in ascending order
     if n <= _SMALL:
-        return float(flat.abs().kthvalue(rank).values)
+        a = flat.abs()
+        value = a.kthvalue(rank).values
+        return float(value), int((a > value).sum())
     gen = torch.Generator(device="cpu").manual_seed(n)
     idx = torch.randint(n, (_SAMPLE,), generator=gen).to(flat.device)
     sample = flat[idx].abs().sort().values
@@ -52,9 +59,13 @@ def kth_largest_abs(flat: torch.Tensor, k: int) -> float:
         candidates.append(a[(a >= lo) & (a <= hi)])
     cand = torch.cat(candidates)
     if below < rank <= below + cand.numel():
-        return float(cand.kthvalue(rank - below).values)
+        value = cand.kthvalue(rank - below).values
+        above_bracket = n - below - cand.numel()
+        return float(value), above_bracket + int((cand > value).sum())
     # The sample missed the bracket (probability ~1e-6): pay for the exact full selection.
-    return float(flat.abs().kthvalue(rank).values)
+    a = flat.abs()
+    value = a.kthvalue(rank).values
+    return float(value), int((a > value).sum())
 
 
 def top_k_mask(flat: torch.Tensor, k: int) -> torch.Tensor:
@@ -65,8 +76,7 @@ def top_k_mask(flat: torch.Tensor, k: int) -> torch.Tensor:
         return mask
     if k >= n:
         return mask.fill_(True)
-    threshold = kth_largest_abs(flat, k)
-    above = sum(int((flat[sl].abs() > threshold).sum()) for sl in chunks(n))
+    threshold, above = _kth_largest_abs_and_count_above(flat, k)
     quota = k - above  # how many entries equal to the threshold still fit
     for sl in chunks(n):
         a = flat[sl].abs()
