@@ -1,6 +1,5 @@
-"""Tiny real Hugging Face checkpoints for tests: a Llama base and experts derived from it.
+"""Test fixtures: tiny real checkpoints (see simmerge.testing).
 
-Models are random (no training) but saved and loaded through the real transformers code paths.
 Import the fixtures into a test module with ``from _factories import ...``.
 """
 
@@ -10,63 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-VOCAB = ["<pad>", "<eos>"] + [chr(c) for c in range(ord("a"), ord("a") + 30)]
+from simmerge.testing import VOCAB, save_model, tiny_config, tiny_tokenizer
 
-
-def tiny_config(**overrides) -> LlamaConfig:
-    kwargs = dict(
-        vocab_size=len(VOCAB),
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=16,
-        tie_word_embeddings=False,
-        pad_token_id=0,
-        eos_token_id=1,
-        bos_token_id=1,
-    )
-    kwargs.update(overrides)
-    return LlamaConfig(**kwargs)
-
-
-def tiny_tokenizer(vocab: list[str] = VOCAB) -> PreTrainedTokenizerFast:
-    tok = Tokenizer(models.WordLevel({t: i for i, t in enumerate(vocab)}, unk_token="<pad>"))
-    tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>")
-
-
-def save_model(
-    path: Path,
-    *,
-    seed: int = 0,
-    base: Path | None = None,
-    scale: float = 0.05,
-    dtype: torch.dtype = torch.float32,
-    config: LlamaConfig | None = None,
-    tokenizer: PreTrainedTokenizerFast | None = None,
-    max_shard_size: str | None = None,
-) -> Path:
-    """Save a tiny Llama; with ``base``, its weights are base + seeded noise (an 'expert')."""
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config or tiny_config())
-    if base is not None:
-        ref = LlamaForCausalLM.from_pretrained(base, dtype=torch.float32)
-        g = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for (_, p), (_, q) in zip(
-                model.named_parameters(), ref.named_parameters(), strict=True
-            ):
-                p.copy_(q + scale * torch.randn(q.shape, generator=g))
-    model = model.to(dtype)
-    kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
-    model.save_pretrained(path, **kwargs)
-    (tokenizer or tiny_tokenizer()).save_pretrained(path)
-    return path
+__all__ = ["VOCAB", "save_model", "tiny_config", "tiny_tokenizer", "tiny_models"]
 
 
 @pytest.fixture(scope="session")
