@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from simmerge.checkpoint import Checkpoint, open_checkpoint
 from simmerge.compat import check_compatible
-from simmerge.errors import CatalogError, DuplicateNameError, InputNotFoundError
+from simmerge.errors import CatalogError, DuplicateNameError, InputNotFoundError, SimmergeError
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -84,6 +84,8 @@ class Catalog:
     base: CatalogModel
     experts: tuple[CatalogModel, ...]
     tasks: dict[str, TaskSpec]
+    allow_pickle: bool = False
+    allow_remote_code: bool = False
     _checkpoints: dict[str, Checkpoint] = field(default_factory=dict, repr=False, compare=False)
 
     # --- lookups -----------------------------------------------------------------------------
@@ -116,7 +118,11 @@ class Catalog:
     def checkpoint(self, name: str) -> Checkpoint:
         """The opened (lazy) checkpoint of a model; opened once and reused."""
         if name not in self._checkpoints:
-            self._checkpoints[name] = open_checkpoint(self.model(name).path)
+            self._checkpoints[name] = open_checkpoint(
+                self.model(name).path,
+                allow_pickle=self.allow_pickle,
+                allow_remote_code=self.allow_remote_code,
+            )
         return self._checkpoints[name]
 
     # --- loading -----------------------------------------------------------------------------
@@ -223,18 +229,37 @@ class Catalog:
             )
             for name, t in spec.tasks.items()
         }
+        paths = [base.path] + [e.path for e in experts]
+        same = sorted({str(p) for p in paths if paths.count(p) > 1})
+        if same:
+            raise DuplicateNameError(
+                f"Catalog {where!r}: the same folder is listed for several models: "
+                f"{', '.join(same)}.",
+                "list each checkpoint once (an expert identical to the base has no task vector).",
+            )
         catalog = cls(
-            spec.name or (source.stem if source else "catalog"), source, base, experts, tasks
+            spec.name or (source.stem if source else "catalog"),
+            source,
+            base,
+            experts,
+            tasks,
+            allow_pickle,
+            allow_remote_code,
         )
         if check_models:
-            catalog._check_models(allow_pickle, allow_remote_code)
+            catalog._check_models(where)
         return catalog
 
-    def _check_models(self, allow_pickle: bool, allow_remote_code: bool) -> None:
-        for m in (self.base, *self.experts):
-            self._checkpoints[m.name] = open_checkpoint(
-                m.path, allow_pickle=allow_pickle, allow_remote_code=allow_remote_code
-            )
-        base = self._checkpoints[self.base.name]
-        for e in self.experts:
-            check_compatible(base, self._checkpoints[e.name], self.base.name, e.name)
+    def _check_models(self, where: str) -> None:
+        """Open every model and check it against the base; errors name the catalog file."""
+        current = self.base.name
+        try:
+            for m in (self.base, *self.experts):
+                current = m.name
+                self.checkpoint(m.name)
+            base = self._checkpoints[self.base.name]
+            for e in self.experts:
+                current = e.name
+                check_compatible(base, self._checkpoints[e.name], self.base.name, e.name)
+        except SimmergeError as exc:
+            raise type(exc)(f"Catalog {where!r}, model {current!r}: {exc.what}", exc.fix) from None

@@ -9,12 +9,13 @@ Fingerprints
 ------------
 A checkpoint's :attr:`Checkpoint.fingerprint` keys every cache (signatures, sketches). Hashing
 whole multi-GB files would cost as much as the work it caches, so the fingerprint hashes, per
-weights file: its name, size and modification time (ns), its full safetensors header (every
-tensor's name, dtype, shape and offsets) and 64 KiB sampled from 16 evenly spaced places in its
-data region; plus ``config.json``. Any rewrite of a file changes its mtime, so changed weights
-always change the fingerprint; two byte-identical copies share it only if their mtimes agree
-(``cp -p``) -- otherwise the cost is a cache miss, never a wrong hit. For an exact content hash
-use :meth:`Checkpoint.content_hash` (reads everything).
+weights file: its name, size, inode, modification and status-change times (ns), its full
+safetensors header (every tensor's name, dtype, shape and offsets) and 64 KiB sampled from 16
+evenly spaced places in its data region; plus ``config.json``. Any write to a file changes its
+ctime, which user space cannot set back (unlike the mtime), so changed weights always change the
+fingerprint. The price is that a byte-identical copy gets a new fingerprint: a cache miss, never
+a wrong hit. For an exact, location-independent content hash use
+:meth:`Checkpoint.content_hash` (reads everything).
 """
 
 from __future__ import annotations
@@ -84,7 +85,10 @@ class Checkpoint:
         h.update(json.dumps(self.config, sort_keys=True).encode())
         for file in sorted(self.files):
             st = file.stat()
-            h.update(f"{file.name}|{st.st_size}|{st.st_mtime_ns}".encode())
+            # ctime cannot be set from user space, so restoring an mtime (cp -p, rsync -t,
+            # os.utime) after editing a weight still changes the fingerprint.
+            h.update(f"{file.name}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}".encode())
+            h.update(f"|{st.st_ino}".encode())
             if file.suffix == ".safetensors":
                 header = read_header(file)
                 h.update(header.header_bytes)
@@ -182,11 +186,13 @@ def _open_sharded(folder: Path) -> tuple[dict[str, TensorInfo], tuple[Path, ...]
     shard_names = sorted(set(weight_map.values()))
     files = []
     for shard in shard_names:
-        shard_path = (folder / shard).resolve()
-        if shard_path.parent != folder.resolve():
+        # Compare names, not resolved paths: the HF hub cache stores shards as symlinks.
+        if Path(shard).name != shard or shard in (".", ".."):
             raise CheckpointError(
-                f"{str(index_path)!r} names a shard outside the folder: {shard!r}."
+                f"{str(index_path)!r} names a shard outside the folder: {shard!r}.",
+                "shard names in weight_map must be plain file names.",
             )
+        shard_path = folder / shard
         if not shard_path.is_file():
             raise MissingShardError(
                 f"{str(index_path)!r} names shard {shard!r}, missing from {str(folder)!r}.",

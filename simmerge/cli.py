@@ -28,6 +28,7 @@ def _cmd_merge(args: argparse.Namespace) -> int:
         shard_bytes=int(args.shard_size_mb * 1024 * 1024),
         overwrite=args.overwrite,
         allow_pickle=args.allow_pickle,
+        allow_remote_code=args.trust_remote_code,
         progress=not args.quiet,
     )
     if args.json:
@@ -47,6 +48,11 @@ def _add_merge_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shard-size-mb", type=float, default=2048, help="max shard size in MiB")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--allow-pickle", action="store_true", help="accept pytorch_model.bin inputs")
+    p.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="accept models whose config asks for custom code (auto_map); review it first",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.set_defaults(func=_cmd_merge)

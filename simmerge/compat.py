@@ -109,7 +109,7 @@ def check_vocab(ref: Checkpoint, other: Checkpoint, ref_name: str, other_name: s
     try:
         vocab_a = AutoTokenizer.from_pretrained(ref.path, trust_remote_code=False).get_vocab()
         vocab_b = AutoTokenizer.from_pretrained(other.path, trust_remote_code=False).get_vocab()
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # tokenizer loaders raise many types for malformed files
         raise VocabMismatchError(
             f"Could not load the tokenizers of {ref_name!r} and {other_name!r} to compare them "
             f"({exc}).",

@@ -135,3 +135,30 @@ def test_equal_tokenizer_saved_differently_passes(zoo):
     tok_file = folder / "b" / "tokenizer.json"
     tok_file.write_text(json.dumps(json.loads(tok_file.read_text()), indent=4))
     assert Catalog.load(write_catalog(folder, doc)).expert_names == ["a", "b"]
+
+
+def test_model_errors_name_the_catalog_file_and_the_model(zoo):
+    folder, doc = zoo
+    (folder / "b" / "config.json").unlink()
+    path = write_catalog(folder, doc)
+    with pytest.raises(Exception) as err:
+        Catalog.load(path)
+    assert str(path) in str(err.value) and "model 'b'" in str(err.value)
+    assert "Fix:" in str(err.value)
+
+
+def test_same_folder_listed_twice_is_rejected(zoo):
+    folder, doc = zoo
+    doc["experts"][1]["path"] = "a"
+    with pytest.raises(DuplicateNameError, match="same folder"):
+        Catalog.load(write_catalog(folder, doc))
+    doc["experts"][1]["path"] = "./base"
+    with pytest.raises(DuplicateNameError, match="same folder"):
+        Catalog.load(write_catalog(folder, doc))
+
+
+def test_malformed_tokenizer_is_a_vocab_error(zoo):
+    folder, doc = zoo
+    (folder / "b" / "tokenizer.json").write_text('{"version": "1.0"}')
+    with pytest.raises(VocabMismatchError, match="Could not load"):
+        Catalog.load(write_catalog(folder, doc))

@@ -200,3 +200,38 @@ def test_factory_sharded_model_is_really_sharded(tmp_path):
     sharded = save_model(tmp_path / "s", base=base, max_shard_size="20KB")
     index = json.loads((sharded / "model.safetensors.index.json").read_text())
     assert len(set(index["weight_map"].values())) > 1
+
+
+def test_fingerprint_changes_even_if_the_mtime_is_restored(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    w = torch.zeros(1_000_000)
+    save_file({"w": w}, tmp_path / "model.safetensors")
+    before = open_checkpoint(tmp_path).fingerprint
+    st = (tmp_path / "model.safetensors").stat()
+    w[123_457] = 1.0  # outside the sampled blocks
+    save_file({"w": w}, tmp_path / "model.safetensors")
+    os.utime(tmp_path / "model.safetensors", ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert open_checkpoint(tmp_path).fingerprint != before
+
+
+def test_symlinked_shards_as_in_the_hub_cache_are_read(tiny_models, tmp_path):  # noqa: F811
+    blobs, snap = tmp_path / "blobs", tmp_path / "snapshots" / "rev"
+    blobs.mkdir()
+    snap.mkdir(parents=True)
+    for f in tiny_models["sharded"].iterdir():
+        shutil.copy(f, blobs / f.name)
+        (snap / f.name).symlink_to(blobs / f.name)
+    ckpt = open_checkpoint(snap)
+    assert set(ckpt.names) == set(reference_tensors(tiny_models["sharded"]))
+
+
+def test_shard_names_with_path_parts_are_refused(tiny_models, tmp_path):  # noqa: F811
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_models["sharded"], folder)
+    index_path = folder / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    first = next(iter(index["weight_map"]))
+    index["weight_map"][first] = "../elsewhere.safetensors"
+    index_path.write_text(json.dumps(index))
+    with pytest.raises(CheckpointError, match="outside the folder"):
+        open_checkpoint(folder)

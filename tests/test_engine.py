@@ -15,7 +15,12 @@ from transformers import AutoModelForCausalLM
 
 from simmerge.checkpoint import open_checkpoint
 from simmerge.cli import main as cli_main
-from simmerge.errors import NonFiniteWeightsError, OutputPathError, TensorMismatchError
+from simmerge.errors import (
+    NonFiniteWeightsError,
+    OutputPathError,
+    SimmergeError,
+    TensorMismatchError,
+)
 from simmerge.merge import OPERATOR_NAMES, MergePlan, PlanMember, apply_operator, merge
 
 PARAMS = {
@@ -160,3 +165,33 @@ def test_cli_reports_input_errors_without_traceback(tmp_path):
     )
     assert proc.returncode == 2
     assert "Unknown merge operator 'tie'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_nan_in_an_input_is_reported_even_when_trimming_would_drop_it(tiny_models, tmp_path):  # noqa: F811
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_models["a"], bad)
+    ckpt = open_checkpoint(bad)
+    tensors = {n: ckpt.get(n) for n in ckpt.names}
+    name = "model.layers.0.mlp.up_proj.weight"
+    tensors[name].view(-1)[0] = float("nan")
+    save_file(tensors, bad / "model.safetensors", metadata={"format": "pt"})
+    plan = MergePlan(
+        operator="ties",
+        base=str(tiny_models["base"]),
+        params={"density": 0.2},
+        members=(PlanMember(model=str(bad)), PlanMember(model=str(tiny_models["b"]))),
+    )
+    with pytest.raises(NonFiniteWeightsError, match=name):
+        merge(plan)
+
+
+def test_random_operators_give_the_same_weights_for_the_same_seed(tiny_models):  # noqa: F811
+    plan = make_plan(tiny_models, "della")
+    one, two = merge(plan), merge(plan)
+    assert all(torch.equal(one[k], two[k]) for k in one)
+
+
+@pytest.mark.parametrize("device", ["cdua", "cuda:0" if not torch.cuda.is_available() else "tpu"])
+def test_bad_devices_are_reported(tiny_models, device):  # noqa: F811
+    with pytest.raises(SimmergeError, match="evice"):
+        merge(make_plan(tiny_models, "linear"), device=device)

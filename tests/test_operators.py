@@ -311,5 +311,62 @@ def test_unknown_operator_lists_the_known_ones():
 
 
 def test_defaults_are_filled_in():
-    assert resolve_params("ties", {}) == {"density": 1.0, "lambda": 1.0, "normalize": True}
+    assert resolve_params("ties", {}) == {
+        "density": 1.0,
+        "lambda": 1.0,
+        "normalize": True,
+        "rescale": False,
+    }
     assert resolve_params("dare_ties", {"density": 0.3})["rescale"] is True
+
+
+def test_selection_with_a_large_block_of_tied_values_is_exact():
+    x = torch.zeros(3_000_000)
+    x[:300_000] = torch.randn(300_000)  # 90 % exact zeros, as in a sparse task vector
+    for k in (1, 150_000, 300_000, 600_000, 2_000_000):
+        expected = x.abs().sort(descending=True).values[k - 1].item()
+        assert kth_largest_abs(x, k) == expected
+        assert int(top_k_mask(x, k).sum()) == k
+
+
+def test_selection_falls_back_when_the_sample_misses(monkeypatch):
+    from simmerge.merge import selection
+
+    x = torch.randn(2_000_000)
+    monkeypatch.setattr(selection, "_SAMPLE", 8)  # a tiny sample misses the bracket often
+    for k in (1, 7, 1_999_999):
+        expected = x.abs().sort(descending=True).values[k - 1].item()
+        assert kth_largest_abs(x, k) == expected
+
+
+@pytest.mark.parametrize("operator", OPERATOR_NAMES)
+@pytest.mark.parametrize("shape", [(), (0,), (0, 5), (3, 4)])
+def test_operators_handle_scalar_empty_and_transposed_tensors(operator, shape):
+    g = torch.Generator().manual_seed(0)
+    n_members = 2 if operator == "slerp" else 3
+    experts = [torch.randn(shape, generator=g) for _ in range(n_members)]
+    base = None if operator in ("linear", "slerp") else torch.randn(shape, generator=g)
+    if len(shape) == 2:  # non-contiguous views must work too
+        experts = [x.t() for x in experts]
+        base = base.t() if base is not None else None
+    params = {"density": 0.5} if "density" in resolve_params(operator, {}) else {}
+    out = apply_operator(operator, base, experts, params=params)
+    assert out.shape == experts[0].shape and bool(torch.isfinite(out).all())
+
+
+def test_bf16_inputs_are_merged_in_float32():
+    a = torch.tensor([1.0, 2.0], dtype=torch.bfloat16)
+    out = apply_operator("task_arithmetic", torch.zeros(2, dtype=torch.bfloat16), [a, a])
+    assert out.dtype == torch.float32 and close(out, [2.0, 4.0])
+
+
+def test_ties_with_a_negative_weight_elects_on_the_weighted_deltas():
+    a, b = T([1.0]), T([1.0])
+    got = apply_operator("ties", T([0.0]), [a, b], [1.0, -3.0], {"normalize": False})
+    assert close(got, [-3.0])  # weighted deltas +1 and -3: elect -, only b's counts
+
+
+def test_ties_rescale_restores_the_l1_norm_of_each_trimmed_vector():
+    a = T([4.0, -1.0, 1.0, 2.0])
+    got = apply_operator("ties", BASE, [a], params={"density": 0.5, "rescale": True})
+    assert close(got, [4.0 * 8 / 6, 0.0, 0.0, 2.0 * 8 / 6], 1e-5)

@@ -199,3 +199,76 @@ def test_plan_file_is_written_atomically(tmp_path: Path):
     target = tmp_path / "sub" / "plan.yaml"
     plan("linear").to_mergekit_yaml(target)
     assert target.is_file() and [p.name for p in target.parent.iterdir()] == ["plan.yaml"]
+
+
+def test_base_free_operators_reject_a_base_and_read_mergekit_base_as_a_member():
+    with pytest.raises(PlanError, match="does not use a base"):
+        MergePlan(operator="linear", base="/b", members=(M(model="/a"),))
+    doc = {
+        "merge_method": "linear",
+        "base_model": "/b",
+        "models": [
+            {"model": "/b", "parameters": {"weight": 1}},
+            {"model": "/a", "parameters": {"weight": 1}},
+        ],
+    }
+    p = MergePlan.from_mergekit_dict(doc)
+    assert p.base is None and [m.model for m in p.members] == ["/b", "/a"]
+
+
+def test_della_range_is_checked_for_per_member_densities():
+    with pytest.raises(OperatorParameterError, match="epsilon"):
+        MergePlan(
+            operator="della",
+            base="/b",
+            params={"density": 0.5, "epsilon": 0.15},
+            members=(M(model="/a", density=0.05), M(model="/c")),
+        )
+    with pytest.raises(OperatorParameterError, match="epsilon"):
+        MergePlan(
+            operator="della",
+            base="/b",
+            params={"density": 0.85, "epsilon": 0.15},
+            members=(M(model="/a"),),
+        )  # density + epsilon must stay below 1
+
+
+def test_paths_are_compared_after_normalisation():
+    with pytest.raises(PlanError, match="twice"):
+        MergePlan(operator="linear", members=(M(model="/x/a"), M(model="/x/./a")))
+    with pytest.raises(PlanError, match="also listed"):
+        MergePlan(operator="ties", base="/x/b", members=(M(model="/x/../x/b"),))
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"merge_method": "ties", "base_model": "/b", "models": [{"model": "/a", 1: 2}]},
+        {
+            "merge_method": "ties",
+            "base_model": "/b",
+            "models": [{"model": "/a", "parameters": {"weight": 10**400}}],
+        },
+        {
+            "merge_method": "ties",
+            "base_model": "/b",
+            "models": [{"model": "/a", "parameters": {"weight": float("inf")}}],
+        },
+        {
+            "merge_method": "ties",
+            "base_model": "/b",
+            "models": [{"model": "/a"}],
+            "parameters": {"lambda": 10**400},
+        },
+        {
+            "merge_method": "dare_ties",
+            "base_model": "/b",
+            "models": [{"model": "/a"}],
+            "simmerge": {"seed": 2**70},
+        },
+        {"merge_method": 7, "models": [{"model": "/a"}]},
+    ],
+)
+def test_odd_values_in_plan_files_are_plan_errors(doc):
+    with pytest.raises(PlanError):
+        MergePlan.from_mergekit_dict(doc)

@@ -23,29 +23,24 @@ import torch
 from tqdm.auto import tqdm
 
 from simmerge.checkpoint import Checkpoint, open_checkpoint
-from simmerge.compat import check_compatible
-from simmerge.errors import NonFiniteWeightsError
+from simmerge.compat import TOKENIZER_FILES, check_compatible
+from simmerge.errors import NonFiniteWeightsError, SimmergeError
 from simmerge.io_utils import atomic_output_dir
-from simmerge.merge.plan import MergePlan
+from simmerge.merge.plan import OUTPUT_DTYPES, MergePlan
 from simmerge.merge.registry import run_operator
 from simmerge.safetensors_io import SafetensorsStreamWriter
 
 DEFAULT_SHARD_BYTES = 2 * 1024**3
 COPIED_FILES = (
+    *TOKENIZER_FILES,
     "generation_config.json",
-    "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
     "added_tokens.json",
-    "tokenizer.model",
-    "vocab.json",
-    "vocab.txt",
-    "merges.txt",
     "chat_template.jinja",
     "chat_template.json",
 )
 PLAN_FILE = "simmerge_plan.yaml"
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -55,9 +50,10 @@ class _Inputs:
     members: list[Checkpoint]
 
 
-def _open_inputs(plan: MergePlan, allow_pickle: bool) -> _Inputs:
-    base = open_checkpoint(plan.base, allow_pickle=allow_pickle) if plan.base else None
-    members = [open_checkpoint(m.model, allow_pickle=allow_pickle) for m in plan.members]
+def _open_inputs(plan: MergePlan, allow_pickle: bool, allow_remote_code: bool) -> _Inputs:
+    flags = {"allow_pickle": allow_pickle, "allow_remote_code": allow_remote_code}
+    base = open_checkpoint(plan.base, **flags) if plan.base else None
+    members = [open_checkpoint(m.model, **flags) for m in plan.members]
     reference = base if base is not None else members[0]
     ref_name = plan.base if base is not None else plan.members[0].model
     for m, ckpt in zip(plan.members, members, strict=True):
@@ -70,8 +66,28 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def resolve_device(device: str | None) -> str:
+    """``device`` checked against this machine (None picks CUDA when available)."""
+    if device is None:
+        return default_device()
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise SimmergeError(
+            f"Unknown device {device!r}.", "use 'cpu', 'cuda' or 'cuda:N'."
+        ) from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SimmergeError(
+            f"Device {device!r} was requested but this torch build sees no CUDA GPU.",
+            "use --device cpu, or install a CUDA build of torch on a GPU machine.",
+        )
+    if dev.type not in ("cpu", "cuda"):
+        raise SimmergeError(f"Device {device!r} is not supported.", "use 'cpu' or 'cuda'.")
+    return str(dev)
+
+
 def _output_dtype(plan: MergePlan, reference_dtype: torch.dtype) -> torch.dtype:
-    return _DTYPES[plan.dtype] if plan.dtype else reference_dtype
+    return OUTPUT_DTYPES[plan.dtype] if plan.dtype else reference_dtype
 
 
 def _merge_one(
@@ -80,30 +96,25 @@ def _merge_one(
     info = inputs.reference.info(name)
     if not info.is_float:
         return inputs.reference.get(name)
-    work = torch.float32
-    experts = [c.get(name, device=device, dtype=work) for c in inputs.members]
-    base = inputs.base.get(name, device=device, dtype=work) if inputs.base is not None else None
-    weights = [m.weight for m in plan.members]
+    # Inputs are checked for NaN/Inf as they are read: trimming operators would otherwise
+    # silently drop a NaN (it ranks as largest but never compares above a threshold).
+    read = {"device": device, "dtype": torch.float32, "check_finite": check_finite}
+    experts = [c.get(name, **read) for c in inputs.members]
+    base = inputs.base.get(name, **read) if inputs.base is not None else None
     out = run_operator(
         plan.operator,
         plan.params,
         base,
         experts,
-        weights,
+        [m.weight for m in plan.members],
         plan.member_densities(),
         tensor_name=name,
     )
     del experts, base
     if check_finite and not bool(torch.isfinite(out).all()):
-        bad = [
-            str(c.path)
-            for c in ([inputs.base] if inputs.base else []) + inputs.members
-            if not bool(torch.isfinite(c.get(name).float()).all())
-        ]
         raise NonFiniteWeightsError(
-            f"Merging tensor {name!r} produced NaN/Inf"
-            + (f"; the input(s) {', '.join(bad)} already hold NaN/Inf there." if bad else "."),
-            "remove the damaged checkpoint, or lower lambda/weights if the inputs are finite.",
+            f"Merging tensor {name!r} overflowed to NaN/Inf although the inputs are finite.",
+            "lower lambda or the weights, or merge in a wider dtype.",
         )
     return out.to(_output_dtype(plan, info.torch_dtype))
 
@@ -128,14 +139,15 @@ def merge(
     shard_bytes: int = DEFAULT_SHARD_BYTES,
     overwrite: bool = False,
     allow_pickle: bool = False,
+    allow_remote_code: bool = False,
     check_finite: bool = True,
     progress: bool = False,
 ) -> dict[str, torch.Tensor] | Path:
     """Run ``plan``. Without ``out_dir`` return the merged state dict (CPU tensors); with it,
     write a Hugging Face folder (safetensors shards, config and tokenizer copied from the
     reference model) atomically and return its path."""
-    device = device or default_device()
-    inputs = _open_inputs(plan, allow_pickle)
+    device = resolve_device(device)
+    inputs = _open_inputs(plan, allow_pickle, allow_remote_code)
     names = inputs.reference.names
     bar = tqdm(
         total=inputs.reference.total_bytes,

@@ -30,22 +30,27 @@ def _keep_count(n: int, density: float) -> int:
     return max(1, int(density * n)) if n else 0
 
 
-def trim_magnitude_(delta: torch.Tensor, density: float) -> torch.Tensor:
-    """TIES trim: keep the ``density`` fraction of entries with largest |delta|, zero the rest."""
+def trim_magnitude_(delta: torch.Tensor, density: float, rescale: bool = False) -> torch.Tensor:
+    """TIES trim: keep the ``density`` fraction of entries with largest |delta|, zero the rest;
+    optionally rescale the kept entries to the original L1 norm."""
     if density >= 1.0:
         return delta
+    l1_before = _l1(delta) if rescale else 0.0
     flat = delta.view(-1)
     flat.masked_fill_(~top_k_mask(flat, _keep_count(flat.numel(), density)), 0.0)
-    return delta
+    return _rescale_l1_(delta, l1_before) if rescale else delta
 
 
-def trim_outliers_(delta: torch.Tensor, density: float, gamma: float) -> torch.Tensor:
+def trim_outliers_(
+    delta: torch.Tensor, density: float, gamma: float, rescale: bool = False
+) -> torch.Tensor:
     """Breadcrumbs: drop the largest ``gamma`` fraction and the smallest, so ``density`` remains.
 
     If ``gamma + density > 1`` fewer large entries are dropped, so exactly ``density`` remains.
     """
     if density >= 1.0:
         return delta
+    l1_before = _l1(delta) if rescale else 0.0
     flat = delta.view(-1)
     n = flat.numel()
     target = int(density * n)
@@ -54,12 +59,16 @@ def trim_outliers_(delta: torch.Tensor, density: float, gamma: float) -> torch.T
     if n_top:
         keep &= ~top_k_mask(flat, n_top)
     flat.masked_fill_(~keep, 0.0)
-    return delta
+    return _rescale_l1_(delta, l1_before) if rescale else delta
+
+
+def _l1(t: torch.Tensor) -> float:
+    return float(torch.linalg.vector_norm(t, 1)) if t.numel() else 0.0
 
 
 def _rescale_l1_(delta: torch.Tensor, l1_before: float) -> torch.Tensor:
     """Scale ``delta`` so its L1 norm equals ``l1_before`` (DARE / DELLA rescale)."""
-    l1_after = float(delta.abs().sum())
+    l1_after = _l1(delta)
     if l1_before > _EPS and l1_after > _EPS:
         delta.mul_(l1_before / l1_after)
     return delta
@@ -71,7 +80,7 @@ def drop_random_(
     """DARE: keep each entry with probability ``density``; optionally rescale to the same L1."""
     if density >= 1.0:
         return delta
-    l1_before = float(delta.abs().sum())
+    l1_before = _l1(delta)
     flat = delta.view(-1)
     for sl in chunks(flat.numel()):
         draw = torch.rand(sl.stop - sl.start, generator=generator, device=generator.device)
@@ -87,10 +96,14 @@ def drop_magnitude_ranked_(
     generator: torch.Generator,
 ) -> torch.Tensor:
     """DELLA MagPrune: keep probability rises linearly with magnitude rank within each row,
-    from ``density - epsilon`` (smallest) to ``density + epsilon`` (largest); then rescale."""
-    if density >= 1.0:
+    from ``density - epsilon`` (smallest) to ``density + epsilon`` (largest); then rescale.
+
+    Rows are the first dimension with the rest flattened (mergekit ranks along dim 1, which is
+    the same for the 1-D and 2-D tensors of transformer checkpoints).
+    """
+    if density >= 1.0 or delta.numel() == 0:
         return delta
-    l1_before = float(delta.abs().sum())
+    l1_before = _l1(delta)
     rows = delta.view(1, -1) if delta.dim() < 2 else delta.view(delta.shape[0], -1)
     width = rows.shape[1]
     row_block = max(1, (1 << 20) // max(width, 1))
@@ -161,7 +174,7 @@ def _task_vectors_(base: torch.Tensor, experts: Sequence[torch.Tensor]) -> list[
 
 
 def linear(
-    experts: Sequence[torch.Tensor], weights: Sequence[float], *, normalize: bool = True
+    experts: Sequence[torch.Tensor], weights: Sequence[float], *, normalize: bool
 ) -> torch.Tensor:
     """``sum_i w_i W_i / sum_i w_i`` (no division when ``normalize`` is off)."""
     out = experts[0].mul_(weights[0])
@@ -178,8 +191,8 @@ def task_arithmetic(
     experts: Sequence[torch.Tensor],
     weights: Sequence[float],
     *,
-    lam: float = 1.0,
-    normalize: bool = False,
+    lam: float,
+    normalize: bool,
 ) -> torch.Tensor:
     """``W_base + lam * sum_i w_i tau_i``."""
     deltas = _task_vectors_(base, experts)
@@ -194,14 +207,15 @@ def ties(
     weights: Sequence[float],
     densities: Sequence[float],
     *,
-    lam: float = 1.0,
-    normalize: bool = True,
+    lam: float,
+    normalize: bool,
+    rescale: bool,
 ) -> torch.Tensor:
     """TIES: trim each tau_i to its top ``density`` by magnitude, elect signs by weighted mass,
     disjoint mean over agreeing entries, times ``lam``."""
     deltas = _task_vectors_(base, experts)
     for d, density in zip(deltas, densities, strict=True):
-        trim_magnitude_(d, density)
+        trim_magnitude_(d, density, rescale)
     return combine_task_vectors_(
         base, deltas, weights, sign_consensus=True, normalize=normalize, lam=lam
     )
@@ -215,9 +229,9 @@ def dare(
     *,
     generator: torch.Generator,
     sign_consensus: bool,
-    lam: float = 1.0,
-    normalize: bool = False,
-    rescale: bool = True,
+    lam: float,
+    normalize: bool,
+    rescale: bool,
 ) -> torch.Tensor:
     """DARE (``dare_linear``; ``dare_ties`` with ``sign_consensus``): random drop + L1 rescale."""
     deltas = _task_vectors_(base, experts)
@@ -234,14 +248,15 @@ def breadcrumbs(
     weights: Sequence[float],
     densities: Sequence[float],
     *,
-    gamma: float = 0.01,
-    lam: float = 1.0,
-    normalize: bool = False,
+    gamma: float,
+    lam: float,
+    normalize: bool,
+    rescale: bool,
 ) -> torch.Tensor:
     """Model Breadcrumbs: drop the largest ``gamma`` and the smallest entries of each tau_i."""
     deltas = _task_vectors_(base, experts)
     for d, density in zip(deltas, densities, strict=True):
-        trim_outliers_(d, density, gamma)
+        trim_outliers_(d, density, gamma, rescale)
     return combine_task_vectors_(
         base, deltas, weights, sign_consensus=False, normalize=normalize, lam=lam
     )
@@ -254,10 +269,10 @@ def della(
     densities: Sequence[float],
     *,
     generator: torch.Generator,
-    epsilon: float = 0.15,
-    lam: float = 1.0,
-    normalize: bool = True,
-    rescale: bool = True,
+    epsilon: float,
+    lam: float,
+    normalize: bool,
+    rescale: bool,
 ) -> torch.Tensor:
     """DELLA: magnitude-ranked random drop + rescale, then the TIES sign step, times ``lam``."""
     deltas = _task_vectors_(base, experts)
@@ -275,7 +290,7 @@ def slerp(a: torch.Tensor, b: torch.Tensor, *, t: float) -> torch.Tensor:
     """Spherical interpolation from ``a`` (t=0) to ``b`` (t=1) on the directions of the flattened
     tensors, applied to the raw tensors; plain lerp when they are nearly colinear."""
     norm_a, norm_b = float(a.norm()), float(b.norm())
-    dot = float((a * b).sum()) / (max(norm_a, _EPS) * max(norm_b, _EPS))
+    dot = float(torch.dot(a.reshape(-1), b.reshape(-1))) / (max(norm_a, _EPS) * max(norm_b, _EPS))
     if norm_a <= _EPS or norm_b <= _EPS:
         dot = 0.0  # a zero tensor has no direction; mergekit leaves it unnormalized
     if abs(dot) > SLERP_DOT_THRESHOLD:
@@ -293,14 +308,15 @@ def model_stock(base: torch.Tensor, experts: Sequence[torch.Tensor]) -> torch.Te
     n = len(experts)
     deltas = _task_vectors_(base, experts)
     norms = [float(d.norm()) for d in deltas]
+    flat = [d.reshape(-1) for d in deltas]
     cosines = [
-        max(-1.0, min(1.0, float((deltas[i] * deltas[j]).sum()) / max(norms[i] * norms[j], 1e-6)))
+        max(-1.0, min(1.0, float(torch.dot(flat[i], flat[j])) / max(norms[i] * norms[j], 1e-6)))
         for i in range(n)
         for j in range(i + 1, n)
     ]
     cos = sum(cosines) / len(cosines)
     denominator = 1.0 + (n - 1) * cos
-    t = n * cos / denominator if abs(denominator) > _EPS else 0.0
+    t = n * cos / denominator if abs(denominator) > 1e-6 else 0.0
     # mean(W_i) = base + mean(tau_i), so the result is base + t * mean(tau_i).
     mean_delta = deltas[0]
     for d in deltas[1:]:

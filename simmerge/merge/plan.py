@@ -14,17 +14,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from simmerge.errors import InputNotFoundError, PlanError
-from simmerge.merge.registry import get_operator, resolve_params
+from simmerge.merge.registry import check_densities, get_operator, resolve_params
 
-OUTPUT_DTYPES = ("float32", "float16", "bfloat16")
+OUTPUT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _SIMMERGE_ONLY = ("seed",)
 _IGNORED_MERGEKIT_PARAMS = {"int8_mask": False}  # memory optimisation only, no semantic effect
 
@@ -37,6 +40,13 @@ class PlanMember(BaseModel):
     model: str
     weight: float = 1.0
     density: float | None = None
+
+    @field_validator("weight")
+    @classmethod
+    def _finite_weight(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise PlanError(f"Model weight must be a finite number, got {value!r}.")
+        return value
 
 
 class MergePlan(BaseModel):
@@ -74,14 +84,19 @@ class MergePlan(BaseModel):
                 f"Operator {self.operator!r} works on task vectors and needs a base model.",
                 "set `base_model` to the checkpoint the members were fine-tuned from.",
             )
-        seen = [m.model for m in self.members]
+        if not spec.needs_base and self.base:
+            raise PlanError(
+                f"Operator {self.operator!r} does not use a base model (got {self.base!r}).",
+                "drop `base`, or list that model among the members to include it.",
+            )
+        seen = [os.path.normpath(m.model) for m in self.members]
         dupes = sorted({m for m in seen if seen.count(m) > 1})
         if dupes:
             raise PlanError(
                 f"Model(s) listed twice in the plan: {', '.join(dupes)}.",
                 "list each member once; use its weight to give it more influence.",
             )
-        if self.base and self.base in seen and spec.needs_base:
+        if self.base and os.path.normpath(self.base) in seen:
             raise PlanError(
                 f"The base model {self.base!r} is also listed as a member; its task vector "
                 "would be zero.",
@@ -102,6 +117,12 @@ class MergePlan(BaseModel):
                         "remove `density` from that model's parameters.",
                     )
                 spec.param("density").check(m.density, self.operator)
+        if "density" in resolved:
+            check_densities(
+                self.operator,
+                resolved,
+                [m.density if m.density is not None else resolved["density"] for m in self.members],
+            )
         if self.operator == "linear" and resolved["normalize"]:
             if abs(sum(m.weight for m in self.members)) < 1e-8:
                 raise PlanError(
@@ -235,20 +256,21 @@ def _plan_from_dict(data: Any, *, relative_to: Path | None, source: str) -> Merg
     if operator == "model_stock" and params.pop("filter_wise", False) is not False:
         raise PlanError(f"{source}: model_stock with filter_wise: true is not supported.")
     extras = _expect_mapping(top.get("simmerge"), source, "`simmerge`")
-    bad_extras = sorted(set(extras) - set(_SIMMERGE_ONLY))
+    bad_extras = sorted(set(map(str, extras)) - set(_SIMMERGE_ONLY))
     if bad_extras:
         raise PlanError(f"{source}: unknown key(s) under `simmerge`: {', '.join(bad_extras)}.")
     params.update(extras)
 
-    members: list[PlanMember] = []
+    spec_needs_base = _needs_base(operator, source)
+    members: list[dict[str, Any]] = []
     for i, entry in enumerate(models):
         entry = _expect_mapping(entry, source, f"models[{i}]")
-        bad = sorted(set(entry) - _MODEL_KEYS)
+        bad = sorted(set(map(str, entry)) - _MODEL_KEYS)
         if bad:
             raise PlanError(f"{source}: models[{i}] has unknown key(s) {', '.join(bad)}.")
         path = _resolve_path(entry.get("model"), relative_to, source, f"models[{i}].model")
         mparams = dict(_expect_mapping(entry.get("parameters"), source, f"models[{i}].parameters"))
-        bad = sorted(set(mparams) - _MEMBER_PARAM_KEYS)
+        bad = sorted(set(map(str, mparams)) - _MEMBER_PARAM_KEYS)
         if bad:
             raise PlanError(
                 f"{source}: models[{i}].parameters has unsupported key(s) {', '.join(bad)}.",
@@ -260,21 +282,35 @@ def _plan_from_dict(data: Any, *, relative_to: Path | None, source: str) -> Merg
                     f"{source}: models[{i}].parameters.{key} must be a number, got {value!r} "
                     "(per-layer gradients are not supported)."
                 )
-        if operator != "slerp" and base is not None and path == base:
+        if spec_needs_base and base is not None and _same_path(path, base):
             continue  # mergekit lets the base appear in `models`; it carries no task vector
-        members.append(PlanMember(model=path, **mparams))
+        members.append({"model": path, **mparams})
     if operator == "slerp" and base is not None:
-        if base not in [m.model for m in members]:
+        if not any(_same_path(m["model"], base) for m in members):
             raise PlanError(f"{source}: for slerp, `base_model` must be one of the two models.")
-        members.sort(key=lambda m: m.model != base)  # base_model first: t=0 gives it
-        base = None
+        members.sort(key=lambda m: not _same_path(m["model"], base))  # base first: t=0
+    if not spec_needs_base:
+        base = None  # linear / slerp: mergekit's base_model only names the config source
     try:
         return MergePlan(
             operator=operator,
-            members=tuple(members),
+            members=tuple(PlanMember(**m) for m in members),
             base=base,
             params=params,
             dtype=top.get("dtype"),
         )
     except ValidationError as exc:
-        raise PlanError(f"{source}: {exc.errors()[0]['msg']}.") from None
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        raise PlanError(f"{source}: {loc}: {err['msg']}.") from None
+
+
+def _same_path(a: str, b: str) -> bool:
+    return os.path.normpath(a) == os.path.normpath(b)
+
+
+def _needs_base(operator: str, source: str) -> bool:
+    try:
+        return get_operator(operator).needs_base
+    except PlanError as exc:
+        raise type(exc)(f"{source}: {exc.what}", exc.fix) from None

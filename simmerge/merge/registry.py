@@ -1,14 +1,17 @@
 """The operator registry: name -> tensor function + parameter schema.
 
 An explicit dict (no registration by import side effect): adding an operator means adding one
-entry to :data:`OPERATORS`. Every parameter has a type, a default and a range, checked by
+entry to :data:`OPERATORS` -- its schema and an ``apply`` adapter onto the tensor functions in
+:mod:`simmerge.merge.operators`. Every parameter has a type, a default and a range, checked by
 :func:`resolve_params` before any tensor is touched, so a typo or an out-of-range density fails at
-plan-load time with a message that says which value is wrong and what is allowed.
+plan-load time with a message that says which value is wrong and what is allowed. Defaults live
+here only; the tensor functions take every parameter explicitly.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,10 +55,15 @@ class ParamSpec:
             return value
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad
-        if self.kind is int and not float(value).is_integer():
-            raise bad
-        value = self.kind(value)
-        if value != value:  # NaN
+        try:
+            if not math.isfinite(float(value)) or (
+                self.kind is int and not float(value).is_integer()
+            ):
+                raise bad
+            value = self.kind(value)
+        except OverflowError:
+            raise bad from None
+        if self.kind is int and abs(value) >= 2**63:
             raise bad
         if self.low is not None and (value <= self.low if self.low_open else value < self.low):
             raise bad
@@ -65,8 +73,21 @@ class ParamSpec:
 
 
 @dataclass(frozen=True)
+class OperatorCall:
+    """Everything an operator needs for one tensor (inputs are consumed, see operators)."""
+
+    params: Mapping[str, Any]
+    base: torch.Tensor | None
+    experts: list[torch.Tensor]
+    weights: Sequence[float]
+    densities: Sequence[float]
+    generator: torch.Generator | None
+
+
+@dataclass(frozen=True)
 class OperatorSpec:
-    """A merge operator: how many members it takes, whether it needs the base, its parameters."""
+    """A merge operator: how many members it takes, whether it needs the base, its parameters,
+    and ``apply``, which runs it on one tensor."""
 
     name: str
     doc: str
@@ -74,10 +95,10 @@ class OperatorSpec:
     min_members: int
     max_members: int | None
     params: tuple[ParamSpec, ...]
+    apply: Callable[[OperatorCall], torch.Tensor] = field(repr=False)
     per_member: tuple[str, ...] = ()  # parameters a member may override (besides weight)
     randomized: bool = False
     uses_weights: bool = True  # slerp and model_stock take no per-model weight (as mergekit)
-    constraint: Callable[[Mapping[str, Any]], str | None] | None = field(default=None)
 
     def param(self, name: str) -> ParamSpec:
         return next(p for p in self.params if p.name == name)
@@ -98,121 +119,188 @@ def _normalize(default: bool) -> ParamSpec:
     return ParamSpec("normalize", bool, default, doc="divide by the sum of weights")
 
 
-_RESCALE = ParamSpec("rescale", bool, True, doc="rescale kept entries to the original L1 norm")
+def _rescale(default: bool) -> ParamSpec:
+    return ParamSpec("rescale", bool, default, doc="rescale kept entries to the original L1 norm")
 
 
-def _della_constraint(params: Mapping[str, Any]) -> str | None:
-    d, e = params["density"], params["epsilon"]
-    if d < 1.0 and not (0.0 < d - e and d + e <= 1.0):
-        return (
-            f"della needs 0 < density - epsilon and density + epsilon <= 1 "
-            f"(got density={d:g}, epsilon={e:g}); lower epsilon or move density"
+def check_densities(operator: str, params: Mapping[str, Any], densities: Sequence[float]) -> None:
+    """Cross-parameter checks that involve the densities actually used (global or per member).
+
+    DELLA's keep probabilities ``density -/+ epsilon`` must stay strictly inside (0, 1).
+    """
+    if operator != "della":
+        return
+    eps = params["epsilon"]
+    for d in densities:
+        if d < 1.0 and not (0.0 < d - eps and d + eps < 1.0):
+            raise OperatorParameterError(
+                f"Operator 'della': needs 0 < density - epsilon and density + epsilon < 1 "
+                f"(got density={d:g}, epsilon={eps:g}).",
+                "lower epsilon or move density.",
+            )
+
+
+def _gta(sign_consensus: bool, sparsify: str | None) -> Callable[[OperatorCall], torch.Tensor]:
+    """Adapter for the generalized task-arithmetic family (mergekit's GTA methods)."""
+
+    def apply(c: OperatorCall) -> torch.Tensor:
+        p = c.params
+        common = {"lam": p["lambda"], "normalize": p["normalize"]}
+        if sparsify is None:
+            return ops.task_arithmetic(c.base, c.experts, c.weights, **common)
+        if sparsify == "magnitude":
+            return ops.ties(
+                c.base, c.experts, c.weights, c.densities, rescale=p["rescale"], **common
+            )
+        if sparsify == "random":
+            return ops.dare(
+                c.base,
+                c.experts,
+                c.weights,
+                c.densities,
+                generator=c.generator,
+                sign_consensus=sign_consensus,
+                rescale=p["rescale"],
+                **common,
+            )
+        if sparsify == "outliers":
+            return ops.breadcrumbs(
+                c.base,
+                c.experts,
+                c.weights,
+                c.densities,
+                gamma=p["gamma"],
+                rescale=p["rescale"],
+                **common,
+            )
+        return ops.della(
+            c.base,
+            c.experts,
+            c.weights,
+            c.densities,
+            generator=c.generator,
+            epsilon=p["epsilon"],
+            rescale=p["rescale"],
+            **common,
         )
-    return None
+
+    return apply
 
 
 OPERATORS: dict[str, OperatorSpec] = {
     spec.name: spec
     for spec in (
         OperatorSpec(
-            "linear",
-            "weighted average of the members' weights",
-            False,
-            1,
-            None,
-            (_normalize(True),),
+            name="linear",
+            doc="weighted average of the members' weights",
+            needs_base=False,
+            min_members=1,
+            max_members=None,
+            params=(_normalize(True),),
+            apply=lambda c: ops.linear(c.experts, c.weights, normalize=c.params["normalize"]),
         ),
         OperatorSpec(
-            "task_arithmetic",
-            "base + lambda * sum of weighted task vectors",
-            True,
-            1,
-            None,
-            (_LAMBDA, _normalize(False)),
+            name="task_arithmetic",
+            doc="base + lambda * sum of weighted task vectors",
+            needs_base=True,
+            min_members=1,
+            max_members=None,
+            params=(_LAMBDA, _normalize(False)),
+            apply=_gta(False, None),
         ),
         OperatorSpec(
-            "ties",
-            "trim, elect sign, disjoint mean (TIES-Merging)",
-            True,
-            1,
-            None,
-            (_DENSITY, _LAMBDA, _normalize(True)),
+            name="ties",
+            doc="trim, elect sign, disjoint mean (TIES-Merging)",
+            needs_base=True,
+            min_members=1,
+            max_members=None,
+            params=(_DENSITY, _LAMBDA, _normalize(True), _rescale(False)),
             per_member=("density",),
+            apply=_gta(True, "magnitude"),
         ),
         OperatorSpec(
-            "dare_linear",
-            "random drop + rescale, then weighted sum (DARE)",
-            True,
-            1,
-            None,
-            (_DENSITY, _LAMBDA, _normalize(False), _RESCALE, _SEED),
-            per_member=("density",),
-            randomized=True,
-        ),
-        OperatorSpec(
-            "dare_ties",
-            "random drop + rescale, then TIES sign election",
-            True,
-            1,
-            None,
-            (_DENSITY, _LAMBDA, _normalize(False), _RESCALE, _SEED),
+            name="dare_linear",
+            doc="random drop + rescale, then weighted sum (DARE)",
+            needs_base=True,
+            min_members=1,
+            max_members=None,
+            params=(_DENSITY, _LAMBDA, _normalize(False), _rescale(True), _SEED),
             per_member=("density",),
             randomized=True,
+            apply=_gta(False, "random"),
         ),
         OperatorSpec(
-            "slerp",
-            "spherical interpolation between two models",
-            False,
-            2,
-            2,
-            (ParamSpec("t", float, 0.5, low=0.0, high=1.0, doc="0 = first member, 1 = second"),),
+            name="dare_ties",
+            doc="random drop + rescale, then TIES sign election",
+            needs_base=True,
+            min_members=1,
+            max_members=None,
+            params=(_DENSITY, _LAMBDA, _normalize(False), _rescale(True), _SEED),
+            per_member=("density",),
+            randomized=True,
+            apply=_gta(True, "random"),
+        ),
+        OperatorSpec(
+            name="slerp",
+            doc="spherical interpolation between two models",
+            needs_base=False,
+            min_members=2,
+            max_members=2,
+            params=(
+                ParamSpec("t", float, 0.5, low=0.0, high=1.0, doc="0 = first member, 1 = second"),
+            ),
             uses_weights=False,
+            apply=lambda c: ops.slerp(c.experts[0], c.experts[1], t=c.params["t"]),
         ),
         OperatorSpec(
-            "breadcrumbs",
-            "drop largest gamma and smallest entries of each task vector",
-            True,
-            1,
-            None,
-            (
+            name="breadcrumbs",
+            doc="drop largest gamma and smallest entries of each task vector",
+            needs_base=True,
+            min_members=1,
+            max_members=None,
+            params=(
                 _DENSITY,
                 ParamSpec(
                     "gamma", float, 0.01, low=0.0, high=1.0, doc="fraction of largest dropped"
                 ),
                 _LAMBDA,
                 _normalize(False),
+                _rescale(False),
             ),
             per_member=("density",),
+            apply=_gta(False, "outliers"),
         ),
         OperatorSpec(
-            "della",
-            "magnitude-ranked random drop + rescale, TIES sign step (DELLA)",
-            True,
-            1,
-            None,
-            (
+            name="della",
+            doc="magnitude-ranked random drop + rescale, TIES sign step (DELLA)",
+            needs_base=True,
+            min_members=1,
+            max_members=None,
+            params=(
                 _DENSITY,
                 ParamSpec("epsilon", float, 0.15, low=0.0, high=1.0, doc="spread of keep probs"),
                 _LAMBDA,
                 _normalize(True),
-                _RESCALE,
+                _rescale(True),
                 _SEED,
             ),
             per_member=("density",),
             randomized=True,
-            constraint=_della_constraint,
+            apply=_gta(True, "della"),
         ),
         OperatorSpec(
-            "model_stock",
-            "interpolate base -> mean by the task vectors' mean cosine",
-            True,
-            2,
-            None,
-            (),
+            name="model_stock",
+            doc="interpolate base -> mean by the task vectors' mean cosine",
+            needs_base=True,
+            min_members=2,
+            max_members=None,
+            params=(),
             uses_weights=False,
+            apply=lambda c: ops.model_stock(c.base, c.experts),
         ),
     )
 }
+
 
 OPERATOR_NAMES: tuple[str, ...] = tuple(OPERATORS)
 
@@ -220,7 +308,7 @@ OPERATOR_NAMES: tuple[str, ...] = tuple(OPERATORS)
 def get_operator(name: str) -> OperatorSpec:
     try:
         return OPERATORS[name]
-    except KeyError:
+    except (KeyError, TypeError):
         raise UnknownOperatorError(
             f"Unknown merge operator {name!r}.",
             f"use one of: {', '.join(OPERATOR_NAMES)}.",
@@ -230,7 +318,7 @@ def get_operator(name: str) -> OperatorSpec:
 def resolve_params(operator: str, params: Mapping[str, Any]) -> dict[str, Any]:
     """Defaults filled in, types converted, ranges checked; unknown names are errors."""
     spec = get_operator(operator)
-    unknown = sorted(set(params) - set(spec.param_names))
+    unknown = sorted(map(str, set(params) - set(spec.param_names)))
     if unknown:
         allowed = ", ".join(spec.param_names) or "none"
         raise OperatorParameterError(
@@ -238,10 +326,8 @@ def resolve_params(operator: str, params: Mapping[str, Any]) -> dict[str, Any]:
             f"remove them; its parameters are: {allowed}.",
         )
     resolved = {p.name: p.check(params.get(p.name, p.default), operator) for p in spec.params}
-    if spec.constraint is not None:
-        problem = spec.constraint(resolved)
-        if problem:
-            raise OperatorParameterError(f"Operator {operator!r}: {problem}.")
+    if "density" in resolved:
+        check_densities(operator, resolved, [resolved["density"]])
     return resolved
 
 
@@ -261,66 +347,21 @@ def run_operator(
     *,
     tensor_name: str = "",
 ) -> torch.Tensor:
-    """Dispatch one tensor to its operator. Consumes ``base`` and ``experts`` (see operators).
+    """Run one tensor through its operator. Consumes ``base`` and ``experts`` (see operators).
 
     ``params`` must come from :func:`resolve_params`; members and base were checked by the plan.
+    Random masks are drawn from a CPU generator (then moved), so a seeded plan gives the same
+    weights on CPU and CUDA.
     """
-    p = params
-    generator = None
-    if get_operator(operator).randomized:
-        device = experts[0].device
-        generator = torch.Generator(device=device).manual_seed(tensor_seed(p["seed"], tensor_name))
-    if operator == "linear":
-        return ops.linear(experts, weights, normalize=p["normalize"])
-    if operator == "slerp":
-        return ops.slerp(experts[0], experts[1], t=p["t"])
-    if base is None:
+    spec = get_operator(operator)
+    if spec.needs_base and base is None:
         raise OperatorParameterError(f"Operator {operator!r} needs a base model tensor.")
-    if operator == "task_arithmetic":
-        return ops.task_arithmetic(
-            base, experts, weights, lam=p["lambda"], normalize=p["normalize"]
+    generator = None
+    if spec.randomized:
+        generator = torch.Generator(device="cpu").manual_seed(
+            tensor_seed(params["seed"], tensor_name)
         )
-    if operator == "ties":
-        return ops.ties(
-            base, experts, weights, densities, lam=p["lambda"], normalize=p["normalize"]
-        )
-    if operator in ("dare_linear", "dare_ties"):
-        return ops.dare(
-            base,
-            experts,
-            weights,
-            densities,
-            generator=generator,
-            sign_consensus=operator == "dare_ties",
-            lam=p["lambda"],
-            normalize=p["normalize"],
-            rescale=p["rescale"],
-        )
-    if operator == "breadcrumbs":
-        return ops.breadcrumbs(
-            base,
-            experts,
-            weights,
-            densities,
-            gamma=p["gamma"],
-            lam=p["lambda"],
-            normalize=p["normalize"],
-        )
-    if operator == "della":
-        return ops.della(
-            base,
-            experts,
-            weights,
-            densities,
-            generator=generator,
-            epsilon=p["epsilon"],
-            lam=p["lambda"],
-            normalize=p["normalize"],
-            rescale=p["rescale"],
-        )
-    if operator == "model_stock":
-        return ops.model_stock(base, experts)
-    raise UnknownOperatorError(f"Operator {operator!r} is registered but has no dispatch.")
+    return spec.apply(OperatorCall(params, base, experts, weights, densities, generator))
 
 
 def apply_operator(
@@ -333,7 +374,7 @@ def apply_operator(
     *,
     tensor_name: str = "",
 ) -> torch.Tensor:
-    """Merge single tensors without touching the inputs (they are cloned to float32).
+    """Merge single tensors without touching the inputs (they are copied to contiguous float32).
 
     The convenient, non-consuming entry point for tests and notebooks; the engine uses
     :func:`run_operator` directly to avoid the copies.
@@ -342,8 +383,9 @@ def apply_operator(
     weights = list(weights) if weights is not None else [1.0] * len(experts)
     if densities is None:
         densities = [resolved.get("density", 1.0)] * len(experts)
-    work = [x.detach().clone().float() for x in experts]
-    work_base = base.detach().clone().float() if base is not None else None
+    check_densities(operator, resolved, densities)
+    work = [x.detach().float().contiguous().clone() for x in experts]
+    work_base = base.detach().float().contiguous().clone() if base is not None else None
     return run_operator(
         operator, resolved, work_base, work, weights, densities, tensor_name=tensor_name
     )

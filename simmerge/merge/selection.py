@@ -51,17 +51,30 @@ def _kth_largest_abs_and_count_above(flat: torch.Tensor, k: int) -> tuple[float,
     margin = 5.0 * math.sqrt(q * (1.0 - q) / _SAMPLE) + 2.0 / _SAMPLE
     lo = float(sample[max(0, math.floor((q - margin) * _SAMPLE))])
     hi = float(sample[min(_SAMPLE - 1, math.ceil((q + margin) * _SAMPLE))])
-    below = 0
-    candidates = []
+    # One chunked pass: count entries below / equal to / above the bracket ends and keep only
+    # those strictly inside it, so a large block of equal values (e.g. exact zeros in a sparse
+    # task vector) is counted, never copied.
+    below = at_lo = at_hi = 0
+    inside = []
     for sl in chunks(n):
         a = flat[sl].abs()
         below += int((a < lo).sum())
-        candidates.append(a[(a >= lo) & (a <= hi)])
-    cand = torch.cat(candidates)
-    if below < rank <= below + cand.numel():
-        value = cand.kthvalue(rank - below).values
-        above_bracket = n - below - cand.numel()
-        return float(value), above_bracket + int((cand > value).sum())
+        at_lo += int((a == lo).sum())
+        if hi > lo:
+            at_hi += int((a == hi).sum())
+            inside.append(a[(a > lo) & (a < hi)])
+    mid = torch.cat(inside) if inside else flat.new_empty(0)
+    above_hi = n - below - at_lo - mid.numel() - at_hi
+    r = rank - below
+    if 0 < r <= at_lo:
+        return lo, n - below - at_lo
+    r -= at_lo
+    if 0 < r <= mid.numel():
+        value = float(mid.kthvalue(r).values)
+        return value, int((mid > value).sum()) + at_hi + above_hi
+    r -= mid.numel()
+    if 0 < r <= at_hi:
+        return hi, above_hi
     # The sample missed the bracket (probability ~1e-6): pay for the exact full selection.
     a = flat.abs()
     value = a.kthvalue(rank).values

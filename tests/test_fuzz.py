@@ -1,0 +1,105 @@
+"""Loaders never raise anything but simmerge.errors types on arbitrary input."""
+
+from __future__ import annotations
+
+import json
+import struct
+import tempfile
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from simmerge.errors import SimmergeError
+from simmerge.merge import MergePlan
+from simmerge.safetensors_io import read_header
+
+scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=8))
+values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=12), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+plan_like = st.fixed_dictionaries(
+    {},
+    optional={
+        "merge_method": st.one_of(st.sampled_from(["ties", "linear", "slerp", "della"]), scalars),
+        "base_model": st.one_of(st.just("/b"), scalars),
+        "models": st.one_of(
+            st.lists(
+                st.fixed_dictionaries(
+                    {"model": st.one_of(st.just("/a"), st.just("/c"), scalars)},
+                    optional={
+                        "parameters": st.dictionaries(
+                            st.sampled_from(["weight", "density", "gamma"]), values, max_size=2
+                        )
+                    },
+                ),
+                max_size=3,
+            ),
+            values,
+        ),
+        "parameters": st.dictionaries(
+            st.sampled_from(["density", "lambda", "t", "epsilon", "normalize", "x"]),
+            values,
+            max_size=3,
+        ),
+        "dtype": values,
+        "simmerge": values,
+        "slices": values,
+    },
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(plan_like, values))
+def test_plan_loader_raises_only_simmerge_errors(doc):
+    try:
+        MergePlan.from_mergekit_dict(doc)
+    except SimmergeError:
+        pass
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.text(max_size=200))
+def test_plan_yaml_text_raises_only_simmerge_errors(text):
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "plan.yaml"
+        path.write_text(text)
+        try:
+            MergePlan.from_yaml(path)
+        except SimmergeError:
+            pass
+
+
+header_docs = st.dictionaries(
+    st.text(max_size=6),
+    st.one_of(
+        values,
+        st.fixed_dictionaries(
+            {
+                "dtype": st.sampled_from(["F32", "BF16", "I8", "X"]),
+                "shape": st.lists(st.integers(-2, 4), max_size=3),
+                "data_offsets": st.lists(st.integers(-2, 64), max_size=3),
+            }
+        ),
+    ),
+    max_size=3,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(st.binary(max_size=64), header_docs.map(lambda d: json.dumps(d).encode())),
+    st.binary(max_size=64),
+)
+def test_safetensors_header_reader_raises_only_simmerge_errors(header, data):
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "model.safetensors"
+        path.write_bytes(struct.pack("<Q", len(header)) + header + data)
+        try:
+            read_header(path)
+        except SimmergeError:
+            pass
