@@ -37,6 +37,8 @@ CASES = [
     ("ties", {"density": 0.4}, (1.0, 0.6, 0.8)),
     ("ties", {"density": 0.6, "normalize": False, "lambda": 1.3}, (1.0, 1.0, 1.0)),
     ("breadcrumbs", {"density": 0.5, "gamma": 0.05}, (1.0, 0.5, 1.0)),
+    ("ties", {"density": 0.3, "rescale": True}, (1.0, 0.5, 1.0)),
+    ("breadcrumbs", {"density": 0.7, "gamma": 0.1, "rescale": True}, (1.0, 1.0, 0.5)),
     ("slerp", {"t": 0.35}, (1.0, 1.0)),
     ("model_stock", {}, (1.0, 1.0, 1.0)),
     ("dare_linear", {"density": 1.0}, (1.0, 0.5, 0.5)),
