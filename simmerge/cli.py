@@ -1,13 +1,16 @@
 """``simmerge`` command line: a thin layer over the Python API.
 
-Each stage module that has commands exposes ``add_cli(subparsers)``; this file only collects
-them. Input errors (:class:`~simmerge.errors.SimmergeError`) are printed as one clear line and
-exit with status 2 instead of a traceback.
+Every command's arguments are declared here; its handler lives in the stage module and is
+imported only when that command runs (``handler="module:function"``), so ``simmerge --help``
+starts fast and needs neither torch nor numpy. Input errors
+(:class:`~simmerge.errors.SimmergeError`) are printed as one clear line and exit with status 2
+instead of a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from collections.abc import Sequence
@@ -58,13 +61,62 @@ def _add_merge_cli(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_merge)
 
 
+def _lazy(handler: str):
+    """A ``func`` that imports ``module:function`` only when the command runs."""
+
+    def run(args: argparse.Namespace) -> int:
+        module, name = handler.split(":")
+        return getattr(importlib.import_module(module), name)(args)
+
+    return run
+
+
+def _add_eval_cli(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="score a local model folder on a task file")
+    p.add_argument("model_dir", help="local Hugging Face model folder")
+    p.add_argument("--task", required=True, help="task file (.jsonl or .parquet)")
+    p.add_argument(
+        "--kind",
+        choices=("exact_match", "multiple_choice", "token_accuracy"),
+        default=None,
+        help="task kind (default: the file's 'kind' field, else inferred)",
+    )
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_lazy("simmerge.evaluate:run_eval_cli"))
+
+
+def _add_zoo_cli(sub: argparse._SubParsersAction) -> None:
+    zoo = sub.add_parser("zoo", help="the embedded tiny model zoo")
+    zsub = zoo.add_subparsers(dest="zoo_command", required=True)
+    b = zsub.add_parser("build", help="build (or reuse) the tiny zoo in a folder")
+    b.add_argument("--out", required=True, help="output folder")
+    b.add_argument("--size", choices=("default", "large"), default="default")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--device", choices=("cpu", "cuda"), default=None)
+    b.set_defaults(func=_lazy("simmerge.zoo:run_build_cli"))
+
+
+def _add_demo_cli(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo", help="main job on the embedded default: build the tiny zoo, merge and evaluate"
+    )
+    p.add_argument("--zoo", default="runs/zoo", help="zoo folder (built if missing; cached)")
+    p.add_argument("--pairs", type=int, default=3, help="number of expert pairs")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--json", default=None, help="also write the report as JSON to this path")
+    p.set_defaults(func=_lazy("simmerge.demo:run_demo_cli"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="simmerge", description="Predict which model merge to make, then make it."
     )
     parser.add_argument("--version", action="version", version=f"simmerge {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    _add_merge_cli(sub)
+    for add in (_add_merge_cli, _add_eval_cli, _add_zoo_cli, _add_demo_cli):
+        add(sub)
     return parser
 
 

@@ -120,8 +120,12 @@ class EvalTask:
                 "check that every line is a JSON object (JSONL) or the file is valid parquet.",
             ) from exc
         return cls.from_records(
-            list(ds), kind=kind, name=name or path.stem, source=str(path),
-            columns=ds.column_names, max_new_tokens=max_new_tokens,
+            list(ds),
+            kind=kind,
+            name=name or path.stem,
+            source=str(path),
+            columns=ds.column_names,
+            max_new_tokens=max_new_tokens,
         )
 
     @classmethod
@@ -181,14 +185,22 @@ class EvalTask:
                 examples.append(EvalExample(ex_id, str(row["prompt"]), None, choices, label))
             else:
                 examples.append(EvalExample(ex_id, str(row["prompt"]), str(row["answer"])))
-        return cls(name=name, kind=kind, examples=tuple(examples), source=source,
-                   max_new_tokens=max_new_tokens)
+        return cls(
+            name=name,
+            kind=kind,
+            examples=tuple(examples),
+            source=source,
+            max_new_tokens=max_new_tokens,
+        )
 
     def config_hash(self) -> str:
         """A content hash of the task (kind, examples, generation limit): stable across paths."""
         payload = json.dumps(
-            {"kind": self.kind, "max_new_tokens": self.max_new_tokens,
-             "examples": [asdict(e) for e in self.examples]},
+            {
+                "kind": self.kind,
+                "max_new_tokens": self.max_new_tokens,
+                "examples": [asdict(e) for e in self.examples],
+            },
             sort_keys=True,
         )
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
@@ -217,8 +229,13 @@ class EvalResult:
     examples: tuple[ExampleResult, ...] = field(repr=False)
 
     def to_dict(self, with_examples: bool = False) -> dict[str, Any]:
-        out: dict[str, Any] = {"task": self.task, "kind": self.kind, "score": self.score,
-                               "n": self.n, "task_hash": self.task_hash}
+        out: dict[str, Any] = {
+            "task": self.task,
+            "kind": self.kind,
+            "score": self.score,
+            "n": self.n,
+            "task_hash": self.task_hash,
+        }
         if with_examples:
             out["examples"] = [asdict(e) for e in self.examples]
         return out
@@ -250,8 +267,9 @@ def load_tokenizer(model_dir: str | Path):
     return AutoTokenizer.from_pretrained(str(_check_model_dir(model_dir)), trust_remote_code=False)
 
 
-def load_model_with_state(model_dir: str | Path, state_dict: Mapping[str, Any],
-                          device: Any | None = None):
+def load_model_with_state(
+    model_dir: str | Path, state_dict: Mapping[str, Any], device: Any | None = None
+):
     """Build the architecture of ``model_dir`` (its config.json) and load ``state_dict`` into it.
 
     This is how a merge held in memory (a dict of tensors named like the base's) is evaluated.
@@ -348,8 +366,14 @@ def evaluate(
         else:
             results = _token_accuracy(model, tokenizer, task, dev, batch_size)
     score = sum(r.score for r in results) / len(results)
-    return EvalResult(task=task.name, kind=task.kind, score=float(score), n=len(results),
-                      task_hash=task.config_hash(), examples=tuple(results))
+    return EvalResult(
+        task=task.name,
+        kind=task.kind,
+        score=float(score),
+        n=len(results),
+        task_hash=task.config_hash(),
+        examples=tuple(results),
+    )
 
 
 def _ids(tokenizer: Any, text: str, special: bool) -> list[int]:
@@ -357,9 +381,12 @@ def _ids(tokenizer: Any, text: str, special: bool) -> list[int]:
 
 
 def _pad_id(tokenizer: Any, model: Any) -> int:
-    for cand in (tokenizer.pad_token_id, tokenizer.eos_token_id,
-                 getattr(model.config, "pad_token_id", None),
-                 getattr(model.config, "eos_token_id", None)):
+    for cand in (
+        tokenizer.pad_token_id,
+        tokenizer.eos_token_id,
+        getattr(model.config, "pad_token_id", None),
+        getattr(model.config, "eos_token_id", None),
+    ):
         if isinstance(cand, int):
             return cand
     return 0
@@ -420,8 +447,13 @@ def _token_accuracy(model, tokenizer, task, device, batch_size) -> list[ExampleR
         batch = task.examples[lo : lo + batch_size]
         enc = [_split_prompt(tokenizer, e.prompt, e.answer or "") for e in batch]
         todo = [i for i, (s, st) in enumerate(enc) if len(s) > st]
-        outs = _continuation_logprobs(model, [enc[i][0] for i in todo], [enc[i][1] for i in todo],
-                                      pad, device) if todo else []
+        outs = (
+            _continuation_logprobs(
+                model, [enc[i][0] for i in todo], [enc[i][1] for i in todo], pad, device
+            )
+            if todo
+            else []
+        )
         acc = {i: float(h.float().mean()) for i, (_, h) in zip(todo, outs, strict=True)}
         # an empty answer has nothing to get wrong: score 1
         results.extend(ExampleResult(e.id, acc.get(i, 1.0)) for i, e in enumerate(batch))
@@ -443,8 +475,9 @@ def _multiple_choice(model, tokenizer, task, device, batch_size) -> list[Example
     totals: dict[tuple[int, int], float] = {}
     for lo in range(0, len(flat), batch_size):
         chunk = flat[lo : lo + batch_size]
-        outs = _continuation_logprobs(model, [c[2] for c in chunk], [c[3] for c in chunk],
-                                      pad, device)
+        outs = _continuation_logprobs(
+            model, [c[2] for c in chunk], [c[3] for c in chunk], pad, device
+        )
         for (i, j, _, _), (lp, _) in zip(chunk, outs, strict=True):
             totals[(i, j)] = float(lp.sum())
     results = []
@@ -478,8 +511,9 @@ def _exact_match(model, tokenizer, task, device, batch_size) -> list[ExampleResu
         generated = _greedy(model, ids, mask, max_new, eos, pad)
         for e, gen in zip(batch, generated, strict=True):
             text = tokenizer.decode(gen, skip_special_tokens=True)
-            results.append(ExampleResult(e.id, float(text.strip() == (e.answer or "").strip()),
-                                         text))
+            results.append(
+                ExampleResult(e.id, float(text.strip() == (e.answer or "").strip()), text)
+            )
     return results
 
 
@@ -495,8 +529,13 @@ def _greedy(model, ids, mask, max_new: int, eos: set[int], pad: int) -> list[lis
     past = None
     step_ids, step_pos = ids, pos
     for _ in range(max_new):
-        res = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos,
-                    past_key_values=past, use_cache=True)
+        res = model(
+            input_ids=step_ids,
+            attention_mask=mask,
+            position_ids=step_pos,
+            past_key_values=past,
+            use_cache=True,
+        )
         past = res.past_key_values
         nxt = res.logits[:, -1].argmax(-1)
         is_eos = torch.isin(nxt, eos_t) if len(eos) else torch.zeros_like(done)
@@ -515,20 +554,8 @@ def _greedy(model, ids, mask, max_new: int, eos: set[int], pad: int) -> list[lis
 # --- CLI ---------------------------------------------------------------------------------------
 
 
-def add_cli(subparsers: Any) -> None:
-    """Register ``eval MODEL_DIR --task TASK.jsonl [--json]`` on an argparse subparsers object."""
-    p = subparsers.add_parser("eval", help="score a local model folder on a task file")
-    p.add_argument("model_dir", help="local Hugging Face model folder")
-    p.add_argument("--task", required=True, help="task file (.jsonl or .parquet)")
-    p.add_argument("--kind", choices=TASK_KINDS, default=None,
-                   help="task kind (default: the file's 'kind' field, else inferred)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(func=run_eval_cli)
-
-
 def run_eval_cli(args: Any) -> int:
+    """Handler of ``simmerge eval`` (arguments declared in simmerge.cli)."""
     task = EvalTask.load(args.task, kind=args.kind)
     res = evaluate(args.model_dir, task, device=args.device, batch_size=args.batch_size)
     if args.json:

@@ -3,15 +3,15 @@ invariance on a real tiny Llama, the three ways to pass a model, input validatio
 
 from __future__ import annotations
 
-import argparse
 import json
 import types
 
 import pytest
 import torch
 
+from simmerge.cli import build_parser
 from simmerge.errors import ConfigError
-from simmerge.evaluate import EvalTask, add_cli, evaluate, load_model_with_state
+from simmerge.evaluate import EvalTask, evaluate, load_model_with_state
 from simmerge.zoo.tokenizer import build_tokenizer, vocabulary
 
 V = vocabulary()
@@ -32,8 +32,14 @@ class BigramLM(torch.nn.Module):
         self.table = torch.nn.Parameter(table)
         self.config = types.SimpleNamespace(eos_token_id=V["<eos>"], pad_token_id=V["<pad>"])
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None,
-                use_cache=None):
+    def forward(
+        self,
+        input_ids,
+        attention_mask=None,
+        position_ids=None,
+        past_key_values=None,
+        use_cache=None,
+    ):
         return types.SimpleNamespace(logits=self.table[input_ids], past_key_values=None)
 
 
@@ -48,8 +54,12 @@ def tok():
 
 
 def test_exact_match_score_is_fraction_of_exact_greedy_continuations(tmp_path, tok):
-    rows = [{"prompt": "<copy>ab=", "answer": "xy"}, {"prompt": "<copy>abcd=", "answer": " xy "},
-            {"prompt": "<copy>a=", "answer": "ab"}, {"prompt": "<copy>abc=", "answer": "x"}]
+    rows = [
+        {"prompt": "<copy>ab=", "answer": "xy"},
+        {"prompt": "<copy>abcd=", "answer": " xy "},
+        {"prompt": "<copy>a=", "answer": "ab"},
+        {"prompt": "<copy>abc=", "answer": "x"},
+    ]
     task = EvalTask.load(_write_jsonl(tmp_path / "em.jsonl", rows))
     assert task.kind == "exact_match"
     res = evaluate(BigramLM(), task, tokenizer=tok, batch_size=3)
@@ -60,15 +70,20 @@ def test_exact_match_score_is_fraction_of_exact_greedy_continuations(tmp_path, t
 
 
 def test_exact_match_stops_at_max_new_tokens(tok):
-    task = EvalTask.from_records([{"prompt": "<copy>a=", "answer": "x"}], kind="exact_match",
-                                 max_new_tokens=1)
+    task = EvalTask.from_records(
+        [{"prompt": "<copy>a=", "answer": "x"}], kind="exact_match", max_new_tokens=1
+    )
     res = evaluate(BigramLM(), task, tokenizer=tok)
     assert res.examples[0].prediction == "x" and res.score == 1.0
 
 
 def test_token_accuracy_is_teacher_forced_per_token_argmax(tok):
-    rows = [{"prompt": "<copy>a=", "answer": "xy"}, {"prompt": "<copy>a=", "answer": "xz"},
-            {"prompt": "<copy>a=", "answer": "ab"}, {"prompt": "<copy>a=", "answer": "ay"}]
+    rows = [
+        {"prompt": "<copy>a=", "answer": "xy"},
+        {"prompt": "<copy>a=", "answer": "xz"},
+        {"prompt": "<copy>a=", "answer": "ab"},
+        {"prompt": "<copy>a=", "answer": "ay"},
+    ]
     task = EvalTask.from_records(rows, kind="token_accuracy")
     res = evaluate(BigramLM(), task, tokenizer=tok, batch_size=2)
     # "ay": after '=' the model predicts 'x' (miss); after the forced 'a' it predicts <eos> (miss)
@@ -77,9 +92,11 @@ def test_token_accuracy_is_teacher_forced_per_token_argmax(tok):
 
 
 def test_multiple_choice_picks_highest_log_likelihood(tmp_path, tok):
-    rows = [{"prompt": "<copy>a=", "choices": ["ab", "xy", "xa"], "label": 1},
-            {"prompt": "<copy>b=", "choices": ["xy", "b"], "label": 1},
-            {"prompt": "<copy>c=", "choices": ["q", "xy"], "label": 1}]
+    rows = [
+        {"prompt": "<copy>a=", "choices": ["ab", "xy", "xa"], "label": 1},
+        {"prompt": "<copy>b=", "choices": ["xy", "b"], "label": 1},
+        {"prompt": "<copy>c=", "choices": ["q", "xy"], "label": 1},
+    ]
     task = EvalTask.load(_write_jsonl(tmp_path / "mc.jsonl", rows))
     assert task.kind == "multiple_choice"
     res = evaluate(BigramLM(), task, tokenizer=tok, batch_size=2)
@@ -171,10 +188,10 @@ def test_load_model_with_state_rejects_a_state_of_another_shape(tmp_path, tok):
 def test_eval_cli_prints_score_and_n_as_json(tmp_path, tok, capsys):
     folder, _ = _tiny_llama_dir(tmp_path, tok)
     path = _write_jsonl(tmp_path / "t.jsonl", [{"prompt": "<copy>ab=", "answer": "ab"}] * 3)
-    parser = argparse.ArgumentParser()
-    add_cli(parser.add_subparsers(dest="cmd"))
-    args = parser.parse_args(["eval", str(folder), "--task", str(path), "--json",
-                              "--device", "cpu"])
+    parser = build_parser()
+    args = parser.parse_args(
+        ["eval", str(folder), "--task", str(path), "--json", "--device", "cpu"]
+    )
     assert args.func(args) == 0
     payload = json.loads(capsys.readouterr().out)
     assert payload["n"] == 3 and 0.0 <= payload["score"] <= 1.0

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from simmerge.checkpoint import Checkpoint, open_checkpoint
+from simmerge.checkpoint import Checkpoint, is_finite, open_checkpoint
 from simmerge.compat import TOKENIZER_FILES, check_compatible
 from simmerge.errors import NonFiniteWeightsError, SimmergeError
 from simmerge.io_utils import atomic_output_dir
@@ -111,7 +111,7 @@ def _merge_one(
         tensor_name=name,
     )
     del experts, base
-    if check_finite and not bool(torch.isfinite(out).all()):
+    if check_finite and not is_finite(out):
         raise NonFiniteWeightsError(
             f"Merging tensor {name!r} overflowed to NaN/Inf although the inputs are finite.",
             "lower lambda or the weights, or merge in a wider dtype.",

@@ -106,9 +106,11 @@ RECIPES: dict[str, ZooRecipe] = {
         experts=tuple(
             _e(f"{t}_{v}", t, 100 + 10 * i + j, steps, lr)
             for i, t in enumerate((*DEFAULT_TASKS, "rotr", "copy", "shift3"))
-            for j, (v, steps, lr) in enumerate((("a", 100, 5e-4), ("b", 80, 1e-3),
-                                                 ("c", 140, 3e-4)))
-        ) + (
+            for j, (v, steps, lr) in enumerate(
+                (("a", 100, 5e-4), ("b", 80, 1e-3), ("c", 140, 3e-4))
+            )
+        )
+        + (
             _e("reverse_sort", "reverse+sort", 201, 120, 5e-4),
             _e("caesar_swap", "caesar+swap", 202, 120, 5e-4),
             _e("rotate_dup", "rotate+dup", 203, 120, 5e-4),
@@ -139,8 +141,14 @@ def eval_records(task: str, lengths: tuple[int, int], n: int, seed: int) -> list
     out = []
     for i in range(n):
         x, ans = spec.sample(rng, int(rng.integers(lengths[0], lengths[1] + 1)))
-        out.append({"id": f"{task}-{lengths[0]}-{lengths[1]}-{i}", "kind": "exact_match",
-                    "prompt": spec.prompt(x), "answer": ans})
+        out.append(
+            {
+                "id": f"{task}-{lengths[0]}-{lengths[1]}-{i}",
+                "kind": "exact_match",
+                "prompt": spec.prompt(x),
+                "answer": ans,
+            }
+        )
     return out
 
 
@@ -148,10 +156,13 @@ def probe_records(task: str, lengths: tuple[int, int], n: int, seed: int) -> lis
     """Unlabeled prompts spanning the short and long lengths."""
     rng = _rng(seed, "probes", task)
     spec = TASKS[task]
-    return [{"id": f"{task}-probe-{i}",
-             "text": spec.prompt(spec.sample(rng, int(rng.integers(lengths[0],
-                                                                   lengths[1] + 1)))[0])}
-            for i in range(n)]
+    return [
+        {
+            "id": f"{task}-probe-{i}",
+            "text": spec.prompt(spec.sample(rng, int(rng.integers(lengths[0], lengths[1] + 1)))[0]),
+        }
+        for i in range(n)
+    ]
 
 
 def _jsonl(rows: list[dict[str, Any]]) -> str:
@@ -168,8 +179,10 @@ def catalog_yaml(recipe: ZooRecipe) -> str:
     doc = {
         "name": recipe.name,
         "base": {"name": "base", "path": "base"},
-        "experts": [{"name": e.name, "path": f"experts/{e.name}", "tasks": list(e.tasks)}
-                    for e in recipe.experts],
+        "experts": [
+            {"name": e.name, "path": f"experts/{e.name}", "tasks": list(e.tasks)}
+            for e in recipe.experts
+        ],
         "tasks": tasks,
     }
     return yaml.safe_dump(doc, sort_keys=False, default_flow_style=None, width=100)
@@ -197,16 +210,30 @@ def _model_hash(*parts: object) -> str:
     return hashlib.sha256(json.dumps([str(p) for p in parts]).encode()).hexdigest()[:16]
 
 
-def build_zoo(out_dir: str | Path, size: str = "default", seed: int = 0, device: Any = None,
-              *, progress: bool = True) -> Path:
+def build_zoo(
+    out_dir: str | Path,
+    size: str = "default",
+    seed: int = 0,
+    device: Any = None,
+    *,
+    progress: bool = True,
+) -> Path:
     """Build (or reuse) the tiny zoo in ``out_dir`` and return that folder (it holds
     ``catalog.yaml``). Deterministic for ``(size, seed)``; a finished build returns at once."""
-    return build_from_recipe(out_dir, recipe_for(size), seed=seed, device=device,
-                             progress=progress, label=size)
+    return build_from_recipe(
+        out_dir, recipe_for(size), seed=seed, device=device, progress=progress, label=size
+    )
 
 
-def build_from_recipe(out_dir: str | Path, recipe: ZooRecipe, seed: int = 0, device: Any = None,
-                      *, progress: bool = True, label: str = "custom") -> Path:
+def build_from_recipe(
+    out_dir: str | Path,
+    recipe: ZooRecipe,
+    seed: int = 0,
+    device: Any = None,
+    *,
+    progress: bool = True,
+    label: str = "custom",
+) -> Path:
     """:func:`build_zoo` for an explicit recipe (tests use a micro recipe)."""
     import torch
     from tqdm.auto import tqdm
@@ -216,8 +243,10 @@ def build_from_recipe(out_dir: str | Path, recipe: ZooRecipe, seed: int = 0, dev
 
     for t in {*recipe.tasks, *(t for e in recipe.experts for t in e.tasks)}:
         if t not in TASKS:
-            raise ConfigError(f"Zoo recipe {recipe.name!r} names unknown task {t!r}.",
-                              f"use tasks from {sorted(TASKS)}.")
+            raise ConfigError(
+                f"Zoo recipe {recipe.name!r} names unknown task {t!r}.",
+                f"use tasks from {sorted(TASKS)}.",
+            )
     out = Path(out_dir)
     full_hash = recipe.hash(seed)
     try:
@@ -229,54 +258,100 @@ def build_from_recipe(out_dir: str | Path, recipe: ZooRecipe, seed: int = 0, dev
     ensure_writable_dir(out, "zoo")
     (out / MANIFEST).unlink(missing_ok=True)
     t_start = time.perf_counter()
-    dev = torch.device(device) if device is not None else torch.device(
-        "cuda" if torch.cuda.is_available() else "cpu")
+    dev = (
+        torch.device(device)
+        if device is not None
+        else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    )
     tokenizer = build_tokenizer()
 
     # data files: cheap, rewritten every time
     for t in recipe.tasks:
         lo, hi = recipe.base_lengths
-        atomic_write_text(out / "eval" / f"{t}.jsonl",
-                          _jsonl(eval_records(t, recipe.eval_lengths, recipe.eval_size, seed)))
-        atomic_write_text(out / "eval" / f"{t}_short.jsonl",
-                          _jsonl(eval_records(t, (lo, hi), recipe.eval_size, seed)))
-        atomic_write_text(out / "probes" / f"{t}.jsonl",
-                          _jsonl(probe_records(t, (lo, recipe.eval_lengths[1]),
-                                               recipe.probe_size, seed)))
+        atomic_write_text(
+            out / "eval" / f"{t}.jsonl",
+            _jsonl(eval_records(t, recipe.eval_lengths, recipe.eval_size, seed)),
+        )
+        atomic_write_text(
+            out / "eval" / f"{t}_short.jsonl",
+            _jsonl(eval_records(t, (lo, hi), recipe.eval_size, seed)),
+        )
+        atomic_write_text(
+            out / "probes" / f"{t}.jsonl",
+            _jsonl(probe_records(t, (lo, recipe.eval_lengths[1]), recipe.probe_size, seed)),
+        )
 
     base_dir = out / "base"
     base_mix = MixturePart(recipe.tasks, recipe.base_lengths, 1.0)
-    base_hash = _model_hash(FORMAT_VERSION, seed, recipe.shape, recipe.tasks, recipe.base_steps,
-                            recipe.base_lr, recipe.base_lengths, recipe.batch_size)
+    base_hash = _model_hash(
+        FORMAT_VERSION,
+        seed,
+        recipe.shape,
+        recipe.tasks,
+        recipe.base_steps,
+        recipe.base_lr,
+        recipe.base_lengths,
+        recipe.batch_size,
+    )
     bar = tqdm(total=1 + len(recipe.experts), desc=f"zoo {label}", disable=not progress)
     if _stamp(base_dir) != base_hash:
         model = new_model(recipe.shape, seed).to(dev)
-        losses = train(model, [base_mix], steps=recipe.base_steps, lr=recipe.base_lr,
-                       seed=int(_rng(seed, "base").integers(2**31)),
-                       batch_size=recipe.batch_size, device=dev, desc="base",
-                       progress=progress)
-        _save_model(model.cpu(), tokenizer, base_dir,
-                    {"hash": base_hash, "role": "base", "tasks": list(recipe.tasks),
-                     "steps": recipe.base_steps, "lr": recipe.base_lr,
-                     "final_loss": losses[-1]})
+        losses = train(
+            model,
+            [base_mix],
+            steps=recipe.base_steps,
+            lr=recipe.base_lr,
+            seed=int(_rng(seed, "base").integers(2**31)),
+            batch_size=recipe.batch_size,
+            device=dev,
+            desc="base",
+            progress=progress,
+        )
+        _save_model(
+            model.cpu(),
+            tokenizer,
+            base_dir,
+            {
+                "hash": base_hash,
+                "role": "base",
+                "tasks": list(recipe.tasks),
+                "steps": recipe.base_steps,
+                "lr": recipe.base_lr,
+                "final_loss": losses[-1],
+            },
+        )
     bar.update(1)
 
     for spec in recipe.experts:
         folder = out / "experts" / spec.name
-        h = _model_hash(base_hash, spec, recipe.expert_lengths, recipe.replay,
-                        recipe.expert_batch_size)
+        h = _model_hash(
+            base_hash, spec, recipe.expert_lengths, recipe.replay, recipe.expert_batch_size
+        )
         if _stamp(folder) != h:
             torch.manual_seed(spec.seed)
             model = AutoModelForCausalLM.from_pretrained(str(base_dir)).to(dev)
-            mixture = [MixturePart(spec.tasks, recipe.expert_lengths, 1.0 - recipe.replay),
-                       MixturePart(recipe.tasks, recipe.base_lengths, recipe.replay)]
-            losses = train(model, mixture, steps=spec.steps, lr=spec.lr,
-                           seed=int(_rng(seed, "expert", spec.seed).integers(2**31)),
-                           batch_size=recipe.expert_batch_size, warmup=10, device=dev,
-                           desc=spec.name, progress=progress)
-            _save_model(model.cpu(), tokenizer, folder,
-                        {"hash": h, "role": "expert", **asdict(spec),
-                         "final_loss": losses[-1]})
+            mixture = [
+                MixturePart(spec.tasks, recipe.expert_lengths, 1.0 - recipe.replay),
+                MixturePart(recipe.tasks, recipe.base_lengths, recipe.replay),
+            ]
+            losses = train(
+                model,
+                mixture,
+                steps=spec.steps,
+                lr=spec.lr,
+                seed=int(_rng(seed, "expert", spec.seed).integers(2**31)),
+                batch_size=recipe.expert_batch_size,
+                warmup=10,
+                device=dev,
+                desc=spec.name,
+                progress=progress,
+            )
+            _save_model(
+                model.cpu(),
+                tokenizer,
+                folder,
+                {"hash": h, "role": "expert", **asdict(spec), "final_loss": losses[-1]},
+            )
         bar.update(1)
     bar.close()
 
@@ -286,7 +361,18 @@ def build_from_recipe(out_dir: str | Path, recipe: ZooRecipe, seed: int = 0, dev
         if stale.is_dir() and not stale.name.startswith(".") and stale.name not in wanted:
             shutil.rmtree(stale)
     atomic_write_text(out / "catalog.yaml", catalog_yaml(recipe))
-    atomic_write_text(out / MANIFEST, json.dumps(
-        {"hash": full_hash, "size": label, "seed": seed, "recipe": asdict(recipe),
-         "build_seconds": round(time.perf_counter() - t_start, 1)}, indent=2, sort_keys=True))
+    atomic_write_text(
+        out / MANIFEST,
+        json.dumps(
+            {
+                "hash": full_hash,
+                "size": label,
+                "seed": seed,
+                "recipe": asdict(recipe),
+                "build_seconds": round(time.perf_counter() - t_start, 1),
+            },
+            indent=2,
+            sort_keys=True,
+        ),
+    )
     return out

@@ -31,7 +31,11 @@ def build_tokenizer():
     )
     tags = [t.tag for t in TASKS.values()]
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
-        unk_token="<unk>", additional_special_tokens=tags,
+        tokenizer_object=tok,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        additional_special_tokens=tags,
     )
     return fast

@@ -41,11 +41,18 @@ def make_config(shape: ModelShape):
 
     vocab = vocabulary()
     return LlamaConfig(
-        vocab_size=len(vocab), hidden_size=shape.hidden, intermediate_size=shape.intermediate,
-        num_hidden_layers=shape.layers, num_attention_heads=shape.heads,
-        num_key_value_heads=shape.heads, max_position_embeddings=shape.max_positions,
-        tie_word_embeddings=False, bos_token_id=vocab["<bos>"], eos_token_id=vocab["<eos>"],
-        pad_token_id=vocab["<pad>"], rms_norm_eps=1e-5,
+        vocab_size=len(vocab),
+        hidden_size=shape.hidden,
+        intermediate_size=shape.intermediate,
+        num_hidden_layers=shape.layers,
+        num_attention_heads=shape.heads,
+        num_key_value_heads=shape.heads,
+        max_position_embeddings=shape.max_positions,
+        tie_word_embeddings=False,
+        bos_token_id=vocab["<bos>"],
+        eos_token_id=vocab["<eos>"],
+        pad_token_id=vocab["<pad>"],
+        rms_norm_eps=1e-5,
     )
 
 
@@ -90,9 +97,19 @@ def sample_batch(rng: np.random.Generator, mixture: Sequence[MixturePart], batch
     return ids, labels, mask
 
 
-def train(model, mixture: Sequence[MixturePart], *, steps: int, lr: float, seed: int,
-          batch_size: int = 64, warmup: int = 20, device=None, desc: str = "train",
-          progress: bool = True) -> list[float]:
+def train(
+    model,
+    mixture: Sequence[MixturePart],
+    *,
+    steps: int,
+    lr: float,
+    seed: int,
+    batch_size: int = 64,
+    warmup: int = 20,
+    device=None,
+    desc: str = "train",
+    progress: bool = True,
+) -> list[float]:
     """AdamW with linear warm-up and cosine decay to 10 % of ``lr``; returns the loss curve."""
     import torch
     from tqdm.auto import tqdm
