@@ -74,7 +74,8 @@ def demo_pairs(catalog: Catalog, n_pairs: int) -> list[tuple[CatalogModel, Catal
             f"Catalog {catalog.name!r} has no pair of single-task experts with eval data.",
             "add `tasks: {NAME: {eval: FILE}}` entries for the experts' tasks.",
         )
-    return pairs[:n_pairs]
+    step = max(1, len(pairs) // max(n_pairs, 1))  # spread the pairs over the catalog
+    return pairs[::step][:n_pairs]
 
 
 def _eval_path(catalog: Catalog, task: str) -> Path | None:
@@ -91,19 +92,14 @@ def run_demo(
 ) -> dict[str, Any]:
     """Merge-and-evaluate ``n_pairs`` pairs x every operator of :data:`DEMO_GRID`."""
     pairs = demo_pairs(catalog, n_pairs)
-    tasks = {
-        t: EvalTask.load(_eval_path(catalog, t), name=t)
-        for a, b in pairs
-        for t in a.tasks + b.tasks
-    }
-    experts = {e.name: e for pair in pairs for e in pair}
+    tasks = {t: EvalTask.load(spec.eval, name=t) for t, spec in catalog.tasks.items() if spec.eval}
     expert_scores = {
-        (e.name, e.tasks[0]): evaluate(str(e.path), tasks[e.tasks[0]], device).score
-        for e in experts.values()
+        (e.name, t): evaluate(str(e.path), tasks[t], device).score
+        for e in catalog.experts
+        for t in e.tasks
+        if t in tasks
     }
-    base_scores = {
-        t: evaluate(str(catalog.base.path), task, device).score for t, task in tasks.items()
-    }
+    base_scores = {t: evaluate(str(catalog.base.path), tk, device).score for t, tk in tasks.items()}
     rows: list[DemoRow] = []
     jobs = [(a, b, op, params) for a, b in pairs for op, params in DEMO_GRID]
     for a, b, op, params in tqdm(jobs, desc="merge+eval", disable=not progress):

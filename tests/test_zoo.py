@@ -258,3 +258,20 @@ def test_operators_disagree_on_most_pairs(floor):
 
     disagreeing = [p for p, kept in floor["pairs"].items() if spread(kept) >= 0.1]
     assert len(disagreeing) > len(floor["pairs"]) / 2
+
+
+@pytest.mark.slow
+def test_demo_scores_every_expert_and_every_operator_on_a_pair(tiny_zoo):
+    from simmerge.catalog import Catalog
+    from simmerge.demo import DEMO_GRID, format_report, run_demo
+
+    cat = Catalog.load(tiny_zoo / "catalog.yaml")
+    report = run_demo(cat, n_pairs=1, device="cpu", progress=False)
+    assert {e["name"] for e in report["experts"]} == set(cat.expert_names)
+    assert [r["operator"] for r in report["rows"]] == [op for op, _ in DEMO_GRID]
+    row = report["rows"][0]
+    expert = {(e["name"], e["task"]): e["expert_score"] for e in report["experts"]}
+    assert row["normalized_a"] == pytest.approx(
+        row["score_a"] / expert[(row["expert_a"], row["task_a"])]
+    )
+    assert "best operator per pair" in format_report(report)
