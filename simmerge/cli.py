@@ -109,13 +109,38 @@ def _add_demo_cli(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_lazy("simmerge.demo:run_demo_cli"))
 
 
+def _add_features_cli(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "features", help="pair similarity features for every ordered expert pair (x task)"
+    )
+    p.add_argument("catalog", help="catalog YAML")
+    p.add_argument("--out", required=True, help="output parquet file")
+    p.add_argument(
+        "--probes", default="general", help="general probe set: a shipped name or a file"
+    )
+    p.add_argument("--probe-column", default="text", help="prompt column of the probe files")
+    p.add_argument("--no-general", action="store_true", help="task probe sets only")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument(
+        "--cache-dir", default=None, help="signature/sketch cache (default: $SIMMERGE_CACHE)"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_lazy("simmerge.feature_table:run_features_cli"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="simmerge", description="Predict which model merge to make, then make it."
     )
     parser.add_argument("--version", action="version", version=f"simmerge {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_merge_cli, _add_eval_cli, _add_zoo_cli, _add_demo_cli):
+    for add in (
+        _add_merge_cli,
+        _add_eval_cli,
+        _add_zoo_cli,
+        _add_demo_cli,
+        _add_features_cli,
+    ):
         add(sub)
     return parser
 

@@ -99,3 +99,10 @@ class OperatorParameterError(PlanError):
 
 class OutputPathError(SimmergeError):
     """An output location is unwritable, already exists, or escapes its folder."""
+
+
+# --- caches ----------------------------------------------------------------------------------
+
+
+class CacheError(SimmergeError):
+    """A cache entry that is corrupt or was written by another version or configuration."""

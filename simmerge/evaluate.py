@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from simmerge.errors import ConfigError, InputNotFoundError, TensorMismatchError
+from simmerge.io_utils import read_local_table
 
 TASK_KINDS: tuple[str, ...] = ("exact_match", "multiple_choice", "token_accuracy")
 
@@ -46,8 +47,6 @@ REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
     "multiple_choice": ("prompt", "choices", "label"),
     "token_accuracy": ("prompt", "answer"),
 }
-
-_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
 
 # --- task records ------------------------------------------------------------------------------
@@ -98,33 +97,13 @@ class EvalTask:
     ) -> EvalTask:
         """Load a task from a local ``.jsonl``/``.json`` or ``.parquet`` file."""
         path = Path(path)
-        if not path.is_file():
-            raise InputNotFoundError(
-                f"Evaluation file {str(path)!r} does not exist.",
-                "pass the path of a local .jsonl or .parquet task file.",
-            )
-        fmt = _FORMATS.get(path.suffix.lower())
-        if fmt is None:
-            raise ConfigError(
-                f"Evaluation file {str(path)!r} has an unsupported suffix {path.suffix!r}.",
-                "save the task as .jsonl (one JSON object per line) or .parquet.",
-            )
-        import datasets
-
-        datasets.disable_progress_bars()
-        try:
-            ds = datasets.load_dataset(fmt, data_files=str(path), split="train")
-        except Exception as exc:  # datasets raises many types for unreadable files
-            raise ConfigError(
-                f"Evaluation file {str(path)!r} could not be read as {fmt}: {exc}",
-                "check that every line is a JSON object (JSONL) or the file is valid parquet.",
-            ) from exc
+        rows, columns = read_local_table(path, "Evaluation file", ConfigError)
         return cls.from_records(
-            list(ds),
+            rows,
             kind=kind,
             name=name or path.stem,
             source=str(path),
-            columns=ds.column_names,
+            columns=columns,
             max_new_tokens=max_new_tokens,
         )
 
@@ -244,7 +223,7 @@ class EvalResult:
 # --- models ------------------------------------------------------------------------------------
 
 
-def _pick_device(device: Any | None) -> Any:
+def pick_device(device: Any | None) -> Any:
     import torch
 
     if device is not None:
@@ -252,13 +231,13 @@ def _pick_device(device: Any | None) -> Any:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def load_model(model_dir: str | Path, device: Any | None = None):
+def load_model(model_dir: str | Path, device: Any | None = None, dtype: Any | None = None):
     """Load a local HF causal-LM folder (never ``trust_remote_code``) in eval mode."""
     from transformers import AutoModelForCausalLM
 
     model_dir = _check_model_dir(model_dir)
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), trust_remote_code=False)
-    return model.to(_pick_device(device)).eval()
+    return model.to(device=pick_device(device), dtype=dtype).eval()
 
 
 def load_tokenizer(model_dir: str | Path):
@@ -268,7 +247,10 @@ def load_tokenizer(model_dir: str | Path):
 
 
 def load_model_with_state(
-    model_dir: str | Path, state_dict: Mapping[str, Any], device: Any | None = None
+    model_dir: str | Path,
+    state_dict: Mapping[str, Any],
+    device: Any | None = None,
+    dtype: Any | None = None,
 ):
     """Build the architecture of ``model_dir`` (its config.json) and load ``state_dict`` into it.
 
@@ -294,7 +276,7 @@ def load_model_with_state(
             "merge checkpoints that share the reference model's architecture and tensor names.",
         )
     model.config._name_or_path = str(model_dir)
-    return model.to(_pick_device(device)).eval()
+    return model.to(device=pick_device(device), dtype=dtype).eval()
 
 
 def _check_model_dir(model_dir: str | Path) -> Path:
@@ -380,7 +362,7 @@ def _ids(tokenizer: Any, text: str, special: bool) -> list[int]:
     return list(tokenizer(text, add_special_tokens=special)["input_ids"])
 
 
-def _pad_id(tokenizer: Any, model: Any) -> int:
+def pad_token_id(tokenizer: Any, model: Any) -> int:
     for cand in (
         tokenizer.pad_token_id,
         tokenizer.eos_token_id,
@@ -402,7 +384,7 @@ def _eos_ids(tokenizer: Any, model: Any) -> set[int]:
     return out
 
 
-def _right_padded(seqs: list[list[int]], pad: int, device: Any):
+def right_padded(seqs: list[list[int]], pad: int, device: Any):
     """Right-padded ids and attention mask for teacher-forced scoring."""
     import torch
 
@@ -419,7 +401,7 @@ def _continuation_logprobs(model, seqs, starts, pad, device):
     """For each sequence: (log-probs of its tokens from ``start`` on, argmax-hit flags)."""
     import torch
 
-    ids, mask = _right_padded(seqs, pad, device)
+    ids, mask = right_padded(seqs, pad, device)
     logits = model(input_ids=ids, attention_mask=mask).logits.float()
     logp = torch.log_softmax(logits[:, :-1], dim=-1)
     targets = ids[:, 1:]
@@ -441,7 +423,7 @@ def _split_prompt(tokenizer: Any, prompt: str, cont: str) -> tuple[list[int], in
 
 
 def _token_accuracy(model, tokenizer, task, device, batch_size) -> list[ExampleResult]:
-    pad = _pad_id(tokenizer, model)
+    pad = pad_token_id(tokenizer, model)
     results = []
     for lo in range(0, len(task.examples), batch_size):
         batch = task.examples[lo : lo + batch_size]
@@ -461,7 +443,7 @@ def _token_accuracy(model, tokenizer, task, device, batch_size) -> list[ExampleR
 
 
 def _multiple_choice(model, tokenizer, task, device, batch_size) -> list[ExampleResult]:
-    pad = _pad_id(tokenizer, model)
+    pad = pad_token_id(tokenizer, model)
     flat: list[tuple[int, int, list[int], int]] = []  # example index, choice index, ids, start
     for i, e in enumerate(task.examples):
         for j, c in enumerate(e.choices or ()):
@@ -491,7 +473,7 @@ def _multiple_choice(model, tokenizer, task, device, batch_size) -> list[Example
 def _exact_match(model, tokenizer, task, device, batch_size) -> list[ExampleResult]:
     import torch
 
-    pad = _pad_id(tokenizer, model)
+    pad = pad_token_id(tokenizer, model)
     eos = _eos_ids(tokenizer, model)
     max_new = task.max_new_tokens
     if max_new is None:

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from simmerge.errors import OutputPathError, SimmergeError
+from simmerge.errors import InputNotFoundError, OutputPathError, SimmergeError
 
 
 def _tmp_sibling(path: Path) -> Path:
@@ -37,14 +37,18 @@ def ensure_writable_dir(folder: Path, what: str) -> None:
         )
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+@contextlib.contextmanager
+def atomic_output_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path`` to write; on success it is renamed to ``path``.
+
+    On any exception the temporary file is removed and ``path`` is left as it was.
+    """
     path = Path(path)
     ensure_writable_dir(path.parent, "output")
     tmp = _tmp_sibling(path)
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
+        yield tmp
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as exc:
@@ -53,6 +57,14 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f"Could not write {str(path)!r}: {exc.strerror or exc}.",
             "check free disk space and permissions.",
         ) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    with atomic_output_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -94,3 +106,36 @@ def atomic_output_dir(out_dir: Path, *, overwrite: bool = False) -> Iterator[Pat
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+TABLE_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+
+
+def read_local_table(
+    path: Path, what: str, error: type[SimmergeError]
+) -> tuple[list[dict], list[str]]:
+    """Rows and column names of a local JSONL/parquet file, read with ``datasets`` (never the
+    hub). ``what`` names the file's role in error messages ("Evaluation file", "Probe file")."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputNotFoundError(
+            f"{what} {str(path)!r} does not exist.",
+            "pass the path of a local .jsonl or .parquet file.",
+        )
+    fmt = TABLE_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise error(
+            f"{what} {str(path)!r} has an unsupported suffix {path.suffix!r}.",
+            "save it as .jsonl (one JSON object per line) or .parquet.",
+        )
+    import datasets
+
+    datasets.disable_progress_bars()
+    try:
+        ds = datasets.load_dataset(fmt, data_files=str(path), split="train")
+    except Exception as exc:  # datasets raises many types for unreadable files
+        raise error(
+            f"{what} {str(path)!r} could not be read as {fmt}: {exc}",
+            "check that every line is a JSON object (JSONL) or the file is valid parquet.",
+        ) from exc
+    return list(ds), list(ds.column_names)

@@ -1,0 +1,133 @@
+"""The catalog-wide feature table: every ordered expert pair x every probe set.
+
+Cost is O(N) in the number of experts for everything that touches a model: one signature per
+(expert, distinct probe file) and one sketch per expert, all cached. Only the cheap vector
+operations of :func:`~simmerge.similarity.pair_features` are O(N²).
+
+Rows: for each ordered pair (a, b) of distinct experts, one row on the general probe set
+(``task`` empty) and one per catalog task that has probes (SimMerge's x(a, b, t)). Tasks that
+share a probe file share one signature per model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import permutations
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from simmerge.catalog import Catalog
+from simmerge.io_utils import atomic_output_path
+from simmerge.probes import DEFAULT_PROBE_SET, ProbeSet
+from simmerge.signatures import SignatureConfig, compute_signature
+from simmerge.similarity import (
+    GENERAL,
+    ModelProfile,
+    PairFeatures,
+    assemble_pair_features,
+    functional_features,
+    structural_features,
+)
+from simmerge.sketch import SketchConfig, sketch_task_vector
+
+
+@dataclass(frozen=True)
+class FeatureOptions:
+    """What the table is computed with (defaults match the shipped predictor)."""
+
+    general_probes: str | Path | None = DEFAULT_PROBE_SET  # None: task probe sets only
+    probe_column: str = "text"
+    signature: SignatureConfig = SignatureConfig()
+    sketch: SketchConfig = SketchConfig()
+    device: str | None = None
+    cache_dir: str | Path | None = None
+
+
+def catalog_probe_sets(catalog: Catalog, options: FeatureOptions) -> dict[str, ProbeSet]:
+    """Probe set per key: ``"general"`` and every task with a probes file."""
+    sets: dict[str, ProbeSet] = {}
+    if options.general_probes is not None:
+        sets[GENERAL] = ProbeSet.load(options.general_probes, column=options.probe_column)
+    by_file: dict[Path, ProbeSet] = {}
+    for name, spec in catalog.tasks.items():
+        if spec.probes is not None:
+            if spec.probes not in by_file:
+                by_file[spec.probes] = ProbeSet.load(spec.probes, column=options.probe_column)
+            sets[name] = by_file[spec.probes]
+    return sets
+
+
+def build_profiles(
+    catalog: Catalog, options: FeatureOptions | None = None, *, progress: bool = True
+) -> dict[str, ModelProfile]:
+    """Signatures (one per expert and distinct probe set) and sketches, all cached."""
+    options = options or FeatureOptions()
+    sets = catalog_probe_sets(catalog, options)
+    base = catalog.checkpoint(catalog.base.name)
+    profiles = {}
+    for expert in tqdm(catalog.experts, desc="profiles", disable=not progress):
+        done: dict[str, Any] = {}  # probe hash -> signature
+        sigs = {}
+        for key, probes in sets.items():
+            if probes.hash not in done:
+                done[probes.hash] = compute_signature(
+                    expert.path,
+                    probes,
+                    config=options.signature,
+                    device=options.device,
+                    cache_dir=options.cache_dir,
+                    progress=False,
+                )
+            sigs[key] = done[probes.hash]
+        sketch = sketch_task_vector(
+            catalog.checkpoint(expert.name),
+            base,
+            config=options.sketch,
+            device=options.device or "cpu",
+            cache_dir=options.cache_dir,
+            progress=False,
+        )
+        profiles[expert.name] = ModelProfile(expert.name, sketch, sigs)
+    return profiles
+
+
+def feature_rows(profiles: dict[str, ModelProfile]) -> list[PairFeatures]:
+    """Pair features for every ordered pair x every probe set the profiles share."""
+    rows = []
+    for a, b in permutations(profiles.values(), 2):
+        structural = structural_features(a.sketch, b.sketch)  # the same for every probe set
+        for key in sorted(set(a.signatures) & set(b.signatures)):
+            functional = functional_features(a.signatures[key], b.signatures[key])
+            task = None if key == GENERAL else key
+            rows.append(assemble_pair_features(a, b, task, functional, structural))
+    return rows
+
+
+def write_feature_table(rows: list[PairFeatures], out: str | Path) -> Path:
+    """Write rows as parquet (columns ``a``, ``b``, ``task`` then the features), atomically."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    records = [{"a": r.a, "b": r.b, "task": r.task or "", **r.as_dict()} for r in rows]
+    out = Path(out)
+    with atomic_output_path(out) as tmp:
+        pq.write_table(pa.Table.from_pylist(records), tmp)
+    return out
+
+
+def run_features_cli(args: Any) -> int:
+    """Handler of ``simmerge features`` (arguments declared in simmerge.cli)."""
+    catalog = Catalog.load(args.catalog)
+    options = FeatureOptions(
+        general_probes=None if args.no_general else args.probes,
+        probe_column=args.probe_column,
+        device=args.device,
+        cache_dir=args.cache_dir,
+    )
+    rows = feature_rows(build_profiles(catalog, options, progress=not args.quiet))
+    out = write_feature_table(rows, args.out)
+    n_cols = len(rows[0].names) if rows else 0
+    print(f"{len(rows)} rows x {n_cols} features -> {out}")
+    return 0
