@@ -12,7 +12,7 @@ share a probe file share one signature per model.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from itertools import permutations
+from itertools import combinations, permutations
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +27,8 @@ from simmerge.similarity import (
     ModelProfile,
     PairFeatures,
     assemble_pair_features,
-    functional_features,
-    structural_features,
+    functional_features_both,
+    structural_features_both,
 )
 from simmerge.sketch import SketchConfig, sketch_task_vector
 
@@ -95,14 +95,20 @@ def build_profiles(
 
 def feature_rows(profiles: dict[str, ModelProfile]) -> list[PairFeatures]:
     """Pair features for every ordered pair x every probe set the profiles share."""
-    rows = []
-    for a, b in permutations(profiles.values(), 2):
-        structural = structural_features(a.sketch, b.sketch)  # the same for every probe set
+    rows: dict[tuple[str, str], list[PairFeatures]] = {}
+    for a, b in combinations(profiles.values(), 2):
+        # structural features do not depend on the probe set; both orders at once
+        st_ab, st_ba = structural_features_both(a.sketch, b.sketch)
         for key in sorted(set(a.signatures) & set(b.signatures)):
-            functional = functional_features(a.signatures[key], b.signatures[key])
+            fn_ab, fn_ba = functional_features_both(a.signatures[key], b.signatures[key])
             task = None if key == GENERAL else key
-            rows.append(assemble_pair_features(a, b, task, functional, structural))
-    return rows
+            rows.setdefault((a.name, b.name), []).append(
+                assemble_pair_features(a, b, task, fn_ab, st_ab)
+            )
+            rows.setdefault((b.name, a.name), []).append(
+                assemble_pair_features(b, a, task, fn_ba, st_ba)
+            )
+    return [r for a, b in permutations(profiles, 2) for r in rows.get((a, b), [])]
 
 
 def write_feature_table(rows: list[PairFeatures], out: str | Path) -> Path:

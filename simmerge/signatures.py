@@ -110,6 +110,21 @@ class Signature:
             h = h - torch.where(tail > 0, tail * torch.log(spread.clamp(min=1e-30)), 0.0)
         return h.float()
 
+    @cached_property
+    def hidden64(self) -> torch.Tensor:
+        return self.hidden.double()
+
+    @cached_property
+    def centered_hidden(self) -> torch.Tensor:
+        """Pooled hidden states centred over probes, float64 (the CKA input)."""
+        return self.hidden64 - self.hidden64.mean(1, keepdim=True)
+
+    @cached_property
+    def gram_norms(self) -> torch.Tensor:
+        """Per layer ‖XᵀX‖_F of the centred hidden states (CKA's normaliser)."""
+        x = self.centered_hidden
+        return torch.linalg.matrix_norm(x.transpose(1, 2) @ x)
+
     @property
     def n_probes(self) -> int:
         return self.offsets.numel() - 1

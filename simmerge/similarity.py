@@ -19,6 +19,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from simmerge.checkpoint import Checkpoint, open_checkpoint
@@ -26,8 +27,6 @@ from simmerge.errors import ConfigError, IncompatibleModelsError
 from simmerge.signatures import Signature
 from simmerge.sketch import (
     GROUPS,
-    MASK_SHIFT,
-    NEGATIVE,
     TaskVectorSketch,
     check_same_layout,
     n_layers_of,
@@ -37,6 +36,7 @@ from simmerge.sketch import (
 
 _EPS = 1e-12
 _TINY = 1e-30
+_TINY_F32 = 1e-38
 _LOG_TINY = math.log(_TINY)
 GENERAL = "general"
 
@@ -134,26 +134,26 @@ def assemble_pair_features(
 
 def functional_features(a: Signature, b: Signature) -> dict[str, float]:
     """KL/JS/agreement/entropy over positions; activation cosine/CKA over layers."""
+    return functional_features_both(a, b)[0]
+
+
+def functional_features_both(
+    a: Signature, b: Signature
+) -> tuple[dict[str, float], dict[str, float]]:
+    """The functional features of (a, b) and of (b, a) at once: only KL and the entropies
+    depend on the order, so an unordered pair costs one pass over the symmetric ones."""
     if a.probe_hash != b.probe_hash or a.hidden.shape != b.hidden.shape:
         raise IncompatibleModelsError(
             f"Signatures on different probe sets ({a.probe_name!r} vs {b.probe_name!r}) or "
             "architectures cannot be compared.",
             "compute both signatures on the same ProbeSet for models of one catalog.",
         )
-    kl_ab, js = _distribution_stats(a, b)
-    q = torch.tensor([0.1, 0.5, 0.9], dtype=kl_ab.dtype)
-    p10, median, p90 = torch.quantile(kl_ab, q).tolist()
-    cos = _per_layer_cosine(a.hidden, b.hidden)
-    cka = torch.tensor([_linear_cka(x, y) for x, y in zip(a.hidden, b.hidden, strict=True)])
-    return {
-        "kl_mean": float(kl_ab.mean()),
-        "kl_median": median,
-        "kl_p10": p10,
-        "kl_p90": p90,
+    kl_ab, kl_ba, js = _distribution_stats(a, b)
+    cos = _per_layer_cosine(a.hidden64, b.hidden64)
+    cka = _linear_cka(a, b)
+    shared = {
         "js_mean": float(js.mean()),
         "top1_agreement": float((a.token_ids[:, 0] == b.token_ids[:, 0]).double().mean()),
-        "entropy_a": float(a.entropy.mean()),
-        "entropy_b": float(b.entropy.mean()),
         "act_cos_mean": float(cos.mean()),
         "act_cos_min": float(cos.min()),
         "act_cos_slope": _depth_slope(cos),
@@ -161,6 +161,17 @@ def functional_features(a: Signature, b: Signature) -> dict[str, float]:
         "cka_min": float(cka.min()),
         "cka_slope": _depth_slope(cka),
     }
+    h_a, h_b = float(a.entropy.mean()), float(b.entropy.mean())
+    return (
+        {**_kl_stats(kl_ab), **shared, "entropy_a": h_a, "entropy_b": h_b},
+        {**_kl_stats(kl_ba), **shared, "entropy_a": h_b, "entropy_b": h_a},
+    )
+
+
+def _kl_stats(kl: torch.Tensor) -> dict[str, float]:
+    # numpy selects (O(n)); torch.quantile sorts, and was the slowest step of a pair
+    p10, median, p90 = np.quantile(kl.numpy(), [0.1, 0.5, 0.9]).tolist()
+    return {"kl_mean": float(kl.mean()), "kl_median": median, "kl_p10": p10, "kl_p90": p90}
 
 
 def _aligned_logprobs(a: Signature, b: Signature) -> tuple[torch.Tensor, torch.Tensor]:
@@ -195,35 +206,35 @@ def _kl_rows(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     return (p * diff).sum(1).clamp_(min=0.0)
 
 
-def _distribution_stats(a: Signature, b: Signature) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per position: KL(a‖b) and JS(a, b) in nats."""
+def _distribution_stats(a: Signature, b: Signature):
+    """Per position: KL(a‖b), KL(b‖a) and JS(a, b) in nats."""
     if a.full and b.full:
         # Per-signature parts (probabilities, entropies) are cached, so a pair costs a few
         # passes: KL = -H(p) - Σ p log q and JS = H((p + q) / 2) - (H(p) + H(q)) / 2.
         p, q = a.dense_probs, b.dense_probs
-        kl = (-(p * b.dense_logprobs).sum(1) - a.entropy).clamp_(min=0.0)
+        kl_ab = (-(p * b.dense_logprobs).sum(1) - a.entropy).clamp_(min=0.0)
+        kl_ba = (-(q * a.dense_logprobs).sum(1) - b.entropy).clamp_(min=0.0)
         m = (p + q).mul_(0.5)
-        h_m = -torch.special.xlogy(m, m).sum(1)
-        return kl, (h_m - 0.5 * (a.entropy + b.entropy)).clamp_(min=0.0)
+        h_m = -(m * m.clamp(min=_TINY_F32).log_()).sum(1)  # m log m, 0 where m = 0
+        return kl_ab, kl_ba, (h_m - 0.5 * (a.entropy + b.entropy)).clamp_(min=0.0)
     log_p, log_q = _aligned_logprobs(a, b)
     log_m = torch.logaddexp(log_p, log_q) - math.log(2.0)
     js = 0.5 * (_kl_rows(log_p, log_m) + _kl_rows(log_q, log_m))
-    return _kl_rows(log_p, log_q), js
+    return _kl_rows(log_p, log_q), _kl_rows(log_q, log_p), js
 
 
 def _per_layer_cosine(ha: torch.Tensor, hb: torch.Tensor) -> torch.Tensor:
     """Mean over probes of the cosine between pooled hidden states, per layer."""
-    cos = torch.nn.functional.cosine_similarity(ha.double(), hb.double(), dim=-1, eps=_EPS)
+    cos = torch.nn.functional.cosine_similarity(ha, hb, dim=-1, eps=_EPS)
     return cos.mean(1)
 
 
-def _linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
-    """Linear CKA of two ``[probes, hidden]`` matrices (Kornblith et al. 2019)."""
-    x = x.double() - x.double().mean(0)
-    y = y.double() - y.double().mean(0)
-    cross = (y.T @ x).square().sum()
-    denom = torch.linalg.matrix_norm(x.T @ x) * torch.linalg.matrix_norm(y.T @ y)
-    return float(cross / denom) if denom > 0 else float("nan")
+def _linear_cka(a: Signature, b: Signature) -> torch.Tensor:
+    """Per-layer linear CKA of the pooled hidden states (Kornblith et al. 2019):
+    ‖YᵀX‖²_F / (‖XᵀX‖_F ‖YᵀY‖_F) on probe-centred X, Y; NaN for a constant layer."""
+    cross = torch.linalg.matrix_norm(b.centered_hidden.transpose(1, 2) @ a.centered_hidden)
+    denom = a.gram_norms * b.gram_norms
+    return torch.where(denom > 0, cross.square() / denom, torch.nan)
 
 
 def _depth_slope(per_layer: torch.Tensor) -> float:
@@ -245,7 +256,7 @@ def structural_features(a: TaskVectorSketch, b: TaskVectorSketch) -> dict[str, f
     sign conflict and mask Jaccard per density (coordinate sample)."""
     check_same_layout(a, b)
     out: dict[str, float] = {}
-    dots = (a.projection.double() * b.projection.double()).sum(1)
+    dots = torch.einsum("gd,gd->g", a.projection64, b.projection64)
     na, nb = a.projection_sq_norms, b.projection_sq_norms
     for i, g in enumerate(GROUPS):
         ta, tb, base = float(a.tau_sq[i]), float(b.tau_sq[i]), float(a.base_sq[i])
@@ -253,11 +264,12 @@ def structural_features(a: TaskVectorSketch, b: TaskVectorSketch) -> dict[str, f
         out[f"norm_ratio_{g}"] = _ratio(math.sqrt(ta), math.sqrt(tb))
         out[f"rel_norm_a_{g}"] = _ratio(math.sqrt(ta), math.sqrt(base))
         out[f"rel_norm_b_{g}"] = _ratio(math.sqrt(tb), math.sqrt(base))
-    conflict = ((a.codes ^ b.codes) & NEGATIVE) & (a.codes >> 1) & (b.codes >> 1) & 1
+    pa, pb = a.bit_planes, b.bit_planes
+    conflict = (pa["neg"] & pb["pos"]) | (pa["pos"] & pb["neg"])
     for j, d in enumerate(a.config.densities):
-        ma, mb = (a.codes >> (MASK_SHIFT + j)) & 1, (b.codes >> (MASK_SHIFT + j)) & 1
-        union, both = ma | mb, ma & mb
-        union_mass, both_mass, clash_mass = _group_masses(a, union, both, union & conflict)
+        ma, mb = pa[f"mask{j}"], pb[f"mask{j}"]
+        union = ma | mb
+        union_mass, both_mass, clash_mass = _group_masses(a, union, ma & mb, union & conflict)
         tag = f"d{round(d * 100):02d}"
         for i, g in enumerate(GROUPS):
             out[f"sign_conflict_{tag}_{g}"] = _ratio(float(clash_mass[i]), float(union_mass[i]))
@@ -265,23 +277,35 @@ def structural_features(a: TaskVectorSketch, b: TaskVectorSketch) -> dict[str, f
     return out
 
 
-def _group_masses(s: TaskVectorSketch, *flags: torch.Tensor) -> torch.Tensor:
-    """For each 0/1 ``uint8`` flag vector over the samples: the estimated number of coordinates
-    per group with the flag set (per tensor, flagged samples x its Horvitz-Thompson weight,
-    summed over the group's tensors). One ``bincount`` counts all flags at once."""
-    code = torch.zeros_like(flags[0])
-    for bit, f in enumerate(flags):
-        code |= f << bit
-    width = 1 << len(flags)
-    per_code = torch.bincount(
-        s.segment_ids * width + code, minlength=s.segment_counts.numel() * width
-    )
-    per_code = per_code.view(-1, width).double()
-    has_bit = torch.tensor(
-        [[(c >> bit) & 1 for c in range(width)] for bit in range(len(flags))], dtype=torch.float64
-    )
-    per_tensor = per_code @ has_bit.T  # [tensors, flags]
-    return (s.segment_groups.double() @ (per_tensor * s.segment_weights.unsqueeze(1))).T
+def structural_features_both(
+    a: TaskVectorSketch, b: TaskVectorSketch
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Structural features of (a, b) and (b, a): only the norm ratio and which norm is "a"
+    depend on the order."""
+    ab = structural_features(a, b)
+    ba = dict(ab)
+    for g in GROUPS:
+        ba[f"norm_ratio_{g}"] = _ratio(1.0, ab[f"norm_ratio_{g}"])
+        ba[f"rel_norm_a_{g}"], ba[f"rel_norm_b_{g}"] = ab[f"rel_norm_b_{g}"], ab[f"rel_norm_a_{g}"]
+    return ab, ba
+
+
+_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.int64)
+
+
+def _group_masses(s: TaskVectorSketch, *planes: np.ndarray) -> np.ndarray:
+    """For each packed bit plane over the samples: the estimated number of coordinates per
+    group whose bit is set (per tensor, set samples x its Horvitz-Thompson weight, summed over
+    the group's tensors). Returns ``[planes, groups]``."""
+    bounds = s.segment_bytes
+    weights = s.segment_weights.numpy()
+    groups = s.segment_groups.numpy().astype(np.float64)
+    out = []
+    for plane in planes:
+        running = np.concatenate([[0], np.cumsum(_POPCOUNT[plane])])
+        per_tensor = running[bounds[1:]] - running[bounds[:-1]]
+        out.append(groups @ (per_tensor * weights))
+    return np.stack(out)
 
 
 def _ratio(num: float, den: float) -> float:

@@ -10,8 +10,8 @@ estimate them from two sketches alone:
   the same for every model with these tensor names and shapes. The budget ``sample_size`` is
   split evenly between the name groups present (so embeddings or norms, a sliver of a large
   model, are estimated as well as the MLP), then within a group in proportion to tensor size,
-  at least ``min_per_tensor`` and at most all of a tensor (drawn without replacement up to
-  2^24 elements, with replacement above). Every sampled coordinate carries the weight
+  at least ``min_per_tensor`` and at most all of a tensor (a stratified sample: one random
+  coordinate per equal slice of the tensor). Every sampled coordinate carries the weight
   ``numel / n_sampled`` of its tensor, so group statistics are unbiased (Horvitz–Thompson)
   although tensors are sampled at different rates. Per coordinate one byte is stored: the sign
   of τ, whether τ ≠ 0, and one bit per density for membership of the tensor's top-``density``
@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -55,7 +56,6 @@ NAME_GROUPS = ("embeddings", "attention", "mlp", "norms", "head", "other")
 DEPTH_GROUPS = ("depth_0", "depth_1", "depth_2")
 GROUPS = ("all", *NAME_GROUPS, *DEPTH_GROUPS)
 _CHUNK = 1 << 18
-_RANDPERM_MAX = 1 << 24
 MAX_DENSITIES = 6
 # bits of a sample code: the sign, nonzero, then one bit per density
 NEGATIVE, NONZERO, MASK_SHIFT = 1, 2, 2
@@ -148,12 +148,15 @@ class SampleLayout:
         return cls(names, numels, counts, groups, hashlib.sha256(key).hexdigest()[:16])
 
     def indices(self, name: str, numel: int, count: int, seed: int) -> torch.Tensor:
+        """Stratified sample: the tensor is cut into ``count`` equal strata and one uniformly
+        random coordinate is drawn from each. Without replacement, O(count) to draw, never
+        worse than simple random sampling, and immune to periodic structure (a plain stride
+        could keep hitting the same column)."""
         if count >= numel:
             return torch.arange(numel)
-        g = _generator(seed, "sample", name)
-        if numel <= _RANDPERM_MAX:
-            return torch.randperm(numel, generator=g)[:count]
-        return torch.randint(numel, (count,), generator=g)
+        u = torch.rand(count, generator=_generator(seed, "sample", name), dtype=torch.float64)
+        edges = (torch.arange(count, dtype=torch.float64) + u) * (numel / count)
+        return edges.floor_().clamp_(max=numel - 1).long()
 
     def segment_tensors(self) -> dict[str, torch.Tensor]:
         """Per tensor: sample count, Horvitz-Thompson weight and group membership."""
@@ -197,15 +200,42 @@ class TaskVectorSketch:
         return {n: getattr(self, n) for n in self._FIELDS}
 
     @cached_property
-    def segment_ids(self) -> torch.Tensor:
-        """The tensor (segment) index of every sample, int64."""
-        n = torch.arange(self.segment_counts.numel())
-        return torch.repeat_interleave(n, self.segment_counts)
+    def bit_planes(self) -> dict[str, np.ndarray]:
+        """The sample codes as packed bit planes (``neg``, ``pos``, ``mask0``, ...), each
+        tensor's samples padded with zeros to whole bytes, so that a pair's statistics are a
+        few bitwise operations on 1/8 of the samples' bytes (see ``segment_bytes``)."""
+        counts = self.segment_counts.numpy()
+        padded = -(-counts // 8) * 8
+        starts = np.concatenate([[0], np.cumsum(padded)[:-1]])
+        where = np.repeat(starts - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts)
+        where += np.arange(int(counts.sum()))
+        codes = self.codes.numpy()
+        nonzero = (codes & NONZERO) > 0
+        negative = (codes & NEGATIVE) > 0
+        planes = {"neg": nonzero & negative, "pos": nonzero & ~negative}
+        for j in range(len(self.config.densities)):
+            planes[f"mask{j}"] = ((codes >> (MASK_SHIFT + j)) & 1) > 0
+        out = {}
+        for name, bits in planes.items():
+            full = np.zeros(int(padded.sum()), dtype=bool)
+            full[where] = bits
+            out[name] = np.packbits(full)
+        return out
+
+    @cached_property
+    def segment_bytes(self) -> np.ndarray:
+        """Byte offsets of each tensor's segment in :attr:`bit_planes` (tensors + 1)."""
+        padded_bytes = -(-self.segment_counts.numpy() // 8)
+        return np.concatenate([[0], np.cumsum(padded_bytes)])
+
+    @cached_property
+    def projection64(self) -> torch.Tensor:
+        return self.projection.double()
 
     @cached_property
     def projection_sq_norms(self) -> torch.Tensor:
         """Squared norm of each group's projection (once per sketch, not once per pair)."""
-        return self.projection.double().square().sum(1)
+        return torch.einsum("gd,gd->g", self.projection64, self.projection64)
 
 
 def sketch_task_vector(
@@ -290,8 +320,8 @@ def _stream(
         w_base = base.get(name, device=device, dtype=torch.float32)
         tau = ckpt.get(name, device=device, dtype=torch.float32).sub_(w_base).view(-1)
         rows = [index[g] for g in groups]
-        tau_sq[rows] += float(tau.double().square().sum())
-        base_sq[rows] += float(w_base.double().square().sum())
+        tau_sq[rows] += float(tau.double().square_().sum())  # in place: no second copy
+        base_sq[rows] += float(w_base.double().square_().sum())
         del w_base
         projection[rows] += projector.project(name, tau).cpu()
         sampled = tau[layout.indices(name, numel, count, config.seed).to(device)]
