@@ -28,6 +28,7 @@ answers and choices are encoded without, and appended to the prompt's ids.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -231,12 +232,28 @@ def pick_device(device: Any | None) -> Any:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+@contextlib.contextmanager
+def _quiet_weight_loading():
+    """transformers draws a progress bar per model load; over a catalog of models that is
+    noise, so it is switched off while loading and restored afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 def load_model(model_dir: str | Path, device: Any | None = None, dtype: Any | None = None):
     """Load a local HF causal-LM folder (never ``trust_remote_code``) in eval mode."""
     from transformers import AutoModelForCausalLM
 
     model_dir = _check_model_dir(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), trust_remote_code=False)
+    with _quiet_weight_loading():
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), trust_remote_code=False)
     return model.to(device=pick_device(device), dtype=dtype).eval()
 
 
