@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save
+from safetensors.torch import save
 
 from simmerge.errors import CacheError
 from simmerge.io_utils import atomic_write_bytes, ensure_writable_dir
@@ -51,18 +51,20 @@ class TensorCache:
             return None
         fix = f"delete {str(path)!r} (or the whole cache folder) and run again."
         try:
-            tensors = load_file(str(path))
+            # one open: the metadata is checked before any tensor of a foreign entry is read
             with safe_open(str(path), framework="pt") as f:
                 meta = (f.metadata() or {}).get(_META_KEY)
+                if meta is None or json.loads(meta) != json.loads(
+                    json.dumps(material, sort_keys=True)
+                ):
+                    raise CacheError(
+                        f"Cache entry {str(path)!r} was written for other inputs or by another "
+                        "simmerge version.",
+                        fix,
+                    )
+                return {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118
         except (SafetensorError, OSError, ValueError) as exc:
             raise CacheError(f"Cache entry {str(path)!r} is unreadable: {exc}", fix) from exc
-        if meta is None or json.loads(meta) != json.loads(json.dumps(material, sort_keys=True)):
-            raise CacheError(
-                f"Cache entry {str(path)!r} was written for other inputs or by another "
-                "simmerge version.",
-                fix,
-            )
-        return tensors
 
     def store(self, material: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Path:
         ensure_writable_dir(self.folder, "cache")

@@ -30,10 +30,11 @@ from tqdm.auto import tqdm
 
 from simmerge.cache import TensorCache
 from simmerge.errors import ConfigError
+from simmerge.merge.plan import OUTPUT_DTYPES
 from simmerge.probes import ProbeSet
 
 FORMAT_VERSION = 1
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_DTYPES = OUTPUT_DTYPES  # the dtype names plans use, too
 
 
 @dataclass(frozen=True)

@@ -259,11 +259,9 @@ def structural_features(a: TaskVectorSketch, b: TaskVectorSketch) -> dict[str, f
     dots = torch.einsum("gd,gd->g", a.projection64, b.projection64)
     na, nb = a.projection_sq_norms, b.projection_sq_norms
     for i, g in enumerate(GROUPS):
-        ta, tb, base = float(a.tau_sq[i]), float(b.tau_sq[i]), float(a.base_sq[i])
-        out[f"cos_{g}"] = _ratio(float(dots[i]), math.sqrt(float(na[i]) * float(nb[i])))
-        out[f"norm_ratio_{g}"] = _ratio(math.sqrt(ta), math.sqrt(tb))
-        out[f"rel_norm_a_{g}"] = _ratio(math.sqrt(ta), math.sqrt(base))
-        out[f"rel_norm_b_{g}"] = _ratio(math.sqrt(tb), math.sqrt(base))
+        cos_den = math.sqrt(float(na[i]) * float(nb[i]))  # projection norms: self-cosine is 1
+        sq = (float(a.tau_sq[i]), float(b.tau_sq[i]), float(a.base_sq[i]))
+        out.update(_norm_features(g, float(dots[i]), cos_den, *sq))
     pa, pb = a.bit_planes, b.bit_planes
     conflict = (pa["neg"] & pb["pos"]) | (pa["pos"] & pb["neg"])
     for j, d in enumerate(a.config.densities):
@@ -308,6 +306,18 @@ def _group_masses(s: TaskVectorSketch, *planes: np.ndarray) -> np.ndarray:
     return np.stack(out)
 
 
+def _norm_features(
+    g: str, dot: float, cos_den: float, sq_a: float, sq_b: float, sq_base: float
+) -> dict[str, float]:
+    """Cosine, norm ratio and norms relative to the base of one group, from inner products."""
+    return {
+        f"cos_{g}": _ratio(dot, cos_den),
+        f"norm_ratio_{g}": _ratio(math.sqrt(sq_a), math.sqrt(sq_b)),
+        f"rel_norm_a_{g}": _ratio(math.sqrt(sq_a), math.sqrt(sq_base)),
+        f"rel_norm_b_{g}": _ratio(math.sqrt(sq_b), math.sqrt(sq_base)),
+    }
+
+
 def _ratio(num: float, den: float) -> float:
     """num / den, NaN when undefined (e.g. a group the model does not have or did not change)."""
     return num / den if den > 0 else float("nan")
@@ -346,10 +356,7 @@ def exact_structural_features(
     out: dict[str, float] = {}
     for i, g in enumerate(GROUPS):
         dot, sa, sb, sbase = (float(v) for v in sums[:, i])
-        out[f"cos_{g}"] = _ratio(dot, math.sqrt(sa * sb))
-        out[f"norm_ratio_{g}"] = _ratio(math.sqrt(sa), math.sqrt(sb))
-        out[f"rel_norm_a_{g}"] = _ratio(math.sqrt(sa), math.sqrt(sbase))
-        out[f"rel_norm_b_{g}"] = _ratio(math.sqrt(sb), math.sqrt(sbase))
+        out.update(_norm_features(g, dot, math.sqrt(sa * sb), sa, sb, sbase))
         for j, d in enumerate(densities):
             union, both, conflict = (float(v) for v in counts[j][:, i])
             tag = f"d{round(d * 100):02d}"
