@@ -128,6 +128,67 @@ def _add_features_cli(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_lazy("simmerge.feature_table:run_features_cli"))
 
 
+def _add_collect_cli(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "collect", help="merge + evaluate every expert pair x candidate into an outcome store"
+    )
+    p.add_argument("catalog", help="catalog YAML")
+    p.add_argument("--store", required=True, help="outcome store (SQLite; resumed if present)")
+    p.add_argument(
+        "--candidates", default=None, help="comma-separated candidate ids (default: the grid)"
+    )
+    p.add_argument("--models", default=None, help="comma-separated expert subset (default: all)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_lazy("simmerge.collect:run_collect_cli"))
+
+
+def _add_pair_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("catalog", help="catalog YAML")
+    p.add_argument("--models", required=True, help="the two experts, comma-separated: a,b")
+    p.add_argument("--tasks", default=None, help="target tasks (default: both experts' tasks)")
+    p.add_argument(
+        "--predictor", default=None, help="predictor folder or shipped name (default: default)"
+    )
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument(
+        "--cache-dir", default=None, help="signature/sketch cache (default: $SIMMERGE_CACHE)"
+    )
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _add_rank_cli(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("rank", help="rank the candidate merges of two experts (no merging)")
+    _add_pair_arguments(p)
+    p.add_argument("--top", type=int, default=5, help="number of candidates to show")
+    p.set_defaults(func=_lazy("simmerge.ranking:run_rank_cli"))
+
+
+def _add_verify_cli(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("verify", help="rank, then really merge and evaluate the top k")
+    _add_pair_arguments(p)
+    p.add_argument("--k", type=int, default=3, help="number of candidates to verify")
+    p.add_argument("--store", default=None, help="outcome store to record the verified merges")
+    p.set_defaults(func=_lazy("simmerge.verify:run_verify_cli"))
+
+
+def _add_train_cli(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="fit a merge predictor on training data and/or a store")
+    p.add_argument(
+        "--data",
+        default="zoo-large",
+        help="comma-separated shipped datasets or folders ('' = none)",
+    )
+    p.add_argument("--store", default=None, help="outcome store to add (needs --catalog)")
+    p.add_argument("--catalog", default=None, help="catalog of the store's outcomes")
+    p.add_argument("--out", required=True, help="output predictor folder")
+    p.add_argument("--n-models", type=int, default=5, help="ensemble size")
+    p.add_argument("--cv-folds", type=int, default=5, help="held-out-model folds for the card")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="cpu or cuda (for the store's features)")
+    p.set_defaults(func=_lazy("simmerge.training:run_train_cli"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="simmerge", description="Predict which model merge to make, then make it."
@@ -140,6 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
         _add_zoo_cli,
         _add_demo_cli,
         _add_features_cli,
+        _add_collect_cli,
+        _add_rank_cli,
+        _add_verify_cli,
+        _add_train_cli,
     ):
         add(sub)
     return parser

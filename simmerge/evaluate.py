@@ -281,6 +281,18 @@ def load_model_with_state(
     model_dir = _check_model_dir(model_dir)
     config = AutoConfig.from_pretrained(str(model_dir), trust_remote_code=False)
     model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+    load_state_into(model, state_dict, model_dir)
+    model.config._name_or_path = str(model_dir)
+    return model.to(device=pick_device(device), dtype=dtype).eval()
+
+
+def load_state_into(model: Any, state_dict: Mapping[str, Any], model_dir: str | Path) -> Any:
+    """Copy ``state_dict`` into an already built ``model`` (of ``model_dir``'s architecture).
+
+    Lets a caller that scores many merges reuse one model instead of building one per merge.
+    Missing tensors are an error unless tied to a loaded one (``lm_head.weight`` with tied
+    embeddings); so are unexpected ones.
+    """
     missing, unexpected = model.load_state_dict(dict(state_dict), strict=False)
     if missing:
         ptr_of = {n: p.data_ptr() for n, p in model.named_parameters(remove_duplicate=False)}
@@ -292,8 +304,7 @@ def load_model_with_state(
             f"missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}.",
             "merge checkpoints that share the reference model's architecture and tensor names.",
         )
-    model.config._name_or_path = str(model_dir)
-    return model.to(device=pick_device(device), dtype=dtype).eval()
+    return model
 
 
 def _check_model_dir(model_dir: str | Path) -> Path:

@@ -11,6 +11,7 @@ share a probe file share one signature per model.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import combinations, permutations
 from pathlib import Path
@@ -60,14 +61,20 @@ def catalog_probe_sets(catalog: Catalog, options: FeatureOptions) -> dict[str, P
 
 
 def build_profiles(
-    catalog: Catalog, options: FeatureOptions | None = None, *, progress: bool = True
+    catalog: Catalog,
+    options: FeatureOptions | None = None,
+    *,
+    experts: Sequence[str] | None = None,
+    progress: bool = True,
 ) -> dict[str, ModelProfile]:
-    """Signatures (one per expert and distinct probe set) and sketches, all cached."""
+    """Signatures (one per expert and distinct probe set) and sketches, all cached; for every
+    expert, or the ones named in ``experts``."""
     options = options or FeatureOptions()
     sets = catalog_probe_sets(catalog, options)
     base = catalog.checkpoint(catalog.base.name)
+    chosen = [catalog.model(n) for n in experts] if experts else list(catalog.experts)
     profiles = {}
-    for expert in tqdm(catalog.experts, desc="profiles", disable=not progress):
+    for expert in tqdm(chosen, desc="profiles", disable=not progress):
         done: dict[str, Any] = {}  # probe hash -> signature
         sigs = {}
         for key, probes in sets.items():

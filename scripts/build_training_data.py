@@ -1,0 +1,75 @@
+"""Turn a catalog + its outcome store into the predictor's training tables.
+
+    python scripts/build_training_data.py CATALOG --store outcomes.sqlite --out features/NAME
+
+Writes ``pair_features.parquet`` (features of every ordered pair x probe set, computed from
+cached signatures and sketches) and ``outcomes.parquet`` (the store's rows for the catalog),
+plus ``meta.json`` (row counts, git commit, zoo manifest when the catalog is a zoo). The whole
+regeneration of the shipped data is described in ``features/DATASHEET.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).resolve().parent,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    from simmerge.catalog import Catalog
+    from simmerge.feature_table import FeatureOptions
+    from simmerge.io_utils import atomic_write_text
+    from simmerge.outcomes import OutcomeStore
+    from simmerge.training_data import (
+        describe,
+        feature_frame,
+        outcome_frame,
+        write_training_tables,
+    )
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("catalog")
+    p.add_argument("--store", required=True)
+    p.add_argument("--out", required=True, help="output folder (e.g. features/zoo-large)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+
+    catalog = Catalog.load(args.catalog)
+    with OutcomeStore(args.store) as store:
+        outcomes = outcome_frame(store, catalog)
+    features = feature_frame(
+        catalog,
+        FeatureOptions(device=args.device, cache_dir=args.cache_dir),
+        progress=not args.quiet,
+    )
+    out = Path(args.out)
+    write_training_tables(features, outcomes, out)
+    meta = {"commit": git_commit(), **describe(features, outcomes)}
+    manifest = Path(args.catalog).parent / "zoo_manifest.json"
+    if manifest.is_file():
+        zoo = json.loads(manifest.read_text())
+        meta["zoo"] = {k: zoo[k] for k in ("size", "seed", "hash", "build_seconds") if k in zoo}
+    atomic_write_text(out / "meta.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    print(json.dumps(meta, indent=2, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,228 @@
+"""Outcome collection: merge every expert pair with every candidate and evaluate it.
+
+This is the exhaustive merge-and-evaluate loop that simmerge exists to avoid at use time; it
+produces the predictor's training data (and the zoo's quality numbers). Each merge is built in
+memory, loaded into ONE reused model and scored on the union of the two experts' tasks.
+
+Resumable: a (pair, candidate) is written to the :class:`~simmerge.outcomes.OutcomeStore` in one
+transaction with all its task rows, and a rerun skips what the store holds, so a crash or Ctrl-C
+loses at most the merge in flight. Each distinct merge is measured once: ordered pairs that give
+the same merge (see :meth:`OperatorConfig.canonical`) share the measurement.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from simmerge.candidates import DEFAULT_GRID, OperatorConfig
+from simmerge.catalog import Catalog, CatalogModel
+from simmerge.errors import CatalogError
+from simmerge.evaluate import (
+    EvalTask,
+    evaluate,
+    load_model,
+    load_state_into,
+    load_tokenizer,
+    pick_device,
+)
+from simmerge.merge import merge
+from simmerge.outcomes import Outcome, OutcomeStore, params_json
+
+
+class MergeScorer:
+    """Scores in-memory merges of one catalog on its eval tasks with one reused model."""
+
+    def __init__(self, catalog: Catalog, device: Any | None = None, batch_size: int = 128):
+        self.catalog = catalog
+        self.device = pick_device(device)
+        self.batch_size = batch_size
+        self.tasks = {
+            name: EvalTask.load(spec.eval, name=name)
+            for name, spec in catalog.tasks.items()
+            if spec.eval is not None
+        }
+        self._ref_dir = catalog.base.path
+        self._tokenizer = load_tokenizer(self._ref_dir)
+        self._model = load_model(self._ref_dir, self.device)
+
+    def eval_hash(self, task: str) -> str:
+        return self.tasks[task].config_hash()
+
+    def pair_tasks(self, a: CatalogModel, b: CatalogModel) -> list[str]:
+        """The tasks a merge of ``a`` and ``b`` is judged on: both experts' tasks with data."""
+        return [t for t in sorted({*a.tasks, *b.tasks}) if t in self.tasks]
+
+    def score_state(self, state: dict[str, Any], tasks: Iterable[str]) -> dict[str, float]:
+        load_state_into(self._model, state, self._ref_dir)
+        return {
+            t: evaluate(
+                self._model, self.tasks[t], tokenizer=self._tokenizer, batch_size=self.batch_size
+            ).score
+            for t in tasks
+        }
+
+    def score_folder(self, model: CatalogModel, tasks: Iterable[str]) -> dict[str, float]:
+        return self.score_state(dict(self.catalog.checkpoint(model.name).iter_tensors()), tasks)
+
+
+def reference_scores(
+    catalog: Catalog, store: OutcomeStore, scorer: MergeScorer
+) -> dict[tuple[str, str], float]:
+    """Each expert's score on each of its tasks (cached in the store)."""
+    out = {}
+    for e in catalog.experts:
+        for t in e.tasks:
+            if t not in scorer.tasks:
+                continue
+            cached = store.reference(catalog.name, e.name, t, scorer.eval_hash(t))
+            if cached is None:
+                cached = scorer.score_folder(e, [t])[t]
+                store.set_reference(catalog.name, e.name, t, scorer.eval_hash(t), cached)
+            out[(e.name, t)] = cached
+    return out
+
+
+def expert_pairs(catalog: Catalog, names: Sequence[str] | None = None):
+    """Ordered pairs of distinct experts (of ``names`` if given) that have eval data."""
+    experts = [catalog.model(n) for n in names] if names else list(catalog.experts)
+    with_data = {t for t, spec in catalog.tasks.items() if spec.eval is not None}
+    usable = [e for e in experts if set(e.tasks) & with_data]
+    if len(usable) < 2:
+        raise CatalogError(
+            f"Catalog {catalog.name!r}: fewer than two experts have eval data for a task.",
+            "add `tasks: {NAME: {eval: FILE}}` entries for the experts' tasks.",
+        )
+    return list(itertools.permutations(usable, 2))
+
+
+def outcome_rows(
+    catalog_name: str,
+    a: CatalogModel,
+    b: CatalogModel,
+    config: OperatorConfig,
+    plan_id: str,
+    scores: dict[str, float],
+    eval_hashes: dict[str, str],
+    refs: dict[tuple[str, str], float],
+) -> list[Outcome]:
+    """Outcome rows of one measured merge of (a, b), normalized by the better pair member
+    that has each task (the expert whose skill the merge should keep); for a task neither
+    member has, by the catalog's best expert of that task."""
+    rows = []
+    for t, score in scores.items():
+        owners = [refs[(m.name, t)] for m in (a, b) if (m.name, t) in refs]
+        owners = owners or [v for (_, task), v in refs.items() if task == t]
+        expert = max(owners) if owners else 0.0
+        rows.append(
+            Outcome(
+                catalog=catalog_name,
+                model_a=a.name,
+                model_b=b.name,
+                candidate=config.id,
+                operator=config.operator,
+                params=params_json(config.params),
+                plan_id=plan_id,
+                task=t,
+                eval_hash=eval_hashes[t],
+                score=score,
+                expert_score=expert,
+                normalized=score / expert if expert > 0 else 0.0,
+            )
+        )
+    return rows
+
+
+@dataclass(frozen=True)
+class CollectSummary:
+    jobs: int
+    skipped: int  # already in the store
+    merged: int  # merges built and evaluated in this run
+    reused: int  # written from an equal merge measured before
+    rows: int
+    seconds: float
+
+
+def collect_outcomes(
+    catalog: Catalog,
+    store: OutcomeStore,
+    grid: Sequence[OperatorConfig] = DEFAULT_GRID,
+    *,
+    pairs: Sequence[tuple[CatalogModel, CatalogModel]] | None = None,
+    device: Any | None = None,
+    progress: bool = True,
+) -> CollectSummary:
+    """Measure every (ordered pair, candidate) not yet in ``store``; see the module docs."""
+    t0 = time.perf_counter()
+    scorer = MergeScorer(catalog, device)
+    refs = reference_scores(catalog, store, scorer)
+    pairs = list(pairs) if pairs is not None else expert_pairs(catalog)
+    order = {e.name: i for i, e in enumerate(catalog.experts)}
+    done = store.done_keys(catalog.name)
+    measured: dict[tuple[str, str, str, str, str], tuple[float, str]] = {}
+    for o in store.outcomes(catalog.name):
+        measured[(o.model_a, o.model_b, o.candidate, o.task, o.eval_hash)] = (o.score, o.plan_id)
+
+    jobs = []
+    skipped = 0
+    for a, b in pairs:
+        tasks = scorer.pair_tasks(a, b)
+        for config in grid:
+            keys = [(a.name, b.name, config.id, t, scorer.eval_hash(t)) for t in tasks]
+            if all(k in done for k in keys):
+                skipped += 1
+            else:
+                jobs.append((a, b, config, tasks))
+
+    merged = reused = rows = 0
+    base_dir = str(catalog.base.path)
+    for a, b, config, tasks in tqdm(jobs, desc="merge+eval", disable=not progress):
+        first, second, canon = config.canonical(a.name, b.name, order)
+        hashes = {t: scorer.eval_hash(t) for t in tasks}
+        known = [measured.get((first, second, canon.id, t, hashes[t])) for t in tasks]
+        if all(k is not None for k in known):
+            scores = {t: k[0] for t, k in zip(tasks, known, strict=True)}
+            plan_id = known[0][1]
+            reused += 1
+        else:
+            plan = canon.plan(base_dir, catalog.model(first).path, catalog.model(second).path)
+            scores = scorer.score_state(merge(plan, device=str(scorer.device)), tasks)
+            plan_id = plan.plan_id
+            merged += 1
+            for t in tasks:
+                measured[(first, second, canon.id, t, hashes[t])] = (scores[t], plan_id)
+        batch = outcome_rows(catalog.name, a, b, config, plan_id, scores, hashes, refs)
+        rows += store.add(batch)
+    return CollectSummary(
+        jobs=len(jobs) + skipped,
+        skipped=skipped,
+        merged=merged,
+        reused=reused,
+        rows=rows,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def run_collect_cli(args: Any) -> int:
+    """Handler of ``simmerge collect`` and ``scripts/collect_outcomes.py``."""
+    from simmerge.candidates import grid_from_ids
+
+    catalog = Catalog.load(args.catalog)
+    grid = grid_from_ids(args.candidates.split(",") if args.candidates else None)
+    pairs = expert_pairs(catalog, args.models.split(",") if args.models else None)
+    with OutcomeStore(args.store) as store:
+        summary = collect_outcomes(
+            catalog, store, grid, pairs=pairs, device=args.device, progress=not args.quiet
+        )
+        total = len(store)
+    print(
+        f"{summary.jobs} (pair, candidate) jobs: {summary.skipped} already stored, "
+        f"{summary.merged} merged+evaluated, {summary.reused} reused from an equal merge; "
+        f"{summary.rows} new rows ({total} in {args.store}) in {summary.seconds:.0f} s"
+    )
+    return 0

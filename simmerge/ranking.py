@@ -1,0 +1,194 @@
+"""Rank the candidate merges of a pair without merging anything, then verify the top ones.
+
+:func:`rank_merges` computes (cached) signatures and sketches of the two experts, their pair
+features, and asks the predictor for every candidate x target task; a candidate's predicted
+score is the mean over the target tasks of its predicted normalized score. :func:`verify`
+really merges and evaluates the top k, writes the outcomes to a store (they can refit the
+predictor: ``simmerge train``) and reports how far each prediction was off.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from simmerge.candidates import DEFAULT_GRID, OperatorConfig
+from simmerge.catalog import Catalog, CatalogModel
+from simmerge.errors import CatalogError, ConfigError
+from simmerge.feature_table import FeatureOptions, build_profiles
+from simmerge.predictor import MergePredictor, design_row
+from simmerge.resources import data_dir
+from simmerge.similarity import functional_features, pair_features
+
+DEFAULT_PREDICTOR = "default"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A ranked merge: the plan, its predicted score (mean predicted normalized score over the
+    target tasks) with an uncertainty (ensemble spread) and the features that drove it."""
+
+    rank: int
+    models: tuple[str, str]
+    candidate: str  # OperatorConfig id
+    plan_id: str
+    tasks: tuple[str, ...]
+    predicted: float
+    uncertainty: float
+    per_task: dict[str, float]
+    top_features: tuple[tuple[str, float], ...]
+
+    @property
+    def config(self) -> OperatorConfig:
+        return OperatorConfig.from_id(self.candidate)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["top_features"] = [{"feature": f, "contribution": c} for f, c in self.top_features]
+        return d
+
+
+def load_predictor(predictor: MergePredictor | str | Path | None) -> MergePredictor:
+    """A predictor object, a saved folder, or a shipped name (``models/<name>``)."""
+    if isinstance(predictor, MergePredictor):
+        return predictor
+    name = predictor or DEFAULT_PREDICTOR
+    path = Path(name)
+    if not (path / "card.json").is_file():
+        path = data_dir("models") / str(name)
+    return MergePredictor.load(path)
+
+
+def _pair(catalog: Catalog, experts: Sequence[str]) -> tuple[CatalogModel, CatalogModel]:
+    if len(experts) != 2 or experts[0] == experts[1]:
+        raise ConfigError(
+            f"rank_merges ranks merges of two distinct experts, got {list(experts)}.",
+            "pass exactly two expert names (multi-way plans come from plan_merge).",
+        )
+    a, b = (catalog.model(n) for n in experts)
+    for m in (a, b):
+        if m is catalog.base:
+            raise CatalogError(
+                f"{m.name!r} is the catalog's base model, not an expert.",
+                f"pick experts among: {', '.join(catalog.expert_names)}.",
+            )
+    return a, b
+
+
+def rank_merges(
+    catalog: Catalog,
+    experts: Sequence[str],
+    tasks: Sequence[str] | None = None,
+    top: int | None = 5,
+    *,
+    predictor: MergePredictor | str | Path | None = None,
+    grid: Sequence[OperatorConfig] = DEFAULT_GRID,
+    options: FeatureOptions | None = None,
+    contributions: int = 5,
+    progress: bool = False,
+) -> list[Candidate]:
+    """Candidates for merging ``experts`` (a, b), best first (see the module docs).
+
+    ``tasks`` defaults to the union of the two experts' tasks; a task with a probe set in the
+    catalog also contributes its task-specific functional features.
+    """
+    a, b = _pair(catalog, experts)
+    model = load_predictor(predictor)
+    tasks = list(tasks) if tasks else sorted({*a.tasks, *b.tasks})
+    if not tasks:
+        raise ConfigError(
+            f"Experts {a.name!r} and {b.name!r} declare no tasks, so there is nothing to rank for.",
+            "pass tasks=[...] (CLI: --tasks t1,t2).",
+        )
+    profiles = build_profiles(catalog, options, experts=[a.name, b.name], progress=progress)
+    pa, pb = profiles[a.name], profiles[b.name]
+    general = pair_features(pa, pb).as_dict()
+    task_feats = {
+        t: functional_features(pa.signatures[t], pb.signatures[t])
+        if t in pa.signatures and t in pb.signatures
+        else None
+        for t in tasks
+    }
+    rows, keys = [], []
+    for config in grid:
+        for t in tasks:
+            rows.append(design_row(general, task_feats[t], t in a.tasks, t in b.tasks, config))
+            keys.append((config, t))
+    mean, std = model.predict(rows)
+    contrib = model.contributions(rows)[:, :-1] if contributions else None
+
+    scored = []
+    n_tasks = len(tasks)
+    for i, config in enumerate(grid):
+        sl = slice(i * n_tasks, (i + 1) * n_tasks)
+        top_feats: tuple[tuple[str, float], ...] = ()
+        if contrib is not None:
+            c = contrib[sl].mean(axis=0)
+            order = np.argsort(-np.abs(c))[:contributions]
+            top_feats = tuple((model.columns[j], float(c[j])) for j in order)
+        plan = config.plan(str(catalog.base.path), str(a.path), str(b.path))
+        scored.append(
+            (
+                float(mean[sl].mean()),
+                float(math.sqrt(float(np.mean(std[sl] ** 2)))),
+                config,
+                plan.plan_id,
+                {t: float(v) for t, v in zip(tasks, mean[sl], strict=True)},
+                top_feats,
+            )
+        )
+    scored.sort(key=lambda s: -s[0])
+    return [
+        Candidate(
+            rank=r + 1,
+            models=(a.name, b.name),
+            candidate=config.id,
+            plan_id=plan_id,
+            tasks=tuple(tasks),
+            predicted=pred,
+            uncertainty=unc,
+            per_task=per_task,
+            top_features=feats,
+        )
+        for r, (pred, unc, config, plan_id, per_task, feats) in enumerate(scored[:top])
+    ]
+
+
+def format_ranking(candidates: Sequence[Candidate]) -> str:
+    if not candidates:
+        return "(no candidates)"
+    a, b = candidates[0].models
+    lines = [
+        f"merges of {a} + {b} on {', '.join(candidates[0].tasks)} (predicted normalized score)",
+        f"{'#':>3} {'candidate':<38} {'pred':>6} {'±':>6}  top features",
+    ]
+    for c in candidates:
+        feats = ", ".join(f"{f} {v:+.3f}" for f, v in c.top_features[:3])
+        lines.append(
+            f"{c.rank:>3} {c.candidate:<38} {c.predicted:>6.3f} {c.uncertainty:>6.3f}  {feats}"
+        )
+    return "\n".join(lines)
+
+
+def run_rank_cli(args: Any) -> int:
+    catalog = Catalog.load(args.catalog)
+    ranked = rank_merges(
+        catalog,
+        args.models.split(","),
+        args.tasks.split(",") if args.tasks else None,
+        top=args.top,
+        predictor=args.predictor,
+        options=FeatureOptions(device=args.device, cache_dir=args.cache_dir),
+        progress=not args.json,
+    )
+    if args.json:
+        print(json.dumps([c.to_dict() for c in ranked], indent=2))
+    else:
+        print(format_ranking(ranked))
+    return 0

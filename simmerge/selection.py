@@ -1,0 +1,225 @@
+"""Selector evaluation: held-out splits and the metrics of DESIGN.md.
+
+A *selector* ranks the candidates of a pair by a predicted pair objective (the mean predicted
+normalized score over the pair's tasks, :func:`~simmerge.training_data.pair_objective`). On
+held-out pairs we compare its pick with the **oracle** (best actual candidate), **best-fixed**
+(the one candidate with the best mean on the *training* pairs) and **random**:
+
+* gap closure = Σ(selected − best_fixed) / Σ(oracle − best_fixed);
+* % of oracle = Σ selected / Σ oracle; with k verifications, the best actual of the top k;
+* top-1 accuracy (the pick is an oracle candidate); Spearman ρ of predicted vs actual within a
+  pair (mean over pairs); risk = share of pairs where the pick is worse than best-fixed by more
+  than 0.01.
+
+Splits never share a model between training and test (:func:`model_folds`), or never share a
+task (:func:`task_folds`): random row splits would leak a pair's other candidates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+PAIR = ["catalog", "a", "b"]
+RISK_MARGIN = 0.01
+TIE = 1e-9
+
+
+@dataclass(frozen=True)
+class Fold:
+    name: str
+    train: np.ndarray  # boolean masks over the rows of the training frame
+    test: np.ndarray
+
+
+def model_folds(frame: pd.DataFrame, k: int = 5, seed: int = 0) -> Iterator[Fold]:
+    """Group k-fold by model: test pairs have both models in the fold, training pairs neither
+    (pairs with one model on each side are unused in that fold)."""
+    models = sorted(
+        set(zip(frame["catalog"], frame["a"], strict=True))
+        | set(zip(frame["catalog"], frame["b"], strict=True))
+    )
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(models))
+    a_key = list(zip(frame["catalog"], frame["a"], strict=True))
+    b_key = list(zip(frame["catalog"], frame["b"], strict=True))
+    for i in range(k):
+        held = {models[j] for j in order[i::k]}
+        in_a = np.array([m in held for m in a_key])
+        in_b = np.array([m in held for m in b_key])
+        yield Fold(f"models-{i}", train=~in_a & ~in_b, test=in_a & in_b)
+
+
+def task_folds(frame: pd.DataFrame) -> Iterator[Fold]:
+    """Leave one task out: test pairs involve the task, training pairs do not."""
+    pair_tasks = frame.groupby(PAIR)["task"].agg(lambda s: frozenset(s))
+    keys = list(zip(frame["catalog"], frame["a"], frame["b"], strict=True))
+    tasks_of = [pair_tasks[k] for k in keys]
+    for task in sorted(frame["task"].unique()):
+        involved = np.array([task in ts for ts in tasks_of])
+        yield Fold(f"task-{task}", train=~involved, test=involved)
+
+
+def best_fixed_candidate(actual: pd.Series) -> str:
+    """The candidate with the best mean pair objective (``actual`` indexed by PAIR+candidate)."""
+    return str(actual.groupby("candidate").mean().idxmax())
+
+
+@dataclass
+class PairOutcome:
+    oracle: float
+    best_fixed: float
+    selected: float
+    top_k: float
+    top1: float  # 1.0 when the pick is an oracle candidate (random: the chance of that)
+    spearman: float
+
+
+def per_pair(
+    actual: pd.Series, predicted: pd.Series, best_fixed: str, k_verify: int = 3
+) -> list[PairOutcome]:
+    """Outcome of selecting by ``predicted`` on every pair (both series indexed by
+    PAIR + candidate); pairs lacking the best-fixed candidate are skipped."""
+    from scipy.stats import spearmanr
+
+    df = pd.DataFrame({"actual": actual, "pred": predicted}).dropna(subset=["actual"])
+    out = []
+    for _, g in df.groupby(level=PAIR, sort=True):
+        cands = g.index.get_level_values("candidate")
+        if best_fixed not in cands:
+            continue
+        act = g["actual"].to_numpy()
+        pred = g["pred"].to_numpy()
+        order = np.argsort(-pred, kind="stable")
+        oracle = float(act.max())
+        rho = float("nan")
+        if np.ptp(act) > TIE and np.ptp(pred) > TIE:
+            rho = float(spearmanr(act, pred).statistic)
+        out.append(
+            PairOutcome(
+                oracle=oracle,
+                best_fixed=float(act[list(cands).index(best_fixed)]),
+                selected=float(act[order[0]]),
+                top_k=float(act[order[:k_verify]].max()),
+                top1=float(act[order[0]] >= oracle - TIE),
+                spearman=rho,
+            )
+        )
+    return out
+
+
+def summarize(outcomes: list[PairOutcome]) -> dict[str, float]:
+    """Aggregate metrics over pairs (see the module docs)."""
+    if not outcomes:
+        return {"pairs": 0}
+    sel = np.array([o.selected for o in outcomes])
+    bf = np.array([o.best_fixed for o in outcomes])
+    ora = np.array([o.oracle for o in outcomes])
+    topk = np.array([o.top_k for o in outcomes])
+    gap = float((ora - bf).sum())
+    rhos = [o.spearman for o in outcomes if o.spearman == o.spearman]
+    return {
+        "pairs": len(outcomes),
+        "mean_selected": float(sel.mean()),
+        "mean_best_fixed": float(bf.mean()),
+        "mean_oracle": float(ora.mean()),
+        "gap_closure": float((sel - bf).sum() / gap) if gap > TIE else float("nan"),
+        "pct_of_oracle": float(sel.sum() / ora.sum()) if ora.sum() > 0 else float("nan"),
+        "pct_of_oracle_top_k": float(topk.sum() / ora.sum()) if ora.sum() > 0 else float("nan"),
+        "top1_accuracy": float(np.mean([o.top1 for o in outcomes])),
+        "spearman": float(np.mean(rhos)) if rhos else float("nan"),
+        "risk": float(np.mean(sel < bf - RISK_MARGIN)),
+    }
+
+
+def random_outcomes(
+    actual: pd.Series, best_fixed: str, k_verify: int = 3, draws: int = 50, seed: int = 0
+) -> list[PairOutcome]:
+    """The random selector, averaged over ``draws`` random rankings per pair."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _, g in actual.dropna().groupby(level=PAIR, sort=True):
+        cands = list(g.index.get_level_values("candidate"))
+        if best_fixed not in cands:
+            continue
+        act = g.to_numpy()
+        oracle = float(act.max())
+        perms = [rng.permutation(len(act)) for _ in range(draws)]
+        out.append(
+            PairOutcome(
+                oracle=oracle,
+                best_fixed=float(act[cands.index(best_fixed)]),
+                selected=float(act.mean()),
+                top_k=float(np.mean([act[p[:k_verify]].max() for p in perms])),
+                top1=float(np.mean(act >= oracle - TIE)),
+                spearman=0.0,
+            )
+        )
+    return out
+
+
+class LinearBaseline:
+    """The Mergeability-Bench approach: a ridge regression on the same features
+    (median-imputed, standardized). Same fit/predict contract as the predictor."""
+
+    def __init__(self, columns, alpha: float = 1.0) -> None:
+        self.columns = tuple(columns)
+        self.alpha = alpha
+        self._model = None
+
+    def fit(self, frame: pd.DataFrame, y) -> LinearBaseline:
+        from sklearn.impute import SimpleImputer
+        from sklearn.linear_model import Ridge
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        self._model = make_pipeline(
+            SimpleImputer(strategy="median", keep_empty_features=True),
+            StandardScaler(),
+            Ridge(alpha=self.alpha),
+        )
+        self._model.fit(frame[list(self.columns)].to_numpy(dtype=float), np.asarray(y))
+        return self
+
+    def predict(self, frame: pd.DataFrame):
+        pred = self._model.predict(frame[list(self.columns)].to_numpy(dtype=float))
+        return pred, np.zeros_like(pred)
+
+
+def cross_validate(
+    frame: pd.DataFrame,
+    folds: Iterator[Fold],
+    models: dict[str, object],
+    k_verify: int = 3,
+) -> dict[str, list[PairOutcome]]:
+    """Pooled per-pair outcomes over ``folds`` for each selector in ``models`` (name ->
+    factory returning an unfitted model with ``fit(frame, y)`` / ``predict(frame)``), plus
+    ``best_fixed``, ``random`` and ``oracle``."""
+    from simmerge.training_data import pair_objective
+
+    pooled: dict[str, list[PairOutcome]] = {
+        name: [] for name in [*models, "best_fixed", "random", "oracle"]
+    }
+    for fold in folds:
+        train, test = frame[fold.train], frame[fold.test].copy()
+        if train.empty or test.empty:
+            continue
+        best_fixed = best_fixed_candidate(pair_objective(train, "target"))
+        actual = pair_objective(test, "target")
+        for name, factory in models.items():
+            model = factory().fit(train, train["target"].to_numpy())
+            test[f"pred_{name}"] = model.predict(test)[0]
+            pooled[name] += per_pair(
+                actual, pair_objective(test, f"pred_{name}"), best_fixed, k_verify
+            )
+        fixed = pd.Series(
+            [float(c == best_fixed) for c in actual.index.get_level_values("candidate")],
+            index=actual.index,
+        )
+        pooled["best_fixed"] += per_pair(actual, fixed, best_fixed, k_verify)
+        pooled["oracle"] += per_pair(actual, actual, best_fixed, k_verify)
+        pooled["random"] += random_outcomes(actual, best_fixed, k_verify)
+    return pooled

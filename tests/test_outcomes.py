@@ -1,0 +1,211 @@
+"""Candidate grid, outcome store and outcome collection: ids, canonical merges, durable rows,
+resumption without lost or duplicated rows."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from simmerge.candidates import DEFAULT_GRID, OperatorConfig, grid_from_ids
+from simmerge.catalog import Catalog
+from simmerge.collect import collect_outcomes, expert_pairs
+from simmerge.errors import PlanError
+from simmerge.merge.registry import OPERATORS
+from simmerge.outcomes import Outcome, OutcomeStore, OutcomeStoreError
+from simmerge.zoo.build import ExpertSpec, ZooRecipe, build_from_recipe
+from simmerge.zoo.train import ModelShape
+
+MICRO3 = ZooRecipe(
+    name="micro-zoo-3",
+    tasks=("reverse", "sort"),
+    shape=ModelShape(hidden=32, intermediate=64, layers=2, heads=2),
+    base_steps=6,
+    batch_size=8,
+    expert_batch_size=8,
+    eval_size=4,
+    probe_size=3,
+    experts=(
+        ExpertSpec("reverse_a", ("reverse",), 1, 3, 1e-3),
+        ExpertSpec("sort_a", ("sort",), 2, 3, 1e-3),
+        ExpertSpec("both", ("reverse", "sort"), 3, 3, 1e-3),
+    ),
+)
+SMALL_GRID = tuple(
+    OperatorConfig.from_id(i)
+    for i in ("linear", "task_arithmetic[lambda=0.5]", "slerp[t=0.3]", "slerp[t=0.7]")
+)
+
+
+@pytest.fixture(scope="module")
+def micro_catalog(tmp_path_factory) -> Catalog:
+    import torch
+
+    torch.set_num_threads(1)
+    out = build_from_recipe(tmp_path_factory.mktemp("micro3"), MICRO3, progress=False)
+    return Catalog.load(out / "catalog.yaml")
+
+
+def _row(**kw) -> Outcome:
+    base = dict(
+        catalog="c",
+        model_a="a",
+        model_b="b",
+        candidate="linear",
+        operator="linear",
+        params="{}",
+        plan_id="p",
+        task="t",
+        eval_hash="h",
+        score=0.5,
+        expert_score=1.0,
+        normalized=0.5,
+    )
+    return Outcome(**{**base, **kw})
+
+
+# --- candidates --------------------------------------------------------------------------------
+
+
+def test_default_grid_has_20_candidates_covering_every_operator():
+    assert len(DEFAULT_GRID) >= 20
+    assert {c.operator for c in DEFAULT_GRID} == set(OPERATORS)
+    assert len({c.id for c in DEFAULT_GRID}) == len(DEFAULT_GRID)
+
+
+def test_candidate_ids_round_trip():
+    for config in DEFAULT_GRID:
+        assert OperatorConfig.from_id(config.id) == config
+
+
+@pytest.mark.parametrize(
+    "bad", ["ties[density=1.5]", "ties[density=0.5", "ties[density]", "ties[density=x]", "nope"]
+)
+def test_bad_candidate_ids_are_typed_errors(bad):
+    with pytest.raises(PlanError):  # OperatorParameterError or UnknownOperatorError
+        grid_from_ids([bad])
+
+
+def test_hyperparameters_fill_defaults_and_nan_for_absent():
+    hp = OperatorConfig.from_id("ties[density=0.5]").hyperparameters()
+    assert hp["density"] == 0.5 and hp["lambda"] == 1.0
+    assert hp["t"] != hp["t"]  # NaN: ties has no t
+
+
+def test_canonical_merge_mirrors_slerp_and_sorts_order_free_operators():
+    order = {"a": 0, "b": 1}
+    slerp = OperatorConfig.from_id("slerp[t=0.3]")
+    assert slerp.canonical("b", "a", order) == ("a", "b", OperatorConfig.from_id("slerp[t=0.7]"))
+    assert slerp.canonical("a", "b", order) == ("a", "b", slerp)
+    ties = OperatorConfig.from_id("ties[density=0.5]")
+    assert ties.canonical("b", "a", order) == ("a", "b", ties)
+
+
+# --- store -------------------------------------------------------------------------------------
+
+
+def test_store_rows_survive_reopening_and_duplicates_are_skipped(tmp_path):
+    path = tmp_path / "o.sqlite"
+    with OutcomeStore(path) as store:
+        assert store.add([_row(), _row(task="u")]) == 2
+        assert store.add([_row(), _row(task="v")]) == 1
+    with OutcomeStore(path) as store:
+        assert len(store) == 3
+        assert {o.task for o in store} == {"t", "u", "v"}
+
+
+def test_store_add_is_all_or_nothing(tmp_path):
+    with OutcomeStore(tmp_path / "o.sqlite") as store:
+        with pytest.raises(OutcomeStoreError, match="none were written"):
+            store.add([_row(task="ok"), _row(task=None)])
+        assert len(store) == 0
+
+
+def test_reference_scores_are_stored_per_eval_hash(tmp_path):
+    with OutcomeStore(tmp_path / "o.sqlite") as store:
+        store.set_reference("c", "m", "t", "h1", 0.9)
+        assert store.reference("c", "m", "t", "h1") == 0.9
+        assert store.reference("c", "m", "t", "h2") is None
+
+
+def test_a_file_that_is_not_a_store_is_a_typed_error(tmp_path):
+    bad = tmp_path / "o.sqlite"
+    bad.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(OutcomeStoreError, match="not a readable outcome store"):
+        OutcomeStore(bad)
+    with pytest.raises(OutcomeStoreError, match="not a file"):
+        OutcomeStore(tmp_path)
+
+
+def test_a_store_of_another_schema_version_is_refused(tmp_path):
+    path = tmp_path / "o.sqlite"
+    OutcomeStore(path).close()
+    db = sqlite3.connect(path)
+    with db:
+        db.execute("UPDATE meta SET value='99' WHERE key='schema_version'")
+    db.close()
+    with pytest.raises(OutcomeStoreError, match="schema version 99"):
+        OutcomeStore(path)
+
+
+# --- collection --------------------------------------------------------------------------------
+
+
+def test_collection_covers_every_ordered_pair_and_candidate(micro_catalog, tmp_path):
+    with OutcomeStore(tmp_path / "o.sqlite") as store:
+        summary = collect_outcomes(micro_catalog, store, SMALL_GRID, progress=False)
+        rows = list(store)
+    pairs = expert_pairs(micro_catalog)
+    assert len(pairs) == 6
+    assert summary.jobs == 6 * len(SMALL_GRID) and summary.skipped == 0
+    # each unordered pair is merged once per candidate; the other order reuses it (slerp
+    # through its mirror t -> 1 - t)
+    assert summary.merged == 12 and summary.reused == 12
+    by_key = {(o.model_a, o.model_b, o.candidate, o.task): o for o in rows}
+    assert len(by_key) == len(rows)
+    for o in rows:
+        assert 0.0 <= o.score <= 1.0 and o.expert_score >= 0.0
+        assert o.normalized == pytest.approx(o.score / o.expert_score if o.expert_score else 0.0)
+        assert o.task in {
+            *micro_catalog.model(o.model_a).tasks,
+            *micro_catalog.model(o.model_b).tasks,
+        }
+    # a merge and its mirror are one measurement
+    for (a, b, cand, task), o in by_key.items():
+        mirror = OperatorConfig.from_id(cand).mirrored().id
+        assert by_key[(b, a, mirror, task)].score == o.score
+
+
+def test_interrupted_collection_resumes_without_lost_or_duplicated_rows(
+    micro_catalog, tmp_path, monkeypatch
+):
+    import simmerge.collect as collect_mod
+
+    with OutcomeStore(tmp_path / "full.sqlite") as store:
+        collect_outcomes(micro_catalog, store, SMALL_GRID, progress=False)
+        full = {(o.model_a, o.model_b, o.candidate, o.task): o.score for o in store}
+
+    real_merge = collect_mod.merge
+    calls = {"n": 0}
+
+    def flaky_merge(plan, **kw):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt  # Ctrl-C in the middle of the 4th merge
+        return real_merge(plan, **kw)
+
+    path = tmp_path / "resumed.sqlite"
+    monkeypatch.setattr(collect_mod, "merge", flaky_merge)
+    with OutcomeStore(path) as store, pytest.raises(KeyboardInterrupt):
+        collect_outcomes(micro_catalog, store, SMALL_GRID, progress=False)
+    with OutcomeStore(path) as store:
+        partial = len(store)
+    assert 0 < partial < len(full)
+
+    monkeypatch.setattr(collect_mod, "merge", real_merge)
+    with OutcomeStore(path) as store:
+        summary = collect_outcomes(micro_catalog, store, SMALL_GRID, progress=False)
+        resumed = {(o.model_a, o.model_b, o.candidate, o.task): o.score for o in store}
+        assert len(store) == len(full)
+    assert resumed == full
+    assert summary.skipped > 0

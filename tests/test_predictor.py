@@ -1,0 +1,323 @@
+"""MergePredictor (fit/predict/save/load, card checks), selection metrics and splits, and the
+rank -> verify path on a micro zoo."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from simmerge.candidates import OperatorConfig
+from simmerge.errors import ConfigError, InputNotFoundError
+from simmerge.predictor import MergePredictor, PredictorError, predictor_columns
+from simmerge.selection import (
+    PairOutcome,
+    best_fixed_candidate,
+    model_folds,
+    per_pair,
+    summarize,
+    task_folds,
+)
+
+
+def synthetic_rows(n: int, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
+    """Rows whose target depends on one pair feature and the operator."""
+    rng = np.random.default_rng(seed)
+    cols = predictor_columns()
+    x = pd.DataFrame(rng.normal(size=(n, len(cols))), columns=list(cols))
+    x["task_of_a"] = rng.integers(0, 2, n).astype(float)
+    ops = [c for c in cols if c.startswith("op_")]
+    x[ops] = 0.0
+    pick = rng.integers(0, len(ops), n)
+    for i, op in enumerate(ops):
+        x.loc[pick == i, op] = 1.0
+    y = 0.5 + 0.3 * np.tanh(x["js_mean"].to_numpy()) + 0.1 * (pick % 3)
+    return x, y
+
+
+# --- predictor ---------------------------------------------------------------------------------
+
+
+def test_predictor_learns_a_signal_and_reports_uncertainty():
+    x, y = synthetic_rows(600)
+    xt, yt = synthetic_rows(200, seed=1)
+    model = MergePredictor(n_models=3, num_boost_round=80).fit(x, y)
+    mean, std = model.predict(xt)
+    assert mean.shape == std.shape == (200,)
+    assert np.corrcoef(mean, yt)[0, 1] > 0.8
+    assert (std >= 0).all() and std.max() > 0  # bagging seeds disagree somewhere
+
+
+def test_contributions_sum_to_the_prediction_and_name_the_driving_feature():
+    x, y = synthetic_rows(600)
+    model = MergePredictor(n_models=2, num_boost_round=60).fit(x, y)
+    contrib = model.contributions(x.iloc[:20])
+    mean, _ = model.predict(x.iloc[:20])
+    np.testing.assert_allclose(contrib.sum(axis=1), mean, atol=1e-6)
+    names = [n for n, _ in model.top_contributions(x.iloc[0].to_dict(), k=3)]
+    assert "js_mean" in names
+
+
+def test_save_load_round_trip_predicts_identically(tmp_path):
+    x, y = synthetic_rows(300)
+    model = MergePredictor(n_models=2, num_boost_round=40, seed=7).fit(x, y)
+    model.save(tmp_path / "p", extra_card={"note": "test"})
+    card = json.loads((tmp_path / "p" / "card.json").read_text())
+    assert card["features"] == list(predictor_columns())
+    assert card["training_rows"] == 300 and len(card["training_data_hash"]) == 16
+    assert {"lightgbm", "simmerge", "numpy"} <= set(card["versions"]) and card["note"] == "test"
+    loaded = MergePredictor.load(tmp_path / "p")
+    np.testing.assert_array_equal(loaded.predict(x)[0], model.predict(x)[0])
+    assert loaded.seed == 7 and loaded.n_models == 2
+
+
+def test_load_refuses_a_card_with_other_features(tmp_path):
+    x, y = synthetic_rows(100)
+    MergePredictor(n_models=1, num_boost_round=5).fit(x, y).save(tmp_path / "p")
+    card_path = tmp_path / "p" / "card.json"
+    card = json.loads(card_path.read_text())
+    card["features"] = card["features"][::-1]
+    card_path.write_text(json.dumps(card))
+    with pytest.raises(PredictorError, match="other features"):
+        MergePredictor.load(tmp_path / "p")
+
+
+def test_load_reports_missing_card_and_missing_model_files(tmp_path):
+    with pytest.raises(InputNotFoundError, match="No predictor card"):
+        MergePredictor.load(tmp_path)
+    x, y = synthetic_rows(100)
+    MergePredictor(n_models=2, num_boost_round=5).fit(x, y).save(tmp_path / "p")
+    (tmp_path / "p" / "model_1.txt").unlink()
+    with pytest.raises(PredictorError, match="lacks model_1.txt"):
+        MergePredictor.load(tmp_path / "p")
+
+
+def test_unfitted_predictor_and_bad_parameters_are_typed_errors():
+    with pytest.raises(PredictorError, match="not been fitted"):
+        MergePredictor().predict([])
+    with pytest.raises(ConfigError, match="Unknown LightGBM parameter"):
+        MergePredictor(params={"num_leaf": 3})
+    with pytest.raises(ConfigError, match="n_models"):
+        MergePredictor(n_models=0)
+
+
+def test_missing_input_columns_are_named():
+    x, y = synthetic_rows(50)
+    model = MergePredictor(n_models=1, num_boost_round=5).fit(x, y)
+    with pytest.raises(ConfigError, match="lacks 1 column"):
+        model.predict(x.drop(columns=["hp_t"]))
+
+
+# --- metrics and splits ------------------------------------------------------------------------
+
+
+def _series(values: dict[tuple[str, str], float]) -> pd.Series:
+    idx = pd.MultiIndex.from_tuples(
+        [("c", a, "x", cand) for (a, cand) in values], names=["catalog", "a", "b", "candidate"]
+    )
+    return pd.Series(list(values.values()), index=idx)
+
+
+def test_selection_metrics_match_hand_computed_values():
+    # two pairs, candidates f (the fixed one), g, h
+    actual = _series(
+        {
+            ("p1", "f"): 0.5,
+            ("p1", "g"): 0.9,
+            ("p1", "h"): 0.7,
+            ("p2", "f"): 0.6,
+            ("p2", "g"): 0.2,
+            ("p2", "h"): 0.8,
+        }
+    )
+    pred = _series(
+        {
+            ("p1", "f"): 0.1,
+            ("p1", "g"): 0.3,
+            ("p1", "h"): 0.2,  # picks g: oracle
+            ("p2", "f"): 0.1,
+            ("p2", "g"): 0.9,
+            ("p2", "h"): 0.5,  # picks g: worse than fixed; top-2 holds h
+        }
+    )
+    pairs = per_pair(actual, pred, "f", k_verify=2)
+    assert [p.selected for p in pairs] == [0.9, 0.2]
+    assert [p.top_k for p in pairs] == [0.9, 0.8]
+    m = summarize(pairs)
+    # gap closure = ((0.9-0.5) + (0.2-0.6)) / ((0.9-0.5) + (0.8-0.6)) = 0 / 0.6
+    assert m["gap_closure"] == pytest.approx(0.0)
+    assert m["pct_of_oracle"] == pytest.approx(1.1 / 1.7)
+    assert m["pct_of_oracle_top_k"] == pytest.approx(1.7 / 1.7)
+    assert m["top1_accuracy"] == 0.5 and m["risk"] == 0.5
+    assert m["spearman"] == pytest.approx((1.0 + -0.5) / 2)
+    assert best_fixed_candidate(actual) == "h"  # mean 0.75 beats g 0.55 and f 0.55
+
+
+def test_oracle_selection_closes_the_whole_gap():
+    actual = _series({("p1", "f"): 0.5, ("p1", "g"): 0.9, ("p2", "f"): 0.6, ("p2", "g"): 0.1})
+    m = summarize(per_pair(actual, actual, "f"))
+    assert m["gap_closure"] == pytest.approx(1.0) and m["risk"] == 0.0
+    assert summarize([])["pairs"] == 0
+    assert isinstance(per_pair(actual, actual, "f")[0], PairOutcome)
+
+
+def _frame() -> pd.DataFrame:
+    names = [f"m{i}" for i in range(8)]
+    rows = []
+    for a in names:
+        for b in names:
+            if a != b:
+                for task in (f"t{int(a[1:]) % 3}", f"t{int(b[1:]) % 3}"):
+                    rows.append({"catalog": "c", "a": a, "b": b, "task": task})
+    return pd.DataFrame(rows)
+
+
+def test_model_folds_never_share_a_model_between_train_and_test():
+    frame = _frame()
+    tested = set()
+    for fold in model_folds(frame, k=4, seed=1):
+        train = set(frame[fold.train]["a"]) | set(frame[fold.train]["b"])
+        test = set(frame[fold.test]["a"]) | set(frame[fold.test]["b"])
+        assert train and test and not train & test
+        tested |= test
+    assert tested == {f"m{i}" for i in range(8)}
+
+
+def test_task_folds_hold_out_every_pair_that_involves_the_task():
+    frame = _frame()
+    for fold in task_folds(frame):
+        task = fold.name.removeprefix("task-")
+        assert task not in set(frame[fold.train]["task"])
+        test_pairs = frame[fold.test].groupby(["a", "b"])["task"].agg(set)
+        assert all(task in tasks for tasks in test_pairs)
+
+
+# --- end to end on a micro zoo -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A micro zoo, its outcomes and features, and a predictor fitted on them."""
+    import torch
+    from test_outcomes import MICRO3, SMALL_GRID
+
+    from simmerge.catalog import Catalog
+    from simmerge.collect import collect_outcomes
+    from simmerge.feature_table import FeatureOptions
+    from simmerge.outcomes import OutcomeStore
+    from simmerge.signatures import SignatureConfig
+    from simmerge.training import fit_predictor
+    from simmerge.training_data import feature_frame, outcome_frame
+    from simmerge.zoo.build import build_from_recipe
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("e2e")
+    catalog = Catalog.load(build_from_recipe(root / "zoo", MICRO3, progress=False) / "catalog.yaml")
+    options = FeatureOptions(cache_dir=root / "cache", signature=SignatureConfig(max_length=32))
+    store_path = root / "o.sqlite"
+    with OutcomeStore(store_path) as store:
+        collect_outcomes(catalog, store, SMALL_GRID, progress=False)
+        outcomes = outcome_frame(store, catalog)
+    features = feature_frame(catalog, options, progress=False)
+    model = fit_predictor(features, outcomes, n_models=2, cv_folds=0)
+    model.save(root / "predictor")
+    return {
+        "catalog": catalog,
+        "options": options,
+        "store": store_path,
+        "predictor": root / "predictor",
+        "outcomes": outcomes,
+        "features": features,
+    }
+
+
+def test_training_frame_has_every_predictor_column_and_the_target(trained):
+    from simmerge.training_data import training_frame
+
+    frame = training_frame(trained["features"], trained["outcomes"])
+    assert len(frame) == len(trained["outcomes"])
+    assert set(predictor_columns()) <= set(frame.columns)
+    assert frame["target"].between(0, 2).all()
+    assert (frame["task_of_a"] + frame["task_of_b"] >= 1).all()  # every task is a member's
+
+
+def test_rank_merges_ranks_every_candidate_with_uncertainty_and_contributions(trained):
+    from test_outcomes import SMALL_GRID
+
+    from simmerge.ranking import format_ranking, rank_merges
+
+    ranked = rank_merges(
+        trained["catalog"],
+        ["reverse_a", "sort_a"],
+        top=None,
+        predictor=trained["predictor"],
+        grid=SMALL_GRID,
+        options=trained["options"],
+    )
+    assert [c.rank for c in ranked] == [1, 2, 3, 4]
+    assert {c.candidate for c in ranked} == {c.id for c in SMALL_GRID}
+    preds = [c.predicted for c in ranked]
+    assert preds == sorted(preds, reverse=True)
+    for c in ranked:
+        assert c.tasks == ("reverse", "sort") and set(c.per_task) == {"reverse", "sort"}
+        assert c.predicted == pytest.approx(sum(c.per_task.values()) / 2)
+        assert c.uncertainty >= 0 and len(c.top_features) == 5
+        assert not math.isnan(c.predicted)
+    assert "reverse_a + sort_a" in format_ranking(ranked)
+
+
+def test_rank_merges_rejects_bad_pairs(trained):
+    from simmerge.errors import CatalogError
+    from simmerge.ranking import rank_merges
+
+    with pytest.raises(ConfigError, match="two distinct experts"):
+        rank_merges(trained["catalog"], ["reverse_a"], predictor=trained["predictor"])
+    with pytest.raises(CatalogError, match="base model"):
+        rank_merges(trained["catalog"], ["base", "sort_a"], predictor=trained["predictor"])
+
+
+def test_verify_measures_what_collection_measured_and_records_it(trained, tmp_path):
+    from test_outcomes import SMALL_GRID
+
+    from simmerge.outcomes import OutcomeStore
+    from simmerge.ranking import rank_merges
+    from simmerge.verify import verify
+
+    ranked = rank_merges(
+        trained["catalog"],
+        ["reverse_a", "sort_a"],
+        top=None,
+        predictor=trained["predictor"],
+        grid=SMALL_GRID,
+        options=trained["options"],
+    )
+    store_path = tmp_path / "verified.sqlite"
+    report = verify(trained["catalog"], ranked, k=2, store=store_path)
+    assert [v.rank for v in report.verified] == [1, 2]
+    assert report.best.actual == max(v.actual for v in report.verified)
+    collected = trained["outcomes"].set_index(["a", "b", "candidate", "task"])["normalized"]
+    for v in report.verified:
+        for task, value in v.per_task.items():
+            assert value == pytest.approx(collected[("reverse_a", "sort_a", v.candidate, task)])
+        assert v.error == pytest.approx(v.predicted - v.actual)
+    with OutcomeStore(store_path) as store:
+        assert len(store) == 2 * 2  # 2 candidates x 2 tasks
+    with pytest.raises(ConfigError, match="k >= 1"):
+        verify(trained["catalog"], ranked, k=0)
+
+
+def test_candidate_config_round_trips_through_its_id(trained):
+    from simmerge.ranking import rank_merges
+
+    ranked = rank_merges(
+        trained["catalog"],
+        ["sort_a", "both"],
+        top=2,
+        predictor=trained["predictor"],
+        options=trained["options"],
+    )
+    assert len(ranked) == 2
+    assert all(isinstance(c.config, OperatorConfig) for c in ranked)
