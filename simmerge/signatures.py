@@ -33,7 +33,7 @@ from simmerge.errors import ConfigError
 from simmerge.merge.plan import OUTPUT_DTYPES
 from simmerge.probes import ProbeSet
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: probes truncated to the model's max_position_embeddings
 _DTYPES = OUTPUT_DTYPES  # the dtype names plans use, too
 
 
@@ -43,7 +43,7 @@ class SignatureConfig:
 
     top_k: int = 32
     full_vocab_max: int = 512
-    max_length: int = 128
+    max_length: int = 128  # tokens per probe kept; also capped by the model's context length
     batch_size: int = 16
     dtype: str = "auto"  # "auto": bfloat16 on CUDA, float32 on CPU
 
@@ -227,7 +227,11 @@ def _run_probes(
 ) -> Signature:
     from simmerge.evaluate import pad_token_id, right_padded
 
-    seqs = _encode(tokenizer, probes, config.max_length)
+    # a model with learned positions cannot read past its window, and a RoPE model is out of
+    # distribution there: probes are cut at the model's context length as well
+    window = getattr(getattr(net, "config", None), "max_position_embeddings", None)
+    limit = min(config.max_length, int(window)) if window else config.max_length
+    seqs = _encode(tokenizer, probes, limit)
     vocab = int(net.get_output_embeddings().weight.shape[0])
     k = vocab if vocab <= config.full_vocab_max else min(config.top_k, vocab)
     pad = pad_token_id(tokenizer, net)
