@@ -173,7 +173,7 @@ def test_a_model_against_itself_has_zero_divergence_and_unit_similarity(profiles
 
 def test_sketch_estimates_are_within_the_promised_error_of_the_exact_pass(catalog, profiles):
     """Issue bound at the default sketch size: |cosine error| <= 0.02, |sign-conflict error|
-    <= 0.01 (mask Jaccard held to the same 0.01); norms are exact."""
+    <= 0.01 (mask Jaccard held to the same 0.01); norms are exact up to float32 rounding."""
     base = catalog.checkpoint("base")
     worst = {"cos": 0.0, "sign_conflict": 0.0, "mask_jaccard": 0.0, "norm": 0.0}
     for x, y in combinations(sorted(profiles), 2):
@@ -187,7 +187,7 @@ def test_sketch_estimates_are_within_the_promised_error_of_the_exact_pass(catalo
     assert worst["cos"] <= 0.02, worst
     assert worst["sign_conflict"] <= 0.01, worst
     assert worst["mask_jaccard"] <= 0.01, worst
-    assert worst["norm"] <= 1e-9, worst
+    assert worst["norm"] <= 1e-5, worst
 
 
 def test_sketches_of_one_catalog_share_coordinates_and_are_cached(catalog, cache):
