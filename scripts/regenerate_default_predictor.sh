@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Regenerate the shipped training data (features/zoo-large) and predictor (models/default):
+# build the large zoo, collect every (ordered expert pair x candidate) outcome, compute the pair
+# features, evaluate the selector on held-out models and tasks, and fit the predictor.
+# Every step is cached or resumable: rerun the script after an interruption.
+# About an hour on 2 CPU cores (see features/DATASHEET.md for measured times).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ZOO=${ZOO:-runs/zoo-large}
+PY=${PY:-.venv/bin/python}
+SIMMERGE=${SIMMERGE:-.venv/bin/simmerge}
+"$SIMMERGE" zoo build --size large --out "$ZOO"
+"$PY" scripts/collect_outcomes.py "$ZOO/catalog.yaml" --store "$ZOO/outcomes.sqlite"
+"$PY" scripts/build_training_data.py "$ZOO/catalog.yaml" --store "$ZOO/outcomes.sqlite" \
+    --out features/zoo-large
+"$PY" scripts/evaluate_selector.py --data zoo-large
+"$SIMMERGE" train --data zoo-large --out models/default
