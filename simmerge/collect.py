@@ -91,6 +91,11 @@ def reference_scores(
 def expert_pairs(catalog: Catalog, names: Sequence[str] | None = None):
     """Ordered pairs of distinct experts (of ``names`` if given) that have eval data."""
     experts = [catalog.model(n) for n in names] if names else list(catalog.experts)
+    if catalog.base in experts:
+        raise CatalogError(
+            f"{catalog.base.name!r} is the catalog's base model, not an expert.",
+            f"pick experts among: {', '.join(catalog.expert_names)}.",
+        )
     with_data = {t for t, spec in catalog.tasks.items() if spec.eval is not None}
     usable = [e for e in experts if set(e.tasks) & with_data]
     if len(usable) < 2:

@@ -209,3 +209,25 @@ def test_interrupted_collection_resumes_without_lost_or_duplicated_rows(
         assert len(store) == len(full)
     assert resumed == full
     assert summary.skipped > 0
+
+
+def test_collect_command_reports_and_resumes(micro_catalog, tmp_path, capsys):
+    from simmerge.cli import main
+
+    args = [
+        "collect",
+        str(micro_catalog.source),
+        "--store",
+        str(tmp_path / "o.sqlite"),
+        "--candidates",
+        "linear,ties[density=0.5]",
+        "--models",
+        "reverse_a,sort_a",
+        "--quiet",
+    ]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert "4 (pair, candidate) jobs: 0 already stored, 2 merged+evaluated, 2 reused" in first
+    assert main(args) == 0
+    assert "4 already stored" in capsys.readouterr().out
+    assert main([*args[:4], "--candidates", "ties[density=7]"]) == 2  # typed error, exit 2

@@ -321,3 +321,56 @@ def test_candidate_config_round_trips_through_its_id(trained):
     )
     assert len(ranked) == 2
     assert all(isinstance(c.config, OperatorConfig) for c in ranked)
+
+
+def test_rank_and_train_commands_work_end_to_end(trained, tmp_path, capsys):
+    from simmerge.cli import main
+    from simmerge.training_data import write_training_tables
+
+    catalog = str(trained["catalog"].source)
+    cache = str(trained["options"].cache_dir)
+    # the CLI computes features with the default signature config: its own cache entries
+    assert (
+        main(
+            [
+                "rank",
+                catalog,
+                "--models",
+                "reverse_a,sort_a",
+                "--predictor",
+                str(trained["predictor"]),
+                "--cache-dir",
+                cache,
+                "--top",
+                "3",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    ranked = json.loads(capsys.readouterr().out)
+    assert [c["rank"] for c in ranked] == [1, 2, 3]
+    assert {"candidate", "predicted", "uncertainty", "top_features", "plan_id"} <= set(ranked[0])
+
+    write_training_tables(trained["features"], trained["outcomes"], tmp_path / "data")
+    out = tmp_path / "model"
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(tmp_path / "data"),
+                "--out",
+                str(out),
+                "--n-models",
+                "2",
+                "--cv-folds",
+                "0",
+            ]
+        )
+        == 0
+    )
+    assert "trained on" in capsys.readouterr().out
+    loaded = MergePredictor.load(out)
+    assert loaded.card["training_sources"] == [f"dataset:{tmp_path / 'data'}"]
+    assert main(["train", "--data", "", "--out", str(out)]) == 2  # nothing to train on
