@@ -19,7 +19,7 @@ from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ("simmerge", "linear", "best_fixed", "random", "oracle")
+METHODS = ("simmerge", "simmerge_anchored", "linear", "best_fixed", "random", "oracle")
 COLUMNS = (
     ("gap_closure", "gap clos."),
     ("pct_of_oracle", "% oracle"),
@@ -33,7 +33,7 @@ COLUMNS = (
 
 
 def format_table(title: str, results: dict[str, dict[str, float]], k: int) -> str:
-    head = f"{'method':>11} " + " ".join(
+    head = f"{'method':>17} " + " ".join(
         f"{label.replace('top-k', f'top-{k}'):>11}" for _, label in COLUMNS
     )
     lines = [title, head, "-" * len(head)]
@@ -43,7 +43,7 @@ def format_table(title: str, results: dict[str, dict[str, float]], k: int) -> st
         for key, _ in COLUMNS:
             v = r.get(key, float("nan"))
             cells.append(f"{v:>11d}" if key == "pairs" else f"{v:>11.3f}")
-        lines.append(f"{method:>11} " + " ".join(cells))
+        lines.append(f"{method:>17} " + " ".join(cells))
     return "\n".join(lines)
 
 
@@ -96,8 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         "held-out tasks": task_folds(frame),
     }
     for scheme, folds in schemes.items():
-        pooled = cross_validate(frame, folds, models, args.k)
-        results = {m: summarize(pooled[m]) for m in METHODS}
+        cv = cross_validate(frame, folds, models, args.k, anchored=("simmerge",))
+        results = {m: summarize(cv.pooled[m]) for m in METHODS}
+        results["anchoring_margins"] = cv.margins
         report[scheme] = results
         print(format_table(f"\n{scheme} ({args.data})", results, args.k))
     report["seconds"] = round(time.perf_counter() - t0, 1)

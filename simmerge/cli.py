@@ -100,10 +100,15 @@ def _add_zoo_cli(sub: argparse._SubParsersAction) -> None:
 
 def _add_demo_cli(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "demo", help="main job on the embedded default: build the tiny zoo, merge and evaluate"
+        "demo",
+        help="main job on the embedded default: build the tiny zoo, rank merges, verify the top k",
     )
     p.add_argument("--zoo", default="runs/zoo", help="zoo folder (built if missing; cached)")
     p.add_argument("--pairs", type=int, default=3, help="number of expert pairs")
+    p.add_argument("--k", type=int, default=3, help="merges verified per pair")
+    p.add_argument(
+        "--predictor", default=None, help="predictor folder or shipped name (default: default)"
+    )
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--json", default=None, help="also write the report as JSON to this path")
     p.set_defaults(func=_lazy("simmerge.demo:run_demo_cli"))

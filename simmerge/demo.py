@@ -1,68 +1,30 @@
-"""The main job on the embedded default: build the tiny zoo, then merge and evaluate.
+"""The main job on the embedded default: build the tiny zoo, rank merges, verify the top 3.
 
-For a few expert pairs (experts of different tasks) every operator of :data:`DEMO_GRID` merges
-the pair in memory and the merge is scored on both experts' tasks. Scores are reported raw and
-normalized (score of the merge / score of that task's expert), the quantity the predictor will
-learn to rank. This is the exhaustive merge-and-evaluate loop that later issues replace with
-ranking; it is also an end-to-end check that zoo, engine and evaluation fit together.
+For a few expert pairs (experts of different tasks) the shipped predictor ranks every candidate
+of :data:`~simmerge.candidates.DEFAULT_GRID` from similarity features alone; the top
+``k`` are then really merged and evaluated (what a user pays: k merges). For comparison the demo
+also measures every other candidate of the grid (the exhaustive loop simmerge replaces), so the
+table shows how close the k-merge choice comes to the best of all 20.
+Scores are normalized: score of the merge / score of that task's expert, averaged over the
+pair's tasks.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
 from simmerge.catalog import Catalog, CatalogModel
+from simmerge.collect import MergeScorer
 from simmerge.errors import CatalogError
-from simmerge.evaluate import EvalTask, evaluate
+from simmerge.evaluate import evaluate
 from simmerge.io_utils import atomic_write_text
-from simmerge.merge import MergePlan, PlanMember, merge
-
-DEMO_GRID: tuple[tuple[str, dict[str, Any]], ...] = (
-    ("linear", {}),
-    ("task_arithmetic", {"lambda": 1.0}),
-    ("ties", {"density": 0.5}),
-    ("dare_linear", {"density": 0.5}),
-    ("dare_ties", {"density": 0.5}),
-    ("slerp", {"t": 0.5}),
-    ("breadcrumbs", {"density": 0.5, "gamma": 0.05}),
-    ("della", {"density": 0.5, "epsilon": 0.1}),
-    ("model_stock", {}),
-)
-
-
-@dataclass(frozen=True)
-class DemoRow:
-    """One merge of one pair, scored on both experts' tasks."""
-
-    expert_a: str
-    expert_b: str
-    task_a: str
-    task_b: str
-    operator: str
-    params: dict[str, Any]
-    plan_id: str
-    score_a: float
-    score_b: float
-    normalized_a: float
-    normalized_b: float
-
-
-def pair_plan(
-    catalog: Catalog, a: CatalogModel, b: CatalogModel, operator: str, params
-) -> MergePlan:
-    base_free = operator in ("linear", "slerp")
-    return MergePlan(
-        operator=operator,
-        base=None if base_free else str(catalog.base.path),
-        members=(PlanMember(model=str(a.path)), PlanMember(model=str(b.path))),
-        params=params,
-    )
+from simmerge.ranking import rank_merges
+from simmerge.verify import verify
 
 
 def demo_pairs(catalog: Catalog, n_pairs: int) -> list[tuple[CatalogModel, CatalogModel]]:
@@ -86,53 +48,66 @@ def _eval_path(catalog: Catalog, task: str) -> Path | None:
 def run_demo(
     catalog: Catalog,
     n_pairs: int = 3,
+    k: int = 3,
     *,
+    predictor: Any = None,
     device: str | None = None,
+    cache_dir: str | Path | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Merge-and-evaluate ``n_pairs`` pairs x every operator of :data:`DEMO_GRID`."""
+    """Rank, verify the top ``k`` and measure the whole grid for ``n_pairs`` pairs."""
+    from simmerge.feature_table import FeatureOptions
+
     pairs = demo_pairs(catalog, n_pairs)
-    tasks = {t: EvalTask.load(spec.eval, name=t) for t, spec in catalog.tasks.items() if spec.eval}
-    expert_scores = {
-        (e.name, t): evaluate(str(e.path), tasks[t], device).score
+    scorer = MergeScorer(catalog, device)
+    tasks = scorer.tasks
+    experts = [
+        {
+            "name": e.name,
+            "task": t,
+            "expert_score": scorer.score_folder(e, [t])[t],
+            "base_score": evaluate(str(catalog.base.path), tasks[t], scorer.device).score,
+        }
         for e in catalog.experts
         for t in e.tasks
         if t in tasks
-    }
-    base_scores = {t: evaluate(str(catalog.base.path), tk, device).score for t, tk in tasks.items()}
-    rows: list[DemoRow] = []
-    jobs = [(a, b, op, params) for a, b in pairs for op, params in DEMO_GRID]
-    for a, b, op, params in tqdm(jobs, desc="merge+eval", disable=not progress):
-        plan = pair_plan(catalog, a, b, op, params)
-        state = merge(plan, device=device)
-        ref = str(catalog.base.path)
-        ta, tb = a.tasks[0], b.tasks[0]
-        sa = evaluate(state, tasks[ta], device, reference_dir=ref).score
-        sb = evaluate(state, tasks[tb], device, reference_dir=ref).score
-        ea, eb = expert_scores[(a.name, ta)], expert_scores[(b.name, tb)]
-        rows.append(
-            DemoRow(
-                a.name,
-                b.name,
-                ta,
-                tb,
-                op,
-                dict(plan.params),
-                plan.plan_id,
-                sa,
-                sb,
-                sa / ea if ea > 0 else 0.0,
-                sb / eb if eb > 0 else 0.0,
-            )
+    ]
+    options = FeatureOptions(device=device, cache_dir=cache_dir)
+    out_pairs = []
+    for a, b in tqdm(pairs, desc="rank+verify", disable=not progress):
+        ranked = rank_merges(
+            catalog, [a.name, b.name], top=None, predictor=predictor, options=options
         )
-    return {
-        "catalog": catalog.name,
-        "experts": [
-            {"name": n, "task": t, "expert_score": s, "base_score": base_scores[t]}
-            for (n, t), s in expert_scores.items()
-        ],
-        "rows": [asdict(r) for r in rows],
-    }
+        measured = verify(catalog, ranked, k=len(ranked), scorer=scorer)  # all: for comparison
+        actual = {v.candidate: v.actual for v in measured.verified}
+        oracle = max(actual, key=actual.__getitem__)
+        top = ranked[:k]
+        chosen = max(top, key=lambda c: actual[c.candidate])
+        out_pairs.append(
+            {
+                "a": a.name,
+                "b": b.name,
+                "tasks": list(ranked[0].tasks),
+                "top": [
+                    {
+                        "rank": c.rank,
+                        "candidate": c.candidate,
+                        "predicted": c.predicted,
+                        "uncertainty": c.uncertainty,
+                        "actual": actual[c.candidate],
+                    }
+                    for c in top
+                ],
+                "chosen": chosen.candidate,
+                "chosen_actual": actual[chosen.candidate],
+                "oracle": oracle,
+                "oracle_actual": actual[oracle],
+                "oracle_predicted_rank": next(c.rank for c in ranked if c.candidate == oracle),
+                "grid_size": len(ranked),
+                "all": actual,
+            }
+        )
+    return {"catalog": catalog.name, "k": k, "experts": experts, "pairs": out_pairs}
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -141,21 +116,31 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(
             f"{e['name']:>14} {e['task']:>12} {e['expert_score']:>7.2f} {e['base_score']:>6.2f}"
         )
-    lines += ["", "merges (normalized score = merge score / expert score on that task):"]
-    lines.append(f"{'pair':>26} {'operator':>16} {'norm A':>7} {'norm B':>7} {'min':>5}")
-    best: dict[tuple[str, str], tuple[float, str]] = {}
-    for r in report["rows"]:
-        pair = (r["expert_a"], r["expert_b"])
-        low = min(r["normalized_a"], r["normalized_b"])
+    k = report["k"]
+    lines += [
+        "",
+        f"ranked merges, top {k} verified (normalized score = merge score / expert score, "
+        "mean over the pair's tasks):",
+        f"{'pair':>26} {'#':>2} {'candidate':<38} {'pred':>6} {'±':>5} {'actual':>6}",
+    ]
+    for p in report["pairs"]:
+        for c in p["top"]:
+            pair = f"{p['a']} + {p['b']}" if c["rank"] == 1 else ""
+            lines.append(
+                f"{pair:>26} {c['rank']:>2} {c['candidate']:<38} {c['predicted']:>6.2f} "
+                f"{c['uncertainty']:>5.2f} {c['actual']:>6.2f}"
+            )
+    lines += [
+        "",
+        f"best of the top {k} ({k} merges) vs best of the whole grid (exhaustive):",
+        f"{'pair':>26} {'chosen':<38} {'actual':>6} {'exhaustive best':<38} {'actual':>6} "
+        f"{'its rank':>8}",
+    ]
+    for p in report["pairs"]:
         lines.append(
-            f"{r['expert_a'] + ' + ' + r['expert_b']:>26} {r['operator']:>16} "
-            f"{r['normalized_a']:>7.2f} {r['normalized_b']:>7.2f} {low:>5.2f}"
+            f"{p['a'] + ' + ' + p['b']:>26} {p['chosen']:<38} {p['chosen_actual']:>6.2f} "
+            f"{p['oracle']:<38} {p['oracle_actual']:>6.2f} {p['oracle_predicted_rank']:>8}"
         )
-        if low > best.get(pair, (-1.0, ""))[0]:
-            best[pair] = (low, r["operator"])
-    lines += ["", "best operator per pair (by the lower of the two normalized scores):"]
-    for (a, b), (low, op) in best.items():
-        lines.append(f"{a + ' + ' + b:>26} {op:>16} {low:>5.2f}")
     return "\n".join(lines)
 
 
@@ -164,7 +149,13 @@ def run_demo_cli(args: Any) -> int:
     from simmerge.zoo import build_zoo
 
     zoo = build_zoo(args.zoo, device=args.device)
-    report = run_demo(Catalog.load(Path(zoo) / "catalog.yaml"), args.pairs, device=args.device)
+    report = run_demo(
+        Catalog.load(Path(zoo) / "catalog.yaml"),
+        args.pairs,
+        args.k,
+        predictor=args.predictor,
+        device=args.device,
+    )
     print(format_report(report))
     if args.json:
         atomic_write_text(Path(args.json), json.dumps(report, indent=2) + "\n")

@@ -43,6 +43,7 @@ class Candidate:
     uncertainty: float
     per_task: dict[str, float]
     top_features: tuple[tuple[str, float], ...]
+    best_fixed: bool = False  # the predictor's training data's best single candidate
 
     @property
     def config(self) -> OperatorConfig:
@@ -95,6 +96,10 @@ def rank_merges(
 ) -> list[Candidate]:
     """Candidates for merging ``experts`` (a, b), best first (see the module docs).
 
+    Order: predicted score, except that the predictor's best-fixed candidate is kept first
+    unless another is predicted to beat it by more than the card's margin (the anchored rule
+    of :func:`simmerge.selection.anchor`, with the margin chosen by cross-validation).
+
     ``tasks`` defaults to the union of the two experts' tasks; a task with a probe set in the
     catalog also contributes its task-specific functional features.
     """
@@ -143,7 +148,11 @@ def rank_merges(
                 top_feats,
             )
         )
-    scored.sort(key=lambda s: -s[0])
+    # the predictor's selection rule (card "selection", chosen by cross-validation): best-fixed
+    # is preferred unless another candidate is predicted to beat it by more than the margin
+    rule = model.card.get("selection") or {}
+    best_fixed, margin = rule.get("best_fixed"), float(rule.get("margin", 0.0))
+    scored.sort(key=lambda s: -(s[0] + (margin if s[2].id == best_fixed else 0.0)))
     return [
         Candidate(
             rank=r + 1,
@@ -155,6 +164,7 @@ def rank_merges(
             uncertainty=unc,
             per_task=per_task,
             top_features=feats,
+            best_fixed=config.id == best_fixed,
         )
         for r, (pred, unc, config, plan_id, per_task, feats) in enumerate(scored[:top])
     ]
@@ -170,9 +180,9 @@ def format_ranking(candidates: Sequence[Candidate]) -> str:
     ]
     for c in candidates:
         feats = ", ".join(f"{f} {v:+.3f}" for f, v in c.top_features[:3])
-        lines.append(
-            f"{c.rank:>3} {c.candidate:<38} {c.predicted:>6.3f} {c.uncertainty:>6.3f}  {feats}"
-        )
+        name = c.candidate + (" *" if c.best_fixed else "")
+        lines.append(f"{c.rank:>3} {name:<38} {c.predicted:>6.3f} {c.uncertainty:>6.3f}  {feats}")
+    lines.append("* the best single candidate of the predictor's training data (anchor)")
     return "\n".join(lines)
 
 

@@ -16,8 +16,14 @@ from typing import Any
 import pandas as pd
 
 from simmerge.predictor import MergePredictor
-from simmerge.selection import cross_validate, model_folds, summarize
-from simmerge.training_data import load_training_tables, training_frame
+from simmerge.selection import (
+    best_fixed_candidate,
+    choose_margin,
+    cross_validate,
+    model_folds,
+    summarize,
+)
+from simmerge.training_data import load_training_tables, pair_objective, training_frame
 
 
 def fit_predictor(
@@ -30,16 +36,23 @@ def fit_predictor(
     sources: Sequence[str] = (),
     progress: bool = False,
 ) -> MergePredictor:
-    """Cross-validate by held-out models, then fit on everything; metrics go in the card."""
+    """Cross-validate by held-out models, choose the anchoring margin of the selection rule
+    (inner cross-validation), then fit on everything; metrics and rule go in the card."""
     frame = training_frame(features, outcomes)
     card: dict[str, Any] = {"training_sources": list(sources)}
     if cv_folds >= 2:
         factory = partial(MergePredictor, n_models=n_models, seed=seed)
-        pooled = cross_validate(frame, model_folds(frame, cv_folds, seed), {"simmerge": factory})
+        cv = cross_validate(frame, model_folds(frame, cv_folds, seed), {"simmerge": factory})
         card["cv_held_out_models"] = {
-            name: summarize(pooled[name]) for name in ("simmerge", "best_fixed", "oracle")
+            name: summarize(cv.pooled[name]) for name in ("simmerge", "best_fixed", "oracle")
         }
-    model = MergePredictor(n_models=n_models, seed=seed).fit(frame, frame["target"].to_numpy())
+    factory = partial(MergePredictor, n_models=n_models, seed=seed)
+    card["selection"] = {
+        "best_fixed": best_fixed_candidate(pair_objective(frame, "target")),
+        "margin": choose_margin(frame, factory, seed=seed) if cv_folds >= 2 else 0.0,
+        "rule": "predicted score; best_fixed's raised by margin (simmerge.selection.anchor)",
+    }
+    model = factory().fit(frame, frame["target"].to_numpy())
     model.card.update(card)
     return model
 

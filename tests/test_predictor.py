@@ -374,3 +374,54 @@ def test_rank_and_train_commands_work_end_to_end(trained, tmp_path, capsys):
     loaded = MergePredictor.load(out)
     assert loaded.card["training_sources"] == [f"dataset:{tmp_path / 'data'}"]
     assert main(["train", "--data", "", "--out", str(out)]) == 2  # nothing to train on
+
+
+def test_anchored_rule_keeps_best_fixed_unless_beaten_by_more_than_the_margin():
+    from simmerge.selection import anchor
+
+    pred = _series({("p1", "f"): 0.50, ("p1", "g"): 0.53, ("p2", "f"): 0.50, ("p2", "g"): 0.60})
+    actual = _series({("p1", "f"): 0.6, ("p1", "g"): 0.4, ("p2", "f"): 0.5, ("p2", "g"): 0.9})
+    plain = summarize(per_pair(actual, pred, "f"))
+    anchored = summarize(per_pair(actual, anchor(pred, "f", 0.05), "f"))
+    assert plain["risk"] == 0.5  # p1: g predicted 0.03 better, is 0.2 worse
+    assert anchored["risk"] == 0.0 and anchored["mean_selected"] == pytest.approx(0.75)
+    assert anchor(pred, "f", 0.0) is pred
+
+
+def test_choose_margin_picks_from_the_grid_by_inner_cross_validation():
+    from simmerge.selection import MARGINS, choose_margin
+
+    frame = _frame()
+    rng = np.random.default_rng(0)
+    rows = []
+    for cand in ("f", "g", "h"):
+        part = frame.copy()
+        part["candidate"] = cand
+        part["target"] = rng.uniform(0, 1, len(part)) + (0.3 if cand == "f" else 0.0)
+        rows.append(part)
+    data = pd.concat(rows, ignore_index=True)
+
+    class Noise:  # predicts noise: anchoring on best-fixed is the safe choice
+        def fit(self, frame, y):
+            return self
+
+        def predict(self, frame):
+            return rng.uniform(0, 1, len(frame)), np.zeros(len(frame))
+
+    margin = choose_margin(data, Noise)
+    assert margin in MARGINS and margin >= 0.2
+
+
+def test_ranking_flags_the_anchor_from_the_predictor_card(trained):
+    from simmerge.ranking import rank_merges
+
+    card = MergePredictor.load(trained["predictor"]).card
+    ranked = rank_merges(
+        trained["catalog"],
+        ["reverse_a", "sort_a"],
+        top=None,
+        predictor=trained["predictor"],
+        options=trained["options"],
+    )
+    flagged = [c.candidate for c in ranked if c.best_fixed]
+    assert flagged == [card["selection"]["best_fixed"]]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from simmerge.evaluate import EvalTask, evaluate, load_model, load_tokenizer
+from simmerge.evaluate import EvalTask, load_model, load_tokenizer
 from simmerge.zoo.build import MANIFEST, ExpertSpec, ZooRecipe, build_from_recipe
 from simmerge.zoo.tasks import TASKS
 from simmerge.zoo.tokenizer import build_tokenizer
@@ -152,73 +152,41 @@ def test_second_build_and_the_cli_reuse_the_zoo(tiny_zoo, capsys):
 
 # --- quality floor -----------------------------------------------------------------------------
 
-# Operator configurations tried per pair; "best operator" is the best of these.
-OPERATOR_GRID = (
-    ("linear", {}),
-    ("task_arithmetic", {"lambda": 0.6}),
-    ("task_arithmetic", {"lambda": 0.7}),
-    ("task_arithmetic", {"lambda": 0.8}),
-    ("task_arithmetic", {"lambda": 1.0}),
-    ("ties", {"density": 0.3, "lambda": 1.0}),
-    ("ties", {"density": 0.6, "lambda": 1.0}),
-    ("dare_linear", {"density": 0.5, "seed": 0}),
-    ("dare_ties", {"density": 0.5, "seed": 0}),
-    ("slerp", {"t": 0.5}),
-    ("breadcrumbs", {"density": 0.8, "gamma": 0.01}),
-    ("della", {"density": 0.5, "epsilon": 0.1}),
-    ("della", {"density": 0.7, "epsilon": 0.1}),
-    ("model_stock", {}),
-)
-
 
 @pytest.fixture(scope="module")
-def floor(tiny_zoo):
-    """Scores of base, experts and every expert pair under every operator configuration."""
+def floor(tiny_zoo, tmp_path_factory):
+    """Every ordered expert pair merged with every candidate of the default grid (the outcome
+    collection that trains the predictor), plus base and expert scores."""
     from simmerge.catalog import Catalog
-    from simmerge.demo import pair_plan
-    from simmerge.merge import merge
+    from simmerge.collect import MergeScorer, collect_outcomes
+    from simmerge.outcomes import OutcomeStore
 
     cat = Catalog.load(tiny_zoo / "catalog.yaml")
-    tasks = {n: EvalTask.load(t.eval) for n, t in cat.tasks.items()}
-    tok = load_tokenizer(cat.base.path)
-    probe = load_model(cat.base.path, device="cpu")
-
-    def scores(state, names):
-        probe.load_state_dict(state)
-        return {t: evaluate(probe, tasks[t], tokenizer=tok, batch_size=100).score for t in names}
+    store_path = Path(os.environ.get("SIMMERGE_FLOOR_STORE") or tmp_path_factory.mktemp("floor"))
+    with OutcomeStore(store_path / "outcomes.sqlite") as store:
+        collect_outcomes(cat, store, progress=False)
+        rows = list(store.outcomes(cat.name))
+    scorer = MergeScorer(cat, "cpu")
+    base_state = dict(cat.checkpoint(cat.base.name).iter_tensors())
+    base_scores = scorer.score_state(base_state, scorer.tasks)
+    expert_scores = {e.name: scorer.score_folder(e, e.tasks) for e in cat.experts}
 
     def own(scored, expert):
         return sum(scored[t] for t in expert.tasks) / len(expert.tasks)
 
-    from safetensors.torch import load_file
-
-    base_scores = scores(load_file(cat.base.path / "model.safetensors"), tasks)
-    expert_scores = {
-        e.name: scores(load_file(e.path / "model.safetensors"), e.tasks) for e in cat.experts
-    }
-    pairs = {}
+    # kept[(a, b)][candidate] = (share of a's skill kept, share of b's), each the mean
+    # normalized score over that expert's tasks
+    norm = {(o.model_a, o.model_b, o.candidate, o.task): o.normalized for o in rows}
+    pairs: dict[tuple[str, str], dict[str, tuple[float, float]]] = {}
     for a, b in itertools.combinations(cat.experts, 2):
-        kept = {}
-        for op, params in OPERATOR_GRID:
-            plan = pair_plan(cat, a, b, op, params)
-            s = scores(merge(plan, device="cpu"), sorted({*a.tasks, *b.tasks}))
-            kept[f"{op}{params}"] = (
-                own(s, a) / own(expert_scores[a.name], a),
-                own(s, b) / own(expert_scores[b.name], b),
+        cands = sorted({c for (x, y, c, _) in norm if (x, y) == (a.name, b.name)})
+        pairs[(a.name, b.name)] = {
+            c: (
+                own({t: norm[(a.name, b.name, c, t)] for t in a.tasks}, a),
+                own({t: norm[(a.name, b.name, c, t)] for t in b.tasks}, b),
             )
-        pairs[(a.name, b.name)] = kept
-    report = os.environ.get("SIMMERGE_FLOOR_REPORT")  # optional: dump the measured numbers
-    if report:
-        Path(report).write_text(
-            json.dumps(
-                {
-                    "base": base_scores,
-                    "experts": expert_scores,
-                    "pairs": {f"{a}+{b}": kept for (a, b), kept in pairs.items()},
-                },
-                indent=1,
-            )
-        )
+            for c in cands
+        }
     return {
         "catalog": cat,
         "base": base_scores,
@@ -236,14 +204,6 @@ def test_every_expert_beats_the_base_on_its_own_tasks_by_030(floor):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "issue 3 quality floor not reached yet: with the default recipe the best of the operator "
-        "grid keeps >= 0.5 of both experts for 17 of 45 pairs (needs 23); strict, so this "
-        "fails loudly once a recipe reaches the floor and the marker must go"
-    ),
-)
 def test_best_operator_keeps_half_of_both_experts_for_half_of_the_pairs(floor):
     best = {p: max(min(k) for k in kept.values()) for p, kept in floor["pairs"].items()}
     passing = [p for p, v in best.items() if v >= 0.5]
@@ -261,17 +221,19 @@ def test_operators_disagree_on_most_pairs(floor):
 
 
 @pytest.mark.slow
-def test_demo_scores_every_expert_and_every_operator_on_a_pair(tiny_zoo):
+def test_demo_ranks_verifies_the_top_k_and_compares_with_the_whole_grid(tiny_zoo):
+    from simmerge.candidates import DEFAULT_GRID
     from simmerge.catalog import Catalog
-    from simmerge.demo import DEMO_GRID, format_report, run_demo
+    from simmerge.demo import format_report, run_demo
 
     cat = Catalog.load(tiny_zoo / "catalog.yaml")
-    report = run_demo(cat, n_pairs=1, device="cpu", progress=False)
+    report = run_demo(cat, n_pairs=1, k=3, device="cpu", progress=False)
     assert {e["name"] for e in report["experts"]} == set(cat.expert_names)
-    assert [r["operator"] for r in report["rows"]] == [op for op, _ in DEMO_GRID]
-    row = report["rows"][0]
-    expert = {(e["name"], e["task"]): e["expert_score"] for e in report["experts"]}
-    assert row["normalized_a"] == pytest.approx(
-        row["score_a"] / expert[(row["expert_a"], row["task_a"])]
-    )
-    assert "best operator per pair" in format_report(report)
+    (pair,) = report["pairs"]
+    assert [c["rank"] for c in pair["top"]] == [1, 2, 3]
+    assert len(pair["all"]) == len(DEFAULT_GRID)
+    assert pair["oracle_actual"] == max(pair["all"].values())
+    assert pair["chosen_actual"] == max(c["actual"] for c in pair["top"])
+    for c in pair["top"]:
+        assert c["actual"] == pair["all"][c["candidate"]]
+    assert "exhaustive best" in format_report(report)
