@@ -9,8 +9,17 @@ cd "$(dirname "$0")/.."
 ZOO=${ZOO:-runs/zoo-large}
 PY=${PY:-.venv/bin/python}
 SIMMERGE=${SIMMERGE:-.venv/bin/simmerge}
-"$SIMMERGE" zoo build --size large --out "$ZOO"
-"$PY" scripts/collect_outcomes.py "$ZOO/catalog.yaml" --store "$ZOO/outcomes.sqlite"
+OMP_NUM_THREADS=1 "$SIMMERGE" zoo build --size large --out "$ZOO"
+# one single-threaded collector per core, each on its own shard of the pairs, one store
+SHARDS=${SHARDS:-2}
+pids=()
+for ((k = 0; k < SHARDS; k++)); do
+    OMP_NUM_THREADS=1 "$PY" scripts/collect_outcomes.py "$ZOO/catalog.yaml" \
+        --store "$ZOO/outcomes.sqlite" --shard "$k/$SHARDS" --quiet &
+    pids+=($!)
+done
+for pid in "${pids[@]}"; do wait "$pid"; done
+"$PY" scripts/collect_outcomes.py "$ZOO/catalog.yaml" --store "$ZOO/outcomes.sqlite" --quiet
 "$PY" scripts/build_training_data.py "$ZOO/catalog.yaml" --store "$ZOO/outcomes.sqlite" \
     --out features/zoo-large
 "$PY" scripts/evaluate_selector.py --data zoo-large

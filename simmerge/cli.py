@@ -143,6 +143,9 @@ def _add_collect_cli(sub: argparse._SubParsersAction) -> None:
         "--candidates", default=None, help="comma-separated candidate ids (default: the grid)"
     )
     p.add_argument("--models", default=None, help="comma-separated expert subset (default: all)")
+    p.add_argument(
+        "--shard", default=None, help="K/N: only shard K of N (run N processes on one store)"
+    )
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_lazy("simmerge.collect:run_collect_cli"))

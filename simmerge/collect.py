@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from simmerge.candidates import DEFAULT_GRID, OperatorConfig
 from simmerge.catalog import Catalog, CatalogModel
-from simmerge.errors import CatalogError
+from simmerge.errors import CatalogError, ConfigError
 from simmerge.evaluate import (
     EvalTask,
     evaluate,
@@ -143,6 +143,21 @@ def outcome_rows(
     return rows
 
 
+def shard_pairs(
+    pairs: Sequence[tuple[CatalogModel, CatalogModel]], shard: int, n_shards: int
+) -> list[tuple[CatalogModel, CatalogModel]]:
+    """The ordered pairs of shard ``shard`` of ``n_shards``: unordered pairs are dealt out in
+    turn and both orders of a pair stay in one shard, so that each shard still measures every
+    distinct merge once. Shards can run as parallel processes on one store (SQLite WAL)."""
+    if not 0 <= shard < n_shards:
+        raise ConfigError(
+            f"Shard {shard} of {n_shards} does not exist.", "use --shard K/N with 0 <= K < N."
+        )
+    unordered = sorted({tuple(sorted((a.name, b.name))) for a, b in pairs})
+    mine = {p for i, p in enumerate(unordered) if i % n_shards == shard}
+    return [(a, b) for a, b in pairs if tuple(sorted((a.name, b.name))) in mine]
+
+
 @dataclass(frozen=True)
 class CollectSummary:
     jobs: int
@@ -220,6 +235,11 @@ def run_collect_cli(args: Any) -> int:
     catalog = Catalog.load(args.catalog)
     grid = grid_from_ids(args.candidates.split(",") if args.candidates else None)
     pairs = expert_pairs(catalog, args.models.split(",") if args.models else None)
+    if args.shard:
+        k, _, n = args.shard.partition("/")
+        if not (k.isdigit() and n.isdigit()):
+            raise ConfigError(f"--shard {args.shard!r} is not K/N.", "write e.g. --shard 0/2.")
+        pairs = shard_pairs(pairs, int(k), int(n))
     with OutcomeStore(args.store) as store:
         summary = collect_outcomes(
             catalog, store, grid, pairs=pairs, device=args.device, progress=not args.quiet

@@ -10,7 +10,7 @@ import pytest
 from simmerge.candidates import DEFAULT_GRID, OperatorConfig, grid_from_ids
 from simmerge.catalog import Catalog
 from simmerge.collect import collect_outcomes, expert_pairs
-from simmerge.errors import PlanError
+from simmerge.errors import ConfigError, PlanError
 from simmerge.merge.registry import OPERATORS
 from simmerge.outcomes import Outcome, OutcomeStore, OutcomeStoreError
 from simmerge.zoo.build import ExpertSpec, ZooRecipe, build_from_recipe
@@ -231,3 +231,17 @@ def test_collect_command_reports_and_resumes(micro_catalog, tmp_path, capsys):
     assert main(args) == 0
     assert "4 already stored" in capsys.readouterr().out
     assert main([*args[:4], "--candidates", "ties[density=7]"]) == 2  # typed error, exit 2
+
+
+def test_shards_partition_the_pairs_and_keep_both_orders_together(micro_catalog):
+    from simmerge.collect import shard_pairs
+
+    pairs = expert_pairs(micro_catalog)
+    shards = [shard_pairs(pairs, k, 2) for k in range(2)]
+    names = [{(a.name, b.name) for a, b in s} for s in shards]
+    assert names[0] | names[1] == {(a.name, b.name) for a, b in pairs}
+    assert not names[0] & names[1]
+    for s in names:
+        assert all((b, a) in s for a, b in s)
+    with pytest.raises(ConfigError, match="does not exist"):
+        shard_pairs(pairs, 2, 2)
