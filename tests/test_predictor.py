@@ -425,3 +425,20 @@ def test_ranking_flags_the_anchor_from_the_predictor_card(trained):
     )
     flagged = [c.candidate for c in ranked if c.best_fixed]
     assert flagged == [card["selection"]["best_fixed"]]
+
+
+def test_shipped_predictor_and_training_data_load_and_agree():
+    from simmerge.ranking import load_predictor
+    from simmerge.training_data import load_training_tables, shipped_datasets, training_frame
+
+    assert "zoo-large" in shipped_datasets()
+    features, outcomes = load_training_tables("zoo-large")
+    frame = training_frame(features, outcomes)
+    assert len(frame) == len(outcomes) and frame["task_of_a"].notna().all()
+    model = load_predictor(None)  # models/default
+    card = model.card
+    assert card["training_rows"] == len(frame)
+    assert card["selection"]["best_fixed"] in set(outcomes["candidate"])
+    assert {"gap_closure", "risk"} <= set(card["cv_held_out_models"]["simmerge"])
+    mean, std = model.predict(frame.head(50))
+    assert np.isfinite(mean).all() and (std >= 0).all()
