@@ -3,7 +3,6 @@ quality floor that makes it a useful default catalog for merge prediction."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 from pathlib import Path
@@ -160,12 +159,14 @@ def floor(tiny_zoo, tmp_path_factory):
     from simmerge.catalog import Catalog
     from simmerge.collect import MergeScorer, collect_outcomes
     from simmerge.outcomes import OutcomeStore
+    from simmerge.zoo.quality import kept_shares
 
     cat = Catalog.load(tiny_zoo / "catalog.yaml")
     store_path = Path(os.environ.get("SIMMERGE_FLOOR_STORE") or tmp_path_factory.mktemp("floor"))
     with OutcomeStore(store_path / "outcomes.sqlite") as store:
         collect_outcomes(cat, store, progress=False)
-        rows = list(store.outcomes(cat.name))
+        # kept[(a, b)][candidate] = (share of a's skill kept, share of b's)
+        pairs = kept_shares(cat, store)
     scorer = MergeScorer(cat, "cpu")
     base_state = dict(cat.checkpoint(cat.base.name).iter_tensors())
     base_scores = scorer.score_state(base_state, scorer.tasks)
@@ -174,19 +175,6 @@ def floor(tiny_zoo, tmp_path_factory):
     def own(scored, expert):
         return sum(scored[t] for t in expert.tasks) / len(expert.tasks)
 
-    # kept[(a, b)][candidate] = (share of a's skill kept, share of b's), each the mean
-    # normalized score over that expert's tasks
-    norm = {(o.model_a, o.model_b, o.candidate, o.task): o.normalized for o in rows}
-    pairs: dict[tuple[str, str], dict[str, tuple[float, float]]] = {}
-    for a, b in itertools.combinations(cat.experts, 2):
-        cands = sorted({c for (x, y, c, _) in norm if (x, y) == (a.name, b.name)})
-        pairs[(a.name, b.name)] = {
-            c: (
-                own({t: norm[(a.name, b.name, c, t)] for t in a.tasks}, a),
-                own({t: norm[(a.name, b.name, c, t)] for t in b.tasks}, b),
-            )
-            for c in cands
-        }
     return {
         "catalog": cat,
         "base": base_scores,
