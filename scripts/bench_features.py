@@ -60,6 +60,8 @@ def bare_forward(model_dir: Path, probes, batch_size: int, max_length: int, devi
 
     net = load_model(model_dir, device)
     tok = load_tokenizer(model_dir)
+    # the same cut as compute_signature: max_length or the model's context, whichever is shorter
+    max_length = min(max_length, int(net.config.max_position_embeddings or max_length))
     seqs = [list(tok(t)["input_ids"])[:max_length] for t in probes.texts]
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     pad = pad_token_id(tok, net)

@@ -194,6 +194,9 @@ def _add_train_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cv-folds", type=int, default=5, help="held-out-model folds for the card")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu or cuda (for the store's features)")
+    p.add_argument(
+        "--cache-dir", default=None, help="signature/sketch cache (default: $SIMMERGE_CACHE)"
+    )
     p.set_defaults(func=_lazy("simmerge.training:run_train_cli"))
 
 

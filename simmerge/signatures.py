@@ -121,10 +121,29 @@ class Signature:
         return self.hidden64 - self.hidden64.mean(1, keepdim=True)
 
     @cached_property
-    def gram_norms(self) -> torch.Tensor:
-        """Per layer ‖XᵀX‖_F of the centred hidden states (CKA's normaliser)."""
+    def centered_hidden32(self) -> torch.Tensor:
+        """float32 copy for the per-pair CKA product (3x faster; the sums stay float64)."""
+        return self.centered_hidden.float()
+
+    @cached_property
+    def probe_gram(self) -> torch.Tensor | None:
+        """Per layer X Xᵀ (probes × probes) of the centred hidden states, when that is smaller
+        than X itself (fewer probes than hidden units, e.g. 272 probes of a 4096-wide model):
+        linear CKA's cross term ‖YᵀX‖²_F equals ⟨X Xᵀ, Y Yᵀ⟩_F, so a pair then costs one
+        elementwise product instead of a matrix product per layer."""
         x = self.centered_hidden
-        return torch.linalg.matrix_norm(x.transpose(1, 2) @ x)
+        if x.shape[1] > x.shape[2]:
+            return None
+        return x @ x.transpose(1, 2)
+
+    @cached_property
+    def gram_norms(self) -> torch.Tensor:
+        """Per layer ‖XᵀX‖_F = ‖X Xᵀ‖_F of the centred hidden states (CKA's normaliser)."""
+        gram = self.probe_gram
+        if gram is None:
+            x = self.centered_hidden
+            gram = x.transpose(1, 2) @ x
+        return torch.linalg.matrix_norm(gram)
 
     @property
     def n_probes(self) -> int:

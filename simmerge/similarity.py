@@ -30,6 +30,7 @@ from simmerge.sketch import (
     TaskVectorSketch,
     check_same_layout,
     n_layers_of,
+    projection_dots,
     tensor_groups,
     top_mask_threshold,
 )
@@ -232,9 +233,14 @@ def _per_layer_cosine(ha: torch.Tensor, hb: torch.Tensor) -> torch.Tensor:
 def _linear_cka(a: Signature, b: Signature) -> torch.Tensor:
     """Per-layer linear CKA of the pooled hidden states (Kornblith et al. 2019):
     ‖YᵀX‖²_F / (‖XᵀX‖_F ‖YᵀY‖_F) on probe-centred X, Y; NaN for a constant layer."""
-    cross = torch.linalg.matrix_norm(b.centered_hidden.transpose(1, 2) @ a.centered_hidden)
+    ga, gb = a.probe_gram, b.probe_gram
+    if ga is not None and gb is not None:
+        cross_sq = (ga * gb).sum((1, 2))  # ⟨X Xᵀ, Y Yᵀ⟩_F = ‖YᵀX‖²_F
+    else:
+        cross = b.centered_hidden32.transpose(1, 2) @ a.centered_hidden32
+        cross_sq = torch.linalg.matrix_norm(cross.double()).square()
     denom = a.gram_norms * b.gram_norms
-    return torch.where(denom > 0, cross.square() / denom, torch.nan)
+    return torch.where(denom > 0, cross_sq / denom, torch.nan)
 
 
 def _depth_slope(per_layer: torch.Tensor) -> float:
@@ -256,7 +262,7 @@ def structural_features(a: TaskVectorSketch, b: TaskVectorSketch) -> dict[str, f
     sign conflict and mask Jaccard per density (coordinate sample)."""
     check_same_layout(a, b)
     out: dict[str, float] = {}
-    dots = torch.einsum("gd,gd->g", a.projection64, b.projection64)
+    dots = projection_dots(a, b)
     na, nb = a.projection_sq_norms, b.projection_sq_norms
     for i, g in enumerate(GROUPS):
         cos_den = math.sqrt(float(na[i]) * float(nb[i]))  # projection norms: self-cosine is 1

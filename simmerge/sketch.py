@@ -248,13 +248,16 @@ class TaskVectorSketch:
         return np.concatenate([[0], np.cumsum(padded_bytes)])
 
     @cached_property
-    def projection64(self) -> torch.Tensor:
-        return self.projection.double()
-
-    @cached_property
     def projection_sq_norms(self) -> torch.Tensor:
-        """Squared norm of each group's projection (once per sketch, not once per pair)."""
-        return torch.einsum("gd,gd->g", self.projection64, self.projection64)
+        """Squared norm of each group's projection (once per sketch, not once per pair), by
+        the same float32 product as a pair's dot products, so self-cosine is 1."""
+        return projection_dots(self, self)
+
+
+def projection_dots(a: TaskVectorSketch, b: TaskVectorSketch) -> torch.Tensor:
+    """Per group ⟨projection_a, projection_b⟩: float32 dot products (``vecdot``, 15x faster
+    than a float64 einsum here), ~1e-6 relative error, far below the sketch's own; as float64."""
+    return torch.linalg.vecdot(a.projection, b.projection).double()
 
 
 def sketch_task_vector(

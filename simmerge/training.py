@@ -81,7 +81,8 @@ def run_train_cli(args: Any) -> int:
         catalog = Catalog.load(args.catalog)
         with OutcomeStore(args.store) as store:
             outcomes.append(outcome_frame(store, catalog))
-        features.append(feature_frame(catalog, FeatureOptions(device=args.device)))
+        options = FeatureOptions(device=args.device, cache_dir=args.cache_dir)
+        features.append(feature_frame(catalog, options, progress=False))
         sources.append(f"store:{Path(args.store).name}:{catalog.name}")
     if not outcomes:
         from simmerge.errors import ConfigError

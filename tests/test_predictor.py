@@ -442,3 +442,17 @@ def test_shipped_predictor_and_training_data_load_and_agree():
     assert {"gap_closure", "risk"} <= set(card["cv_held_out_models"]["simmerge"])
     mean, std = model.predict(frame.head(50))
     assert np.isfinite(mean).all() and (std >= 0).all()
+
+
+def test_train_command_refits_on_a_store_of_verified_outcomes(trained, tmp_path, capsys):
+    from simmerge.cli import main
+
+    out = tmp_path / "from-store"
+    args = ["train", "--data", "", "--store", str(trained["store"]), "--out", str(out)]
+    assert main(args) == 2  # --store needs --catalog
+    assert "needs --catalog" in capsys.readouterr().err
+    extra = ["--catalog", str(trained["catalog"].source), "--cache-dir", str(tmp_path / "c")]
+    assert main([*args, *extra, "--n-models", "1", "--cv-folds", "0"]) == 0
+    card = MergePredictor.load(out).card
+    assert card["training_rows"] == len(trained["outcomes"])
+    assert card["training_sources"][0].startswith("store:o.sqlite")
