@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up the environment and run the main job on the embedded default catalog (the tiny zoo):
-# build the zoo (cached in runs/zoo; ~5 min the first time on 2 CPU cores), then merge and
-# evaluate a few expert pairs with every operator. Extra arguments go to `simmerge demo`.
+# build the zoo (cached in runs/zoo; ~5 min the first time on 2 CPU cores), then for a few
+# expert pairs rank the candidate merges with the shipped predictor and verify the top 3.
+# Extra arguments go to `simmerge demo`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
