@@ -183,10 +183,11 @@ def collect_outcomes(
     refs = reference_scores(catalog, store, scorer)
     pairs = list(pairs) if pairs is not None else expert_pairs(catalog)
     order = {e.name: i for i, e in enumerate(catalog.experts)}
-    done = store.done_keys(catalog.name)
+    # one read of the store: what is measured (for reuse) is also what is done (for skipping)
     measured: dict[tuple[str, str, str, str, str], tuple[float, str]] = {}
     for o in store.outcomes(catalog.name):
         measured[(o.model_a, o.model_b, o.candidate, o.task, o.eval_hash)] = (o.score, o.plan_id)
+    done = set(measured)
 
     jobs = []
     skipped = 0

@@ -23,7 +23,7 @@ from simmerge.collect import MergeScorer
 from simmerge.errors import CatalogError
 from simmerge.evaluate import evaluate
 from simmerge.io_utils import atomic_write_text
-from simmerge.ranking import rank_merges
+from simmerge.ranking import load_predictor, rank_merges
 from simmerge.verify import verify
 
 
@@ -73,6 +73,7 @@ def run_demo(
         if t in tasks
     ]
     options = FeatureOptions(device=device, cache_dir=cache_dir)
+    predictor = load_predictor(predictor)  # once, not once per pair
     out_pairs = []
     for a, b in tqdm(pairs, desc="rank+verify", disable=not progress):
         ranked = rank_merges(

@@ -155,15 +155,6 @@ class OutcomeStore:
         keys = ("catalog", "model", "task", "eval_hash", "score")
         return [dict(zip(keys, r, strict=True)) for r in self._db.execute(sql, args)]
 
-    def done_keys(self, catalog: str) -> set[tuple[str, str, str, str, str]]:
-        """(model_a, model_b, candidate, task, eval_hash) of every row of ``catalog``."""
-        return set(
-            self._db.execute(
-                "SELECT model_a, model_b, candidate, task, eval_hash FROM outcomes WHERE catalog=?",
-                (catalog,),
-            )
-        )
-
     def __iter__(self) -> Iterator[Outcome]:
         return self.outcomes()
 
