@@ -1,12 +1,14 @@
 """Evaluate merge selection on held-out models and held-out tasks.
 
-    python scripts/evaluate_selector.py [--data zoo-large] [--folds 5] [--k 3]
+    python scripts/evaluate_selector.py [--data zoo-large] [--extra zoo-default] [--folds 5]
 
 For each split scheme (group k-fold by model; leave one task out) the LightGBM predictor and
 a linear baseline on the same features (the Mergeability-Bench approach) are trained on the
-training pairs and select a candidate for every test pair; best-fixed, random and oracle are
-the references. Metrics are defined in :mod:`simmerge.selection` (and DESIGN.md). Prints a
-table per scheme and writes JSON (default ``scripts/results/evaluate_selector_<data>.json``).
+training pairs -- plus the ``--extra`` datasets, other catalogs whose rows are only ever
+trained on (minus pairs with a held-out task) -- and select a candidate for every test pair;
+best-fixed, random and oracle are the references. Metrics are defined in
+:mod:`simmerge.selection` (and DESIGN.md). Prints a table per scheme and writes JSON
+(default ``scripts/results/evaluate_selector_<data>.json``).
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ def format_table(title: str, results: dict[str, dict[str, float]], k: int) -> st
 
 
 def main(argv: list[str] | None = None) -> int:
+    import pandas as pd
+
     from simmerge.predictor import MergePredictor, predictor_columns
     from simmerge.selection import (
         LinearBaseline,
@@ -60,6 +64,11 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", default="zoo-large", help="shipped dataset name or folder")
+    p.add_argument(
+        "--extra",
+        default="zoo-default",
+        help="comma-separated training-only datasets from other catalogs ('' = none)",
+    )
     p.add_argument("--folds", type=int, default=5, help="model folds")
     p.add_argument("--k", type=int, default=3, help="verifications for the top-k metric")
     p.add_argument("--n-models", type=int, default=5, help="predictor ensemble size")
@@ -69,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
 
     features, outcomes = load_training_tables(args.data)
     frame = training_frame(features, outcomes)
+    extras = [training_frame(*load_training_tables(n)) for n in args.extra.split(",") if n]
+    extra = pd.concat(extras, ignore_index=True) if extras else None
     models = {
         "simmerge": partial(MergePredictor, n_models=args.n_models, seed=args.seed),
         "linear": partial(LinearBaseline, predictor_columns()),
@@ -76,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, object] = {
         "data": str(args.data),
         "dataset": describe(features, outcomes),
+        "extra": args.extra,
+        "extra_rows": 0 if extra is None else len(extra),
         "k_verify": args.k,
         "folds": args.folds,
         "seed": args.seed,
@@ -96,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         "held-out tasks": task_folds(frame),
     }
     for scheme, folds in schemes.items():
-        cv = cross_validate(frame, folds, models, args.k, anchored=("simmerge",))
+        cv = cross_validate(frame, folds, models, args.k, anchored=("simmerge",), extra=extra)
         results = {m: summarize(cv.pooled[m]) for m in METHODS}
         results["anchoring_margins"] = cv.margins
         report[scheme] = results

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Regenerate the shipped training data (features/zoo-large) and predictor (models/default):
-# build the large zoo, collect every (ordered expert pair x candidate) outcome, compute the pair
-# features, evaluate the selector on held-out models and tasks, and fit the predictor.
+# Regenerate the shipped training data (features/zoo-large, features/zoo-default) and predictor
+# (models/default): build the large and the default zoo, collect every (ordered expert pair x
+# candidate) outcome, compute the pair features, evaluate the selector on held-out models and
+# tasks of the large zoo (the default zoo's rows are training-only), and fit the predictor.
 # Every step is cached or resumable: rerun the script after an interruption.
 # About an hour on 2 CPU cores (see features/DATASHEET.md for measured times).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ZOO=${ZOO:-runs/zoo-large}
+ZOO_DEFAULT=${ZOO_DEFAULT:-runs/zoo-default}
 PY=${PY:-.venv/bin/python}
 SIMMERGE=${SIMMERGE:-.venv/bin/simmerge}
 OMP_NUM_THREADS=1 "$SIMMERGE" zoo build --size large --out "$ZOO"
@@ -22,5 +24,10 @@ for pid in "${pids[@]}"; do wait "$pid"; done
 "$PY" scripts/collect_outcomes.py "$ZOO/catalog.yaml" --store "$ZOO/outcomes.sqlite" --quiet
 "$PY" scripts/build_training_data.py "$ZOO/catalog.yaml" --store "$ZOO/outcomes.sqlite" \
     --out features/zoo-large
-"$PY" scripts/evaluate_selector.py --data zoo-large
-"$SIMMERGE" train --data zoo-large --out models/default
+OMP_NUM_THREADS=1 "$SIMMERGE" zoo build --size default --out "$ZOO_DEFAULT"
+"$PY" scripts/collect_outcomes.py "$ZOO_DEFAULT/catalog.yaml" \
+    --store "$ZOO_DEFAULT/outcomes.sqlite" --quiet
+"$PY" scripts/build_training_data.py "$ZOO_DEFAULT/catalog.yaml" \
+    --store "$ZOO_DEFAULT/outcomes.sqlite" --out features/zoo-default
+"$PY" scripts/evaluate_selector.py --data zoo-large --extra zoo-default
+"$SIMMERGE" train --data zoo-large,zoo-default --out models/default

@@ -200,12 +200,28 @@ def anchor(predicted: pd.Series, best_fixed: str, margin: float) -> pd.Series:
     return predicted + bonus
 
 
+def with_extra(train: pd.DataFrame, extra: pd.DataFrame | None) -> pd.DataFrame:
+    """A fold's training rows plus training-only rows from other catalogs (``extra``). Extra
+    pairs that involve a task absent from ``train`` are dropped, so a held-out task stays
+    unseen; extra catalogs hold other models, so held-out models stay unseen too."""
+    if extra is None or extra.empty:
+        return train
+    unseen = ~extra["task"].isin(set(train["task"]))
+    drop = unseen.groupby([extra[k] for k in PAIR]).transform("any")
+    return pd.concat([train, extra[~drop.to_numpy()]], ignore_index=True)
+
+
 MARGINS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2)
 MAX_RISK = 0.10
 
 
 def choose_margin(
-    frame: pd.DataFrame, factory, k: int = 3, seed: int = 0, margins=MARGINS
+    frame: pd.DataFrame,
+    factory,
+    k: int = 3,
+    seed: int = 0,
+    margins=MARGINS,
+    extra: pd.DataFrame | None = None,
 ) -> float:
     """Pick the anchoring margin by inner cross-validation on ``frame`` (held-out models):
     the margin with the largest total gain over best-fixed among those whose risk is at most
@@ -214,7 +230,7 @@ def choose_margin(
 
     preds, actuals, fixed = [], [], []
     for fold in model_folds(frame, k, seed):
-        train, test = frame[fold.train], frame[fold.test].copy()
+        train, test = with_extra(frame[fold.train], extra), frame[fold.test].copy()
         if train.empty or test.empty:
             continue
         model = factory().fit(train, train["target"].to_numpy())
@@ -252,12 +268,14 @@ def cross_validate(
     models: dict[str, object],
     k_verify: int = 3,
     anchored: tuple[str, ...] = (),
+    extra: pd.DataFrame | None = None,
 ) -> CrossValidation:
     """Pooled per-pair outcomes over ``folds`` for each selector in ``models`` (name ->
     factory returning an unfitted model with ``fit(frame, y)`` / ``predict(frame)``), plus
     ``best_fixed``, ``random`` and ``oracle``. Models named in ``anchored`` are also scored
     with the anchored rule (as ``<name>_anchored``), its margin chosen by inner
-    cross-validation on each fold's training pairs only."""
+    cross-validation on each fold's training pairs only. ``extra`` rows (other catalogs) are
+    added to every fold's training set (:func:`with_extra`), never tested on."""
     from simmerge.training_data import pair_objective
 
     pooled: dict[str, list[PairOutcome]] = {
@@ -266,8 +284,8 @@ def cross_validate(
     pooled.update({"best_fixed": [], "random": [], "oracle": []})
     margins: list[float] = []
     for fold in folds:
-        train, test = frame[fold.train], frame[fold.test].copy()
-        if train.empty or test.empty:
+        train, test = with_extra(frame[fold.train], extra), frame[fold.test].copy()
+        if fold.train.sum() == 0 or test.empty:
             continue
         best_fixed = best_fixed_candidate(pair_objective(train, "target"))
         actual = pair_objective(test, "target")
@@ -277,7 +295,7 @@ def cross_validate(
             predicted = pair_objective(test, f"pred_{name}")
             pooled[name] += per_pair(actual, predicted, best_fixed, k_verify)
             if name in anchored:
-                margin = choose_margin(train, factory)
+                margin = choose_margin(frame[fold.train], factory, extra=extra)
                 margins.append(margin)
                 pooled[f"{name}_anchored"] += per_pair(
                     actual, anchor(predicted, best_fixed, margin), best_fixed, k_verify

@@ -22,3 +22,40 @@ def tiny_zoo(request) -> Path:
     env = os.environ.get("SIMMERGE_TEST_ZOO")
     folder = Path(env) if env else Path(request.config.cache.mkdir("simmerge-tiny-zoo-default"))
     return build_zoo(folder, size="default", seed=0, progress=False)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory):
+    """A micro zoo, its outcomes and features, and a predictor fitted on them."""
+    import torch
+    from test_outcomes import MICRO3, SMALL_GRID
+
+    from simmerge.catalog import Catalog
+    from simmerge.collect import collect_outcomes
+    from simmerge.feature_table import FeatureOptions
+    from simmerge.outcomes import OutcomeStore
+    from simmerge.signatures import SignatureConfig
+    from simmerge.training import fit_predictor
+    from simmerge.training_data import feature_frame, outcome_frame
+    from simmerge.zoo.build import build_from_recipe
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("e2e")
+    catalog = Catalog.load(build_from_recipe(root / "zoo", MICRO3, progress=False) / "catalog.yaml")
+    options = FeatureOptions(cache_dir=root / "cache", signature=SignatureConfig(max_length=32))
+    store_path = root / "o.sqlite"
+    with OutcomeStore(store_path) as store:
+        collect_outcomes(catalog, store, SMALL_GRID, progress=False)
+        outcomes = outcome_frame(store, catalog)
+    features = feature_frame(catalog, options, progress=False)
+    model = fit_predictor(features, outcomes, n_models=2, cv_folds=0)
+    model.save(root / "predictor")
+    return {
+        "catalog": catalog,
+        "catalog_path": root / "zoo" / "catalog.yaml",
+        "options": options,
+        "store": store_path,
+        "predictor": root / "predictor",
+        "outcomes": outcomes,
+        "features": features,
+    }

@@ -20,6 +20,7 @@ from simmerge.selection import (
     per_pair,
     summarize,
     task_folds,
+    with_extra,
 )
 
 
@@ -35,7 +36,27 @@ def synthetic_rows(n: int, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
     for i, op in enumerate(ops):
         x.loc[pick == i, op] = 1.0
     y = 0.5 + 0.3 * np.tanh(x["js_mean"].to_numpy()) + 0.1 * (pick % 3)
+    # (pair, task) groups of 10 rows, as in a training frame
+    x["catalog"], x["a"], x["b"], x["task"] = "syn", [f"m{i // 10}" for i in range(n)], "x", "t"
     return x, y
+
+
+def grouped_rows(pairs: int, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
+    """A training-frame-like table: each pair has fixed features and a large level of its
+    own; the candidate adds a small effect that depends on a pair feature."""
+    rng = np.random.default_rng(seed)
+    cols = predictor_columns()
+    ops = [c for c in cols if c.startswith("op_")]
+    rows, y = [], []
+    for p in range(pairs):
+        feats = dict(zip(cols, rng.normal(size=len(cols)), strict=True))
+        level = 0.5 * np.tanh(feats["js_mean"]) + rng.normal(scale=0.3)
+        for i, op in enumerate(ops):
+            row = {**feats, **{o: float(o == op) for o in ops}}
+            row.update(catalog="syn", a=f"m{p}", b="x", task="t")
+            rows.append(row)
+            y.append(level + 0.05 * i * np.sign(feats["cos_all"]))
+    return pd.DataFrame(rows), np.array(y)
 
 
 # --- predictor ---------------------------------------------------------------------------------
@@ -102,6 +123,49 @@ def test_unfitted_predictor_and_bad_parameters_are_typed_errors():
         MergePredictor(params={"num_leaf": 3})
     with pytest.raises(ConfigError, match="n_models"):
         MergePredictor(n_models=0)
+
+
+def test_decomposed_prediction_is_level_plus_deviation_and_round_trips(tmp_path):
+    x, y = grouped_rows(80)
+    model = MergePredictor(n_models=2, num_boost_round=60).fit(x, y)
+    assert model.decompose and len(model.level_boosters) == 2
+    # the deviation model alone predicts around zero per group: the level carries the mean
+    dev = np.mean([b.predict(x[list(predictor_columns())].to_numpy()) for b in model.boosters], 0)
+    assert abs(dev.mean()) < 0.02
+    model.save(tmp_path / "p")
+    assert (tmp_path / "p" / "level_1.txt").is_file()
+    loaded = MergePredictor.load(tmp_path / "p")
+    assert loaded.decompose and loaded.card["decompose"] is True
+    np.testing.assert_allclose(loaded.predict(x)[0], model.predict(x)[0])
+
+
+def test_decomposition_ranks_candidates_within_a_pair_better_than_one_regressor():
+    x, y = grouped_rows(120)
+    xt, yt = grouped_rows(40, seed=1)
+    yt_dev = yt - pd.Series(yt).groupby(xt["a"].to_numpy()).transform("mean").to_numpy()
+    corr = {}
+    for decompose in (True, False):
+        model = MergePredictor(n_models=1, num_boost_round=150, decompose=decompose).fit(x, y)
+        pred = model.predict(xt)[0]
+        pred_dev = pred - pd.Series(pred).groupby(xt["a"].to_numpy()).transform("mean").to_numpy()
+        corr[decompose] = np.corrcoef(pred_dev, yt_dev)[0, 1]
+    assert corr[True] > corr[False]
+
+
+def test_decomposed_fit_needs_groups_and_accepts_them_explicitly():
+    x, y = synthetic_rows(60)
+    bare = x.drop(columns=["catalog", "a", "b", "task"])
+    with pytest.raises(ConfigError, match="group"):
+        MergePredictor(n_models=1, num_boost_round=5).fit(bare, y)
+    model = MergePredictor(n_models=1, num_boost_round=5).fit(bare, y, groups=x["a"].tolist())
+    assert model.level_boosters
+    with pytest.raises(ConfigError, match="group ids"):
+        MergePredictor(n_models=1, num_boost_round=5).fit(bare, y, groups=["g"])
+    assert (
+        not MergePredictor(n_models=1, num_boost_round=5, decompose=False)
+        .fit(bare, y)
+        .level_boosters
+    )
 
 
 def test_missing_input_columns_are_named():
@@ -195,43 +259,21 @@ def test_task_folds_hold_out_every_pair_that_involves_the_task():
         assert all(task in tasks for tasks in test_pairs)
 
 
+def test_extra_training_rows_never_bring_back_a_held_out_task():
+    frame = _frame()
+    extra = _frame().assign(catalog="other")
+    for fold in task_folds(frame):
+        task = fold.name.removeprefix("task-")
+        train = with_extra(frame[fold.train], extra)
+        assert task not in set(train["task"])
+        assert (train["catalog"] == "other").any()  # pairs without the task are kept
+        kept = train[train["catalog"] == "other"].groupby(["a", "b"]).size()
+        whole = extra.groupby(["a", "b"]).size()
+        assert (kept == whole.reindex(kept.index)).all()  # whole pairs, never half a pair
+    assert with_extra(frame, None) is frame
+
+
 # --- end to end on a micro zoo -------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A micro zoo, its outcomes and features, and a predictor fitted on them."""
-    import torch
-    from test_outcomes import MICRO3, SMALL_GRID
-
-    from simmerge.catalog import Catalog
-    from simmerge.collect import collect_outcomes
-    from simmerge.feature_table import FeatureOptions
-    from simmerge.outcomes import OutcomeStore
-    from simmerge.signatures import SignatureConfig
-    from simmerge.training import fit_predictor
-    from simmerge.training_data import feature_frame, outcome_frame
-    from simmerge.zoo.build import build_from_recipe
-
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("e2e")
-    catalog = Catalog.load(build_from_recipe(root / "zoo", MICRO3, progress=False) / "catalog.yaml")
-    options = FeatureOptions(cache_dir=root / "cache", signature=SignatureConfig(max_length=32))
-    store_path = root / "o.sqlite"
-    with OutcomeStore(store_path) as store:
-        collect_outcomes(catalog, store, SMALL_GRID, progress=False)
-        outcomes = outcome_frame(store, catalog)
-    features = feature_frame(catalog, options, progress=False)
-    model = fit_predictor(features, outcomes, n_models=2, cv_folds=0)
-    model.save(root / "predictor")
-    return {
-        "catalog": catalog,
-        "options": options,
-        "store": store_path,
-        "predictor": root / "predictor",
-        "outcomes": outcomes,
-        "features": features,
-    }
 
 
 def test_training_frame_has_every_predictor_column_and_the_target(trained):
@@ -431,13 +473,17 @@ def test_shipped_predictor_and_training_data_load_and_agree():
     from simmerge.ranking import load_predictor
     from simmerge.training_data import load_training_tables, shipped_datasets, training_frame
 
-    assert "zoo-large" in shipped_datasets()
-    features, outcomes = load_training_tables("zoo-large")
-    frame = training_frame(features, outcomes)
-    assert len(frame) == len(outcomes) and frame["task_of_a"].notna().all()
-    model = load_predictor(None)  # models/default
+    assert {"zoo-large", "zoo-default"} <= set(shipped_datasets())
+    rows = 0
+    for name in ("zoo-large", "zoo-default"):
+        features, outcomes = load_training_tables(name)
+        frame = training_frame(features, outcomes)
+        assert len(frame) == len(outcomes) and frame["task_of_a"].notna().all()
+        rows += len(frame)
+    model = load_predictor(None)  # models/default, trained on both
     card = model.card
-    assert card["training_rows"] == len(frame)
+    assert card["training_rows"] == rows and card["decompose"] and model.level_boosters
+    assert card["training_sources"] == ["dataset:zoo-large", "dataset:zoo-default"]
     assert card["selection"]["best_fixed"] in set(outcomes["candidate"])
     assert {"gap_closure", "risk"} <= set(card["cv_held_out_models"]["simmerge"])
     mean, std = model.predict(frame.head(50))
