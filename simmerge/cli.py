@@ -200,6 +200,36 @@ def _add_train_cli(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_lazy("simmerge.training:run_train_cli"))
 
 
+def _add_bandit_cli(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bandit", help="online selection: select, update, add/remove arms")
+    bsub = p.add_subparsers(dest="bandit_command", required=True)
+    handler = _lazy("simmerge.bandit_cli:run_bandit_cli")
+
+    sel = bsub.add_parser("select", help="choose a merge for two experts (state created if new)")
+    _add_pair_arguments(sel)
+    sel.add_argument("--state", required=True, help="bandit state file (JSON)")
+    sel.add_argument(
+        "--policy", default=None, help="lints, linucb, egreedy, random or predictor (new state)"
+    )
+    sel.add_argument("--seed", type=int, default=0, help="random seed of a new state")
+    sel.set_defaults(func=handler)
+
+    upd = bsub.add_parser("update", help="feed a pending choice's reward back")
+    upd.add_argument("--state", required=True, help="bandit state file (JSON)")
+    upd.add_argument("--choice", type=int, required=True, help="choice id printed by select")
+    upd.add_argument("--reward", type=float, default=None, help="measured reward in [0, 1]")
+    upd.add_argument("--verify", action="store_true", help="merge and evaluate to measure it")
+    upd.add_argument("--store", default=None, help="outcome store for --verify's outcomes")
+    upd.add_argument("--device", default=None, help="cpu or cuda (for --verify)")
+    upd.set_defaults(func=handler)
+
+    for name, text in (("add-arm", "add an operator configuration"), ("remove-arm", "drop one")):
+        q = bsub.add_parser(name, help=text)
+        q.add_argument("--state", required=True, help="bandit state file (JSON)")
+        q.add_argument("arm", help="operator configuration id, e.g. 'ties[density=0.3]'")
+        q.set_defaults(func=handler)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="simmerge", description="Predict which model merge to make, then make it."
@@ -216,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_rank_cli,
         _add_verify_cli,
         _add_train_cli,
+        _add_bandit_cli,
     ):
         add(sub)
     return parser

@@ -82,6 +82,46 @@ def _pair(catalog: Catalog, experts: Sequence[str]) -> tuple[CatalogModel, Catal
     return a, b
 
 
+@dataclass(frozen=True)
+class PairInputs:
+    """What the predictor needs about a pair: its general features and, per target task, the
+    task's functional features (None when the task has no probe set)."""
+
+    a: CatalogModel
+    b: CatalogModel
+    tasks: tuple[str, ...]
+    general: dict[str, float]
+    task_features: dict[str, dict[str, float] | None]
+
+
+def pair_inputs(
+    catalog: Catalog,
+    experts: Sequence[str],
+    tasks: Sequence[str] | None = None,
+    *,
+    options: FeatureOptions | None = None,
+    progress: bool = False,
+) -> PairInputs:
+    """Signatures and sketches of the two experts (cached) and their pair features.
+    ``tasks`` defaults to the union of the two experts' tasks."""
+    a, b = _pair(catalog, experts)
+    tasks = list(tasks) if tasks else sorted({*a.tasks, *b.tasks})
+    if not tasks:
+        raise ConfigError(
+            f"Experts {a.name!r} and {b.name!r} declare no tasks, so there is nothing to rank for.",
+            "pass tasks=[...] (CLI: --tasks t1,t2).",
+        )
+    profiles = build_profiles(catalog, options, experts=[a.name, b.name], progress=progress)
+    pa, pb = profiles[a.name], profiles[b.name]
+    task_feats = {
+        t: functional_features(pa.signatures[t], pb.signatures[t])
+        if t in pa.signatures and t in pb.signatures
+        else None
+        for t in tasks
+    }
+    return PairInputs(a, b, tuple(tasks), pair_features(pa, pb).as_dict(), task_feats)
+
+
 def rank_merges(
     catalog: Catalog,
     experts: Sequence[str],
@@ -93,6 +133,7 @@ def rank_merges(
     options: FeatureOptions | None = None,
     contributions: int = 5,
     progress: bool = False,
+    inputs: PairInputs | None = None,
 ) -> list[Candidate]:
     """Candidates for merging ``experts`` (a, b), best first (see the module docs).
 
@@ -101,25 +142,13 @@ def rank_merges(
     of :func:`simmerge.selection.anchor`, with the margin chosen by cross-validation).
 
     ``tasks`` defaults to the union of the two experts' tasks; a task with a probe set in the
-    catalog also contributes its task-specific functional features.
+    catalog also contributes its task-specific functional features. ``inputs`` (from
+    :func:`pair_inputs`) skips recomputing the pair's features.
     """
-    a, b = _pair(catalog, experts)
     model = load_predictor(predictor)
-    tasks = list(tasks) if tasks else sorted({*a.tasks, *b.tasks})
-    if not tasks:
-        raise ConfigError(
-            f"Experts {a.name!r} and {b.name!r} declare no tasks, so there is nothing to rank for.",
-            "pass tasks=[...] (CLI: --tasks t1,t2).",
-        )
-    profiles = build_profiles(catalog, options, experts=[a.name, b.name], progress=progress)
-    pa, pb = profiles[a.name], profiles[b.name]
-    general = pair_features(pa, pb).as_dict()
-    task_feats = {
-        t: functional_features(pa.signatures[t], pb.signatures[t])
-        if t in pa.signatures and t in pb.signatures
-        else None
-        for t in tasks
-    }
+    inputs = inputs or pair_inputs(catalog, experts, tasks, options=options, progress=progress)
+    a, b, tasks = inputs.a, inputs.b, list(inputs.tasks)
+    general, task_feats = inputs.general, inputs.task_features
     rows, keys = [], []
     for config in grid:
         for t in tasks:
