@@ -184,7 +184,7 @@ def _add_train_cli(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="fit a merge predictor on training data and/or a store")
     p.add_argument(
         "--data",
-        default="zoo-large,zoo-default",
+        default="zoo-large",
         help="comma-separated shipped datasets or folders ('' = none)",
     )
     p.add_argument("--store", default=None, help="outcome store to add (needs --catalog)")
