@@ -151,9 +151,13 @@ def _add_collect_cli(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_lazy("simmerge.collect:run_collect_cli"))
 
 
-def _add_pair_arguments(p: argparse.ArgumentParser) -> None:
+def _add_pair_arguments(p: argparse.ArgumentParser, models_required: bool = True) -> None:
     p.add_argument("catalog", help="catalog YAML")
-    p.add_argument("--models", required=True, help="the two experts, comma-separated: a,b")
+    p.add_argument(
+        "--models",
+        required=models_required,
+        help="the two experts, comma-separated: a,b (multi-way: the candidate experts)",
+    )
     p.add_argument("--tasks", default=None, help="target tasks (default: both experts' tasks)")
     p.add_argument(
         "--predictor", default=None, help="predictor folder or shipped name (default: default)"
@@ -166,9 +170,18 @@ def _add_pair_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _add_rank_cli(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("rank", help="rank the candidate merges of two experts (no merging)")
-    _add_pair_arguments(p)
+    p = sub.add_parser(
+        "rank",
+        help="rank the merges of two experts (--models a,b), or multi-way plans for a task set "
+        "(--tasks t1,t2,t3 --max-models K)",
+    )
+    _add_pair_arguments(p, models_required=False)
     p.add_argument("--top", type=int, default=5, help="number of candidates to show")
+    p.add_argument("--max-models", type=int, default=None, help="multi-way: most experts in a plan")
+    p.add_argument("--beam", type=int, default=4, help="multi-way: beam width")
+    p.add_argument(
+        "--mode", default="fast", choices=("fast", "exact"), help="multi-way feature mode"
+    )
     p.set_defaults(func=_lazy("simmerge.ranking:run_rank_cli"))
 
 

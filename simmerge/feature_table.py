@@ -73,31 +73,46 @@ def build_profiles(
     sets = catalog_probe_sets(catalog, options)
     base = catalog.checkpoint(catalog.base.name)
     chosen = [catalog.model(n) for n in experts] if experts else list(catalog.experts)
-    profiles = {}
-    for expert in tqdm(chosen, desc="profiles", disable=not progress):
-        done: dict[str, Any] = {}  # probe hash -> signature
-        sigs = {}
-        for key, probes in sets.items():
-            if probes.hash not in done:
-                done[probes.hash] = compute_signature(
-                    expert.path,
-                    probes,
-                    config=options.signature,
-                    device=options.device,
-                    cache_dir=options.cache_dir,
-                    progress=False,
-                )
-            sigs[key] = done[probes.hash]
-        sketch = sketch_task_vector(
-            catalog.checkpoint(expert.name),
-            base,
-            config=options.sketch,
-            device=options.device or "cpu",
-            cache_dir=options.cache_dir,
-            progress=False,
+    return {
+        expert.name: model_profile(
+            expert.name, expert.path, catalog.checkpoint(expert.name), base, sets, options
         )
-        profiles[expert.name] = ModelProfile(expert.name, sketch, sigs)
-    return profiles
+        for expert in tqdm(chosen, desc="profiles", disable=not progress)
+    }
+
+
+def model_profile(
+    name: str,
+    path: Path,
+    checkpoint: Any,
+    base: Any,
+    sets: dict[str, ProbeSet],
+    options: FeatureOptions,
+) -> ModelProfile:
+    """Signatures on every probe set and the task-vector sketch of one model folder (also a
+    folder outside the catalog, such as an intermediate multi-way merge)."""
+    done: dict[str, Any] = {}  # probe hash -> signature
+    sigs = {}
+    for key, probes in sets.items():
+        if probes.hash not in done:
+            done[probes.hash] = compute_signature(
+                path,
+                probes,
+                config=options.signature,
+                device=options.device,
+                cache_dir=options.cache_dir,
+                progress=False,
+            )
+        sigs[key] = done[probes.hash]
+    sketch = sketch_task_vector(
+        checkpoint,
+        base,
+        config=options.sketch,
+        device=options.device or "cpu",
+        cache_dir=options.cache_dir,
+        progress=False,
+    )
+    return ModelProfile(name, sketch, sigs)
 
 
 def feature_rows(profiles: dict[str, ModelProfile]) -> list[PairFeatures]:

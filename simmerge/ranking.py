@@ -217,6 +217,8 @@ def format_ranking(candidates: Sequence[Candidate]) -> str:
 
 def run_rank_cli(args: Any) -> int:
     catalog = Catalog.load(args.catalog)
+    if args.max_models is not None or not args.models:
+        return _run_multiway(catalog, args)
     ranked = rank_merges(
         catalog,
         args.models.split(","),
@@ -230,4 +232,31 @@ def run_rank_cli(args: Any) -> int:
         print(json.dumps([c.to_dict() for c in ranked], indent=2))
     else:
         print(format_ranking(ranked))
+    return 0
+
+
+def _run_multiway(catalog: Catalog, args: Any) -> int:
+    from simmerge.multiway import format_plans, plan_merge
+
+    if not args.tasks:
+        raise ConfigError(
+            "Multi-way ranking needs target tasks.",
+            "pass --tasks t1,t2,t3 (or --models a,b for a 2-way ranking).",
+        )
+    plans = plan_merge(
+        catalog,
+        args.tasks.split(","),
+        max_models=args.max_models or 4,
+        beam=args.beam,
+        mode=args.mode,
+        top=args.top,
+        predictor=args.predictor,
+        experts=args.models.split(",") if args.models else None,
+        options=FeatureOptions(device=args.device, cache_dir=args.cache_dir),
+        progress=not args.json,
+    )
+    if args.json:
+        print(json.dumps([p.to_dict() for p in plans], indent=2))
+    else:
+        print(format_plans(plans))
     return 0

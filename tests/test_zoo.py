@@ -224,4 +224,9 @@ def test_demo_ranks_verifies_the_top_k_and_compares_with_the_whole_grid(tiny_zoo
     assert pair["chosen_actual"] == max(c["actual"] for c in pair["top"])
     for c in pair["top"]:
         assert c["actual"] == pair["all"][c["candidate"]]
-    assert "exhaustive best" in format_report(report)
+    mw = report["multiway"]  # one 3-task merge, planned, executed and evaluated
+    assert len(mw["tasks"]) == 3 and mw["plans"][0]["rank"] == 1
+    assert set(mw["actual_per_task"]) == set(mw["tasks"])
+    assert 0 <= mw["actual"] <= 2
+    text = format_report(report)
+    assert "exhaustive best" in text and "multi-way merge for" in text

@@ -1,0 +1,502 @@
+"""Multi-way merges: which experts, in which order, with which operator at each step.
+
+A :class:`MultiwayPlan` is either a **chain** of 2-way merges (members in order; step i merges
+the running result with member i + 1 using ``steps[i]``) or a **one-shot** N-way merge (one
+operator over all members at once). :func:`execute_plan` runs it with the merge engine (chain
+intermediates go to a temporary folder), :func:`mergekit_configs` exports it (one config for
+a one-shot merge, a chain of configs -- each reading the previous step's output -- otherwise).
+
+:func:`plan_merge` searches plans for a set of target tasks with the 2-way predictor, as the
+SimMerge paper does: beam search over chains, each step scored by the predictor on features
+between the running merge and the next expert; one-shot candidates are ranked alongside.
+
+**How a chain is scored.** The predictor predicts, for a pair (A, B), task t and candidate c,
+the normalized score of the merge on t when A or B is t's expert. For a running merge M that
+keeps a fraction r_M(t) of t's expert, the step's prediction p(M, e, c, t) is taken as the
+fraction of *that* kept, so r_{M+e}(t) = r_M(t) · p(M, e, c, t); a task e has starts from
+r = 1 (a fresh expert of it joins), and tasks nobody covers score 0. The plan's predicted
+score is the mean of r over the target tasks. Two ways to get the features of (M, e):
+
+* ``exact``: materialize M (merge into a temporary folder), compute its signatures and sketch
+  (one probe pass per intermediate), and compute real pair features;
+* ``fast``: no merge at all; the features of (M, e) are the mean of the features of (s, e) over
+  the members s of M (task-specific features: over the members that have them). Similarity to
+  a merge is roughly the average similarity to its parts; ``scripts/evaluate_multiway.py``
+  measures what this approximation costs.
+
+**One-shot plans** (an N-way operator over a subset S) are scored with the same predictor:
+for each task t of a member s, r(t) = Π over the other members o of p(s, o, c, t) -- each other
+member interferes once, as in a chain -- again averaged over the target tasks.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from itertools import combinations, permutations
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from simmerge.candidates import DEFAULT_GRID, OperatorConfig
+from simmerge.catalog import Catalog
+from simmerge.errors import ConfigError, PlanError
+from simmerge.feature_table import FeatureOptions, build_profiles, catalog_probe_sets
+from simmerge.merge import MergePlan, PlanMember, merge
+from simmerge.merge.registry import get_operator
+from simmerge.predictor import MergePredictor, design_row
+from simmerge.similarity import FEATURE_COLUMNS, functional_features, pair_features
+
+MODES = ("fast", "exact")
+# operators that can merge more than two models at once, for one-shot candidates
+ONESHOT_GRID = tuple(
+    OperatorConfig.from_id(i)
+    for i in (
+        "linear",
+        "task_arithmetic[lambda=0.5]",
+        "task_arithmetic[lambda=0.7]",
+        "task_arithmetic[lambda=1.0]",
+        "ties[density=0.5]",
+        "dare_ties[density=0.6]",
+        "model_stock",
+    )
+)
+
+
+@dataclass(frozen=True)
+class MultiwayPlan:
+    """Members (expert names, in merge order) and the operator of each step (see the module
+    docs); validated on creation."""
+
+    members: tuple[str, ...]
+    steps: tuple[str, ...]  # OperatorConfig ids: len(members) - 1 (chain) or 1 (one-shot)
+    oneshot: bool = False
+
+    def __post_init__(self) -> None:
+        if len(self.members) < 2:
+            raise PlanError(f"A multi-way plan needs at least two members, got {self.members}.")
+        dupes = sorted({m for m in self.members if self.members.count(m) > 1})
+        if dupes:
+            raise PlanError(f"Expert(s) listed twice in a plan: {dupes}.", "list each once.")
+        want = 1 if self.oneshot else len(self.members) - 1
+        if len(self.steps) != want:
+            raise PlanError(
+                f"A {'one-shot' if self.oneshot else 'chain'} plan of {len(self.members)} "
+                f"members takes {want} operator(s), got {len(self.steps)}.",
+            )
+        for step in self.steps:
+            config = OperatorConfig.from_id(step)
+            spec = get_operator(config.operator)
+            n = len(self.members) if self.oneshot else 2
+            if spec.max_members is not None and n > spec.max_members:
+                raise PlanError(
+                    f"{config.operator!r} merges at most {spec.max_members} models; a one-shot "
+                    f"plan has {n}.",
+                    "use a chain of 2-way steps or another operator.",
+                )
+
+    @property
+    def id(self) -> str:
+        if self.oneshot:
+            return f"{self.steps[0]}({', '.join(self.members)})"
+        out = self.members[0]
+        for member, step in zip(self.members[1:], self.steps, strict=True):
+            out = f"{step}({out}, {member})"
+        return out
+
+    def step_plans(self, catalog: Catalog, intermediates: Sequence[str]) -> list[MergePlan]:
+        """The engine's plan of every step; ``intermediates[i]`` is where step i's output
+        lives (len(steps) - 1 folders for a chain, none for a one-shot merge)."""
+        base = str(catalog.base.path)
+        paths = [str(catalog.model(m).path) for m in self.members]
+        if self.oneshot:
+            config = OperatorConfig.from_id(self.steps[0])
+            needs_base = get_operator(config.operator).needs_base
+            return [
+                MergePlan(
+                    operator=config.operator,
+                    base=base if needs_base else None,
+                    members=tuple(PlanMember(model=p) for p in paths),
+                    params=dict(config.params),
+                )
+            ]
+        plans, running = [], paths[0]
+        for i, (step, path) in enumerate(zip(self.steps, paths[1:], strict=True)):
+            plans.append(OperatorConfig.from_id(step).plan(base, running, path))
+            if i < len(intermediates):
+                running = str(intermediates[i])
+        return plans
+
+
+def execute_plan(
+    plan: MultiwayPlan,
+    catalog: Catalog,
+    out_dir: str | Path | None = None,
+    *,
+    device: str | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any] | Path:
+    """Run ``plan``: a state dict without ``out_dir``, else a Hugging Face folder. Chain
+    intermediates live in a temporary folder removed afterwards."""
+    n_inter = 0 if plan.oneshot else len(plan.steps) - 1
+    with tempfile.TemporaryDirectory(prefix="simmerge-chain-") as tmp:
+        inter = [Path(tmp) / f"step_{i + 1}" for i in range(n_inter)]
+        plans = plan.step_plans(catalog, [str(p) for p in inter])
+        for step_plan, folder in zip(plans[:-1], inter, strict=True):
+            merge(step_plan, folder, device=device)
+        return merge(plans[-1], out_dir, device=device, overwrite=overwrite)
+
+
+def mergekit_configs(plan: MultiwayPlan, catalog: Catalog, prefix: str = "step") -> list[dict]:
+    """mergekit configs that reproduce ``plan``: one for a one-shot merge; for a chain, one per
+    step, step i reading ``<prefix>_<i>`` (the folder step i - 1 was written to)."""
+    n_inter = 0 if plan.oneshot else len(plan.steps) - 1
+    inter = [f"{prefix}_{i + 1}" for i in range(n_inter)]
+    return [p.to_mergekit_dict(include_simmerge=False) for p in plan.step_plans(catalog, inter)]
+
+
+@dataclass(frozen=True)
+class PlannedMerge:
+    """A ranked multi-way plan with its predicted score (mean over the target tasks of the
+    predicted kept fraction, see the module docs) and per-task predictions."""
+
+    rank: int
+    plan: MultiwayPlan
+    predicted: float
+    per_task: dict[str, float]
+    mode: str
+    uncertainty: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rank": self.rank,
+            "plan": self.plan.id,
+            "members": list(self.plan.members),
+            "steps": list(self.plan.steps),
+            "oneshot": self.plan.oneshot,
+            "predicted": self.predicted,
+            "uncertainty": self.uncertainty,
+            "per_task": self.per_task,
+            "mode": self.mode,
+        }
+
+
+@dataclass
+class _Beam:
+    members: tuple[str, ...]
+    steps: tuple[str, ...]
+    kept: dict[str, float]  # task -> predicted kept fraction
+    var: float = 0.0  # summed predictive variance of the steps
+    folder: Path | None = None  # exact mode: the materialized running merge
+    profile: Any = None  # exact mode: its profile
+
+    def score(self, tasks: Sequence[str]) -> float:
+        return float(np.mean([self.kept.get(t, 0.0) for t in tasks]))
+
+
+@dataclass
+class _Planner:
+    catalog: Catalog
+    tasks: tuple[str, ...]
+    model: MergePredictor
+    grid: tuple[OperatorConfig, ...]
+    options: FeatureOptions
+    profiles: dict[str, Any]
+    cache: dict[tuple[str, str], tuple[dict, dict]] = field(default_factory=dict)
+    merges: int = 0  # exact mode: intermediates materialized
+
+    def expert_tasks(self, name: str) -> set[str]:
+        return set(self.catalog.model(name).tasks)
+
+    def pair(self, a: str, b: str) -> tuple[dict[str, float], dict[str, dict | None]]:
+        """General and per-task features of (a, b), cached."""
+        if (a, b) not in self.cache:
+            pa, pb = self.profiles[a], self.profiles[b]
+            self.cache[(a, b)] = (pair_features(pa, pb).as_dict(), self._task_feats(pa, pb))
+        return self.cache[(a, b)]
+
+    def _task_feats(self, pa: Any, pb: Any) -> dict[str, dict | None]:
+        return {
+            t: functional_features(pa.signatures[t], pb.signatures[t])
+            if t in pa.signatures and t in pb.signatures
+            else None
+            for t in self.tasks
+        }
+
+    def fast_features(self, members: Sequence[str], e: str) -> tuple[dict, dict]:
+        """Features of (merge of members, e): the mean over members (module docs)."""
+        parts = [self.pair(m, e) for m in members]
+        general = {c: _nanmean([p[0][c] for p in parts]) for c in FEATURE_COLUMNS}
+        per_task: dict[str, dict | None] = {}
+        for t in self.tasks:
+            have = [p[1][t] for p in parts if p[1][t] is not None]
+            per_task[t] = {c: _nanmean([h[c] for h in have]) for c in have[0]} if have else None
+        return general, per_task
+
+    def predict_step(
+        self, beam: _Beam, e: str, general: dict, per_task: dict
+    ) -> list[tuple[OperatorConfig, dict[str, float], float]]:
+        """For each grid config: the kept fractions after merging ``e`` into ``beam``."""
+        covered = set().union(*(self.expert_tasks(m) for m in beam.members))
+        e_tasks = self.expert_tasks(e)
+        relevant = [t for t in self.tasks if t in covered or t in e_tasks]
+        rows = [
+            design_row(general, per_task.get(t), t in covered, t in e_tasks, c)
+            for c in self.grid
+            for t in relevant
+        ]
+        out = []
+        if rows:
+            mean, std = self.model.predict(rows)
+            mean = np.clip(mean, 0.0, None)
+        for i, config in enumerate(self.grid):
+            kept = dict(beam.kept)
+            var = 0.0
+            for j, t in enumerate(relevant):
+                k = i * len(relevant) + j
+                start = 1.0 if t in e_tasks or t not in covered else beam.kept[t]
+                kept[t] = start * float(mean[k])
+                var += float(std[k]) ** 2
+            out.append((config, kept, var / max(len(relevant), 1)))
+        return out
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return float(np.mean(finite)) if finite else math.nan
+
+
+def _relevant_experts(catalog: Catalog, tasks: Sequence[str]) -> list[str]:
+    return [e.name for e in catalog.experts if set(e.tasks) & set(tasks)]
+
+
+def plan_merge(
+    catalog: Catalog,
+    tasks: Sequence[str],
+    *,
+    max_models: int = 4,
+    beam: int = 4,
+    mode: str = "fast",
+    top: int | None = 5,
+    predictor: MergePredictor | str | Path | None = None,
+    grid: Sequence[OperatorConfig] = DEFAULT_GRID,
+    oneshot_grid: Sequence[OperatorConfig] = ONESHOT_GRID,
+    experts: Sequence[str] | None = None,
+    options: FeatureOptions | None = None,
+    device: str | None = None,
+    progress: bool = False,
+) -> list[PlannedMerge]:
+    """Rank multi-way plans that cover ``tasks`` (see the module docs).
+
+    Candidates are the experts that have at least one target task (or ``experts``). Chains
+    grow by beam search (``beam`` states kept per depth, up to ``max_models`` members; a chain
+    may stop at any depth); one-shot candidates are every subset of 3..max_models candidates
+    x ``oneshot_grid``. ``mode`` is ``fast`` (no merges) or ``exact`` (one merge and probe
+    pass per expanded intermediate)."""
+    from simmerge.ranking import load_predictor
+
+    if mode not in MODES:
+        raise ConfigError(f"Unknown planning mode {mode!r}.", f"use one of {', '.join(MODES)}.")
+    tasks = tuple(dict.fromkeys(tasks))
+    known = set(catalog.task_names)
+    unknown = [t for t in tasks if t not in known]
+    if not tasks or unknown:
+        raise ConfigError(
+            f"plan_merge needs target tasks the catalog knows; unknown: {unknown or 'none given'}.",
+            f"pick among: {', '.join(sorted(known))}.",
+        )
+    if max_models < 2 or beam < 1:
+        raise ConfigError(
+            f"plan_merge needs max_models >= 2 and beam >= 1 (got {max_models}, {beam})."
+        )
+    names = list(experts) if experts else _relevant_experts(catalog, tasks)
+    if len(names) < 2:
+        raise ConfigError(
+            f"Only {len(names)} expert(s) have the target tasks {list(tasks)}: nothing to merge.",
+            "add experts for these tasks to the catalog, or pick other tasks.",
+        )
+    options = options or FeatureOptions(device=device)
+    model = load_predictor(predictor)
+    profiles = build_profiles(catalog, options, experts=names, progress=progress)
+    planner = _Planner(catalog, tasks, model, tuple(grid), options, profiles)
+
+    finished: list[_Beam] = []
+    beams = [_Beam((), (), {})]
+    with tempfile.TemporaryDirectory(prefix="simmerge-plan-") as tmp:
+        for depth in range(2, max_models + 1):
+            expanded: list[_Beam] = []
+            for b in beams:
+                starts = [(m,) for m in names] if not b.members else [b.members]
+                for members in starts:
+                    base_beam = b if b.members else _Beam(members, (), {})
+                    if not b.members:
+                        for t in planner.expert_tasks(members[0]) & set(tasks):
+                            base_beam.kept[t] = 1.0
+                    for e in names:
+                        if e in members:
+                            continue
+                        general, per_task = _features(planner, base_beam, e, mode)
+                        for config, kept, var in planner.predict_step(
+                            base_beam, e, general, per_task
+                        ):
+                            expanded.append(
+                                _Beam(
+                                    (*members, e),
+                                    (*base_beam.steps, config.id),
+                                    kept,
+                                    base_beam.var + var,
+                                )
+                            )
+            if not expanded:
+                break
+            expanded.sort(key=lambda x: -x.score(tasks))
+            beams = _dedupe(expanded)[:beam]
+            finished.extend(beams)
+            if mode == "exact" and depth < max_models:
+                for i, b in enumerate(beams):
+                    _materialize(planner, b, Path(tmp) / f"d{depth}_{i}", device)
+        oneshots = _oneshot_candidates(planner, names, max_models, oneshot_grid)
+
+    ranked = sorted(
+        [
+            (b.score(tasks), MultiwayPlan(b.members, b.steps), b.kept, math.sqrt(b.var))
+            for b in finished
+        ]
+        + oneshots,
+        key=lambda x: -x[0],
+    )
+    seen: set[str] = set()
+    out = []
+    for score, plan, kept, unc in ranked:
+        if plan.id in seen:
+            continue
+        seen.add(plan.id)
+        out.append(
+            PlannedMerge(
+                rank=len(out) + 1,
+                plan=plan,
+                predicted=score,
+                per_task={t: float(kept.get(t, 0.0)) for t in tasks},
+                mode=mode,
+                uncertainty=unc,
+            )
+        )
+        if top is not None and len(out) >= top:
+            break
+    return out
+
+
+def _features(planner: _Planner, beam: _Beam, e: str, mode: str) -> tuple[dict, dict]:
+    if len(beam.members) == 1:
+        return planner.pair(beam.members[0], e)
+    if mode == "exact" and beam.profile is not None:
+        pe = planner.profiles[e]
+        return pair_features(beam.profile, pe).as_dict(), planner._task_feats(beam.profile, pe)
+    return planner.fast_features(beam.members, e)
+
+
+def _materialize(planner: _Planner, beam: _Beam, folder: Path, device: str | None) -> None:
+    """Exact mode: merge the beam's chain into ``folder`` and profile it."""
+    plan = MultiwayPlan(beam.members, beam.steps)
+    beam.profile = profile_plan(plan, planner.catalog, folder, planner.options, device=device)
+    beam.folder = folder
+    planner.merges += 1
+
+
+def profile_plan(
+    plan: MultiwayPlan,
+    catalog: Catalog,
+    folder: str | Path,
+    options: FeatureOptions | None = None,
+    *,
+    device: str | None = None,
+) -> Any:
+    """Materialize ``plan`` into ``folder`` and compute its profile (signatures on the
+    catalog's probe sets + task-vector sketch), as exact mode does for every intermediate."""
+    from simmerge.checkpoint import open_checkpoint
+    from simmerge.feature_table import model_profile
+
+    options = options or FeatureOptions(device=device)
+    folder = Path(execute_plan(plan, catalog, folder, device=device))
+    return model_profile(
+        plan.id,
+        folder,
+        open_checkpoint(folder),
+        catalog.checkpoint(catalog.base.name),
+        catalog_probe_sets(catalog, options),
+        options,
+    )
+
+
+def _dedupe(beams: list[_Beam]) -> list[_Beam]:
+    seen, out = set(), []
+    for b in beams:
+        key = (b.members, b.steps)
+        if key not in seen:
+            seen.add(key)
+            out.append(b)
+    return out
+
+
+def _oneshot_candidates(
+    planner: _Planner, names: list[str], max_models: int, grid: Sequence[OperatorConfig]
+) -> list[tuple[float, MultiwayPlan, dict[str, float], float]]:
+    """Every subset of 3..max_models experts x ``grid``, scored as in the module docs (one
+    batched prediction for all rows)."""
+    tasks = set(planner.tasks)
+    rows, index = [], []  # index: (subset, config, member s, task t)
+    for size in range(3, max_models + 1):
+        for subset in combinations(names, size):
+            for config in grid:
+                for s in subset:
+                    for t in sorted(planner.expert_tasks(s) & tasks):
+                        for o in subset:
+                            if o != s:
+                                general, per_task = planner.pair(s, o)
+                                o_has = t in planner.expert_tasks(o)
+                                rows.append(design_row(general, per_task[t], True, o_has, config))
+                                index.append((subset, config.id, s, t))
+    if not rows:
+        return []
+    mean, std = planner.model.predict(rows)
+    kept_by: dict[tuple, float] = {}  # (subset, config, s, t) -> product over the others
+    var_by: dict[tuple[tuple[str, ...], str], float] = {}
+    for key, m, sd in zip(index, np.clip(mean, 0.0, None), std, strict=True):
+        kept_by[key] = kept_by.get(key, 1.0) * float(m)
+        var_by[key[:2]] = var_by.get(key[:2], 0.0) + float(sd) ** 2
+    per_plan: dict[tuple[tuple[str, ...], str], dict[str, float]] = {}
+    for (subset, cid, _s, t), r in kept_by.items():
+        kept = per_plan.setdefault((subset, cid), {})
+        kept[t] = max(kept.get(t, 0.0), r)  # a task two members share: the better of them
+    return [
+        (
+            float(np.mean([kept.get(t, 0.0) for t in planner.tasks])),
+            MultiwayPlan(subset, (cid,), oneshot=True),
+            kept,
+            math.sqrt(var_by[(subset, cid)]),
+        )
+        for (subset, cid), kept in per_plan.items()
+    ]
+
+
+def format_plans(plans: Sequence[PlannedMerge]) -> str:
+    if not plans:
+        return "(no plans)"
+    tasks = list(plans[0].per_task)
+    lines = [
+        f"multi-way plans for {', '.join(tasks)} ({plans[0].mode} mode; predicted mean kept "
+        "fraction of each task's expert)",
+        f"{'#':>3} {'pred':>6} {'±':>6}  " + " ".join(f"{t[:8]:>8}" for t in tasks) + "  plan",
+    ]
+    for p in plans:
+        cells = " ".join(f"{p.per_task[t]:>8.3f}" for t in tasks)
+        lines.append(f"{p.rank:>3} {p.predicted:>6.3f} {p.uncertainty:>6.3f}  {cells}  {p.plan.id}")
+    return "\n".join(lines)
+
+
+def chain_orders(members: Sequence[str]) -> list[tuple[str, ...]]:
+    """Every merge order of ``members`` (for exhaustive baselines)."""
+    return list(permutations(members))

@@ -1,0 +1,223 @@
+"""Multi-way plans: validation, execution (chains and one-shot merges), mergekit export, the
+beam search of plan_merge (valid plans, beam 1 is greedy), exact mode's intermediate profiles,
+and the rank CLI's multi-way form. Runs on the micro zoo of the predictor tests."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from simmerge.errors import ConfigError, PlanError
+from simmerge.merge import MergePlan, PlanMember, merge
+from simmerge.multiway import (
+    MultiwayPlan,
+    execute_plan,
+    mergekit_configs,
+    plan_merge,
+    profile_plan,
+)
+
+TASKS = ["reverse", "sort"]
+
+
+def test_plans_reject_duplicates_wrong_step_counts_and_two_model_operators():
+    with pytest.raises(PlanError, match="twice"):
+        MultiwayPlan(("a", "b", "a"), ("linear", "linear"))
+    with pytest.raises(PlanError, match="takes 2 operator"):
+        MultiwayPlan(("a", "b", "c"), ("linear",))
+    with pytest.raises(PlanError, match="at most 2"):
+        MultiwayPlan(("a", "b", "c"), ("slerp[t=0.5]",), oneshot=True)
+    with pytest.raises(PlanError, match="at least two"):
+        MultiwayPlan(("a",), ())
+    chain = MultiwayPlan(("a", "b", "c"), ("linear", "ties[density=0.5]"))
+    assert chain.id == "ties[density=0.5](linear(a, b), c)"
+    assert MultiwayPlan(("a", "b", "c"), ("model_stock",), oneshot=True).id == (
+        "model_stock(a, b, c)"
+    )
+
+
+def test_chain_execution_equals_two_manual_merges(trained, tmp_path):
+    cat = trained["catalog"]
+    a, b, c = cat.expert_names[:3]
+    plan = MultiwayPlan((a, b, c), ("task_arithmetic[lambda=0.5]", "linear"))
+    state = execute_plan(plan, cat)
+    base = str(cat.base.path)
+    first = MergePlan(
+        operator="task_arithmetic",
+        base=base,
+        members=(
+            PlanMember(model=str(cat.model(a).path)),
+            PlanMember(model=str(cat.model(b).path)),
+        ),
+        params={"lambda": 0.5},
+    )
+    merge(first, tmp_path / "s1")
+    second = MergePlan(
+        operator="linear",
+        members=(PlanMember(model=str(tmp_path / "s1")), PlanMember(model=str(cat.model(c).path))),
+    )
+    expected = merge(second)
+    assert state.keys() == expected.keys()
+    for name in state:
+        torch.testing.assert_close(state[name], expected[name])
+
+
+def test_oneshot_execution_is_one_n_way_merge(trained):
+    cat = trained["catalog"]
+    names = tuple(cat.expert_names[:3])
+    state = execute_plan(MultiwayPlan(names, ("ties[density=0.5]",), oneshot=True), cat)
+    expected = merge(
+        MergePlan(
+            operator="ties",
+            base=str(cat.base.path),
+            members=tuple(PlanMember(model=str(cat.model(n).path)) for n in names),
+            params={"density": 0.5},
+        )
+    )
+    for name in state:
+        torch.testing.assert_close(state[name], expected[name])
+
+
+def test_mergekit_export_is_one_config_or_a_chain(trained):
+    cat = trained["catalog"]
+    a, b, c = cat.expert_names[:3]
+    chain = mergekit_configs(MultiwayPlan((a, b, c), ("ties[density=0.5]", "linear")), cat)
+    assert [cfg["merge_method"] for cfg in chain] == ["ties", "linear"]
+    assert "step_1" in [m["model"] for m in chain[1]["models"]]
+    one = mergekit_configs(MultiwayPlan((a, b, c), ("model_stock",), oneshot=True), cat)
+    assert len(one) == 1 and len(one[0]["models"]) == 3
+
+
+@pytest.fixture(scope="module")
+def fast_plans(trained):
+    return plan_merge(
+        trained["catalog"],
+        TASKS,
+        max_models=3,
+        beam=3,
+        top=None,
+        predictor=trained["predictor"],
+        options=trained["options"],
+    )
+
+
+def test_plan_merge_returns_valid_ranked_plans_of_relevant_experts(trained, fast_plans):
+    cat = trained["catalog"]
+    relevant = {e.name for e in cat.experts if set(e.tasks) & set(TASKS)}
+    assert fast_plans and [p.rank for p in fast_plans] == list(range(1, len(fast_plans) + 1))
+    preds = [p.predicted for p in fast_plans]
+    assert preds == sorted(preds, reverse=True)
+    for p in fast_plans:
+        assert set(p.plan.members) <= relevant
+        assert len(set(p.plan.members)) == len(p.plan.members) <= 3
+        assert set(p.per_task) == set(TASKS)
+        assert p.predicted == pytest.approx(sum(p.per_task.values()) / len(TASKS))
+    assert any(p.plan.oneshot for p in fast_plans)
+    assert any(len(p.plan.members) == 3 and not p.plan.oneshot for p in fast_plans)
+    assert len({p.plan.id for p in fast_plans}) == len(fast_plans)
+
+
+def test_beam_width_one_is_greedy(trained, fast_plans):
+    greedy = plan_merge(
+        trained["catalog"],
+        TASKS,
+        max_models=3,
+        beam=1,
+        top=None,
+        predictor=trained["predictor"],
+        options=trained["options"],
+        oneshot_grid=(),
+    )
+    chains = sorted((p for p in greedy if not p.plan.oneshot), key=lambda p: len(p.plan.members))
+    assert [len(p.plan.members) for p in chains] == [2, 3]
+    # each depth extends the previous depth's single survivor...
+    assert chains[1].plan.members[:2] == chains[0].plan.members
+    assert chains[1].plan.steps[:1] == chains[0].plan.steps
+    # ...and its first step is the best 2-member chain any beam finds (depth 2 is exhaustive)
+    best_pair = max((p for p in fast_plans if len(p.plan.members) == 2), key=lambda p: p.predicted)
+    assert chains[0].predicted == pytest.approx(best_pair.predicted)
+
+
+def test_exact_mode_profiles_the_materialized_intermediate(trained, tmp_path):
+    from simmerge.signatures import compute_signature
+
+    cat = trained["catalog"]
+    a, b = cat.expert_names[:2]
+    plan = MultiwayPlan((a, b), ("linear",))
+    profile = profile_plan(plan, cat, tmp_path / "inter", trained["options"])
+    out = execute_plan(plan, cat, tmp_path / "again")
+    for key, sig in profile.signatures.items():
+        probes = trained["options"]
+        from simmerge.feature_table import catalog_probe_sets
+
+        fresh = compute_signature(
+            out, catalog_probe_sets(cat, probes)[key], config=probes.signature, cache_dir=None
+        )
+        torch.testing.assert_close(sig.logprobs, fresh.logprobs)
+        torch.testing.assert_close(sig.token_ids, fresh.token_ids)
+
+
+def test_exact_mode_ranks_plans_too(trained):
+    plans = plan_merge(
+        trained["catalog"],
+        TASKS,
+        max_models=3,
+        beam=2,
+        mode="exact",
+        predictor=trained["predictor"],
+        options=trained["options"],
+    )
+    assert plans and all(p.mode == "exact" for p in plans)
+
+
+def test_plan_merge_input_errors(trained):
+    cat = trained["catalog"]
+    with pytest.raises(ConfigError, match="unknown"):
+        plan_merge(cat, ["nope"], predictor=trained["predictor"])
+    with pytest.raises(ConfigError, match="mode"):
+        plan_merge(cat, TASKS, mode="slow", predictor=trained["predictor"])
+    with pytest.raises(ConfigError, match="max_models"):
+        plan_merge(cat, TASKS, max_models=1, predictor=trained["predictor"])
+
+
+def test_rank_cli_multiway_json(trained, capsys):
+    from simmerge.cli import main
+
+    argv = ["rank", str(trained["catalog_path"]), "--tasks", ",".join(TASKS), "--max-models"]
+    argv += ["3", "--top", "4", "--json", "--predictor", str(trained["predictor"])]
+    argv += ["--cache-dir", str(trained["options"].cache_dir)]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert len(out) == 4 and out[0]["rank"] == 1 and set(out[0]["per_task"]) == set(TASKS)
+    assert main(["rank", str(trained["catalog_path"])]) == 2
+    assert "needs target tasks" in capsys.readouterr().err
+
+
+def test_evaluate_multiway_script_compares_with_exhaustive_search(trained, tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "evaluate_multiway.py"
+    spec = importlib.util.spec_from_file_location("evaluate_multiway", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    argv = [str(trained["catalog_path"]), "--sizes", "2", "--max-models", "3", "--quiet"]
+    argv += ["--predictor", str(trained["predictor"]), "--modes", "fast"]
+    argv += ["--cache", str(tmp_path / "scores.jsonl"), "--json", str(tmp_path / "r.json")]
+    assert script.main(argv) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    (rec,) = report["task_sets"]
+    # 3 pairs x 2 operators (order-free: one order) + the 3-subset in 3 orders (the first
+    # step is symmetric) x 4 operator sequences + 2 one-shot merges
+    assert rec["space"] == 3 * 2 + 3 * 4 + 2
+    assert set(rec["fixed"]) == {"task_arithmetic[lambda=0.7]", "ties[density=0.5]"}
+    assert rec["random"] <= rec["oracle"] + 1e-12
+    assert rec["fast"]["value"] <= rec["oracle"] + 1e-12  # the pick lies in the bounded space
+    assert rec["best_fixed"] == max(rec["fixed"].values())  # one task set: no other to choose by
+    lines = (tmp_path / "scores.jsonl").read_text().splitlines()
+    assert len(lines) == rec["space"] * 2  # every plan on both tasks, measured once
+    assert script.main(argv) == 0  # a rerun merges nothing new
+    assert len((tmp_path / "scores.jsonl").read_text().splitlines()) == len(lines)
+    assert "gap clos." in capsys.readouterr().out
