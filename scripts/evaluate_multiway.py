@@ -40,19 +40,17 @@ def relevant(catalog, tasks) -> list[str]:
 
 def bounded_space(catalog, tasks, max_models: int, grid, oneshot_grid):
     """Every distinct plan of the bounded space (see the module docs)."""
-    from simmerge.candidates import OperatorConfig
-    from simmerge.multiway import MultiwayPlan
+    from simmerge.multiway import MultiwayPlan, canonical_plan
 
     names = relevant(catalog, tasks)
+    rank = {name: i for i, name in enumerate(catalog.expert_names)}
     plans: dict[str, MultiwayPlan] = {}
     for size in range(2, max_models + 1):
         for subset in combinations(names, size):
             for order in permutations(subset):
                 for steps in product(grid, repeat=size - 1):
-                    first = OperatorConfig.from_id(steps[0])
-                    if first.order_free and order[0] > order[1]:
-                        continue  # the first step is symmetric: one of the two orders
-                    plan = MultiwayPlan(order, steps)
+                    # equal merges (the first step's two orders) collapse to one plan
+                    plan = canonical_plan(MultiwayPlan(order, steps), rank)
                     plans[plan.id] = plan
             if size >= 3:
                 for op in oneshot_grid:
@@ -115,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     from simmerge.collect import MergeScorer
     from simmerge.feature_table import FeatureOptions
     from simmerge.merge.registry import get_operator
-    from simmerge.multiway import MultiwayPlan, plan_merge
+    from simmerge.multiway import MultiwayPlan, canonical_plan, plan_merge
     from simmerge.ranking import load_predictor
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -136,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
 
     catalog = Catalog.load(args.catalog)
+    rank = {name: i for i, name in enumerate(catalog.expert_names)}
     grid = tuple(g for g in args.grid.split(";") if g)
     nway = tuple(g for g in grid if get_operator(g.partition("[")[0]).max_members is None)
     scorer = MergeScorer(catalog)
@@ -194,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
                     grid=[OperatorConfig.from_id(g) for g in grid],
                     oneshot_grid=[OperatorConfig.from_id(g) for g in nway],
                 )
-                pick = plans[0].plan.id
+                pick = canonical_plan(plans[0].plan, rank).id  # as the space lists it
                 rec[mode] = {
                     "plan": pick,
                     "value": value[pick],

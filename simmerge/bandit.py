@@ -16,8 +16,11 @@ need no code: their context comes from signatures and sketches like any other.
 Policies: ``linucb`` (mean + alpha·sd), ``lints`` (linear Thompson sampling: one draw of
 every θ per request), ``egreedy`` (the mean, or a random arm with probability epsilon),
 ``random``, and ``predictor`` (the prior alone; it never learns -- the offline baseline).
-Each level is a Bayesian ridge regression fitted on the residual left by the levels above it
-(one backfitting pass per update), so the arm's variance is the sum of its levels'.
+Each level is a Bayesian ridge regression; an update feeds the global level the reward minus
+the prior, and each lower level what the levels above it did not explain at that moment
+(sequential residual fitting, not iterated backfitting: earlier fits are never revisited). An
+arm's variance is the sum of its levels'. The ``predictor`` policy takes the predictor's raw
+argmax, without the anchoring margin ``simmerge rank`` applies.
 
 State is durable: :meth:`MergeBandit.save` writes JSON atomically (temporary file, fsync,
 rename), so a process killed while saving leaves the previous state; a process killed between
@@ -25,6 +28,11 @@ rename), so a process killed while saving leaves the previous state; a process k
 not yet rewarded) are part of the state, so ``select`` and ``update`` can run in different
 processes (the CLI). :meth:`MergeBandit.load` refuses unknown keys, wrong types, other
 context features and other format versions.
+
+Why not a bandit library: MABWiser (the maintained option we looked at) fits an independent
+ridge per arm and persists by pickling; this module needs levels shared across arms, a per-arm
+offset (the predictor's prior) and a state file that is checked, not executed, on load. The
+linear algebra that takes is a few dozen lines (:class:`_Level`).
 """
 
 from __future__ import annotations
@@ -239,6 +247,8 @@ class MergeBandit:
                 f"Bandit level_dims must map {sorted(LEVEL_RIDGE)} to 1..{DIM}, "
                 f"got {self.level_dims!r}."
             )
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise ConfigError(f"Bandit seed must be an integer >= 0, got {self.seed!r}.")
         if not 0 <= self.epsilon <= 1:
             raise ConfigError(f"Bandit epsilon must be in [0, 1], got {self.epsilon!r}.")
         if self._rng is None:
@@ -454,6 +464,15 @@ class MergeBandit:
     @classmethod
     def from_state(cls, state: Any, source: str = "state") -> MergeBandit:
         _check_state(state, source)
+        try:
+            return cls._from_checked_state(state, source)
+        except ConfigError as exc:  # e.g. an unknown policy or out-of-range parameter
+            if isinstance(exc, BanditStateError):
+                raise
+            raise BanditStateError(f"Bandit {source}: {exc}") from None
+
+    @classmethod
+    def _from_checked_state(cls, state: dict[str, Any], source: str) -> MergeBandit:
         sc = state["scaler"]
         bandit = cls(
             policy=state["policy"],
@@ -561,26 +580,64 @@ def _check_state(state: Any, source: str) -> None:
             fix,
         )
     try:
-        for k, v in state["levels"].items():
-            if k.split(":")[0] not in LEVEL_RIDGE:
-                raise ValueError(f"unknown level {k!r}")
-            a, b = np.array(v["a"], dtype=float), np.array(v["b"], dtype=float)
-            dim = state["level_dims"][k.split(":")[0]]
-            if a.shape != (dim, dim) or b.shape != (dim,) or not np.isfinite(a).all():
-                raise ValueError(f"level {k!r} has the wrong shape or non-finite values")
-        for p in state["pending"]:
-            keys = {"id", "arm", "prior", "x", "mean", "sd", "request"}
-            if set(p) != keys or len(p["x"]) != DIM:
-                raise ValueError("malformed pending choice")
-        sc = state["scaler"]
-        if set(sc) != {"mean", "std", "prior_mean", "prior_std"}:
-            raise ValueError(f"scaler keys {sorted(sc)}")
-        if len(sc["mean"]) != len(CONTEXT_FEATURES) or len(sc["std"]) != len(CONTEXT_FEATURES):
-            raise ValueError("scaler length")
-        for arm in state["arms"]:
-            OperatorConfig.from_id(arm)
+        _check_values(state)
     except (KeyError, TypeError, ValueError, AttributeError, SimmergeError) as exc:
         raise BanditStateError(f"Bandit {source} is malformed: {exc}.", fix) from None
+
+
+def _finite(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{what} is not a finite number ({value!r})")
+    return float(value)
+
+
+def _check_values(state: dict[str, Any]) -> None:
+    """Every value a loaded bandit will compute with (raises ValueError/KeyError/TypeError)."""
+    dims = state["level_dims"]
+    if set(dims) != set(LEVEL_RIDGE) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= DIM for d in dims.values()
+    ):
+        raise ValueError(f"level_dims {dims!r}")
+    if state["seed"] < 0 or state["next_choice"] < 0 or state["updates"] < 0:
+        raise ValueError("seed, next_choice and updates must be >= 0")
+    for k, v in state["levels"].items():
+        kind = k.split(":")[0]
+        if kind not in LEVEL_RIDGE or set(v) != {"a", "b", "n"}:
+            raise ValueError(f"level {k!r}")
+        a, b = np.array(v["a"], dtype=float), np.array(v["b"], dtype=float)
+        if a.shape != (dims[kind], dims[kind]) or b.shape != (dims[kind],):
+            raise ValueError(f"level {k!r} has the wrong shape")
+        if not (np.isfinite(a).all() and np.isfinite(b).all()) or not np.allclose(a, a.T):
+            raise ValueError(f"level {k!r} has non-finite values or is not symmetric")
+        np.linalg.cholesky(a)  # positive definite, as ridge·I + Σxxᵀ always is
+        if not isinstance(v["n"], int) or isinstance(v["n"], bool) or v["n"] < 0:
+            raise ValueError(f"level {k!r} count {v['n']!r}")
+    for arm, family in state["arms"].items():
+        if OperatorConfig.from_id(arm).operator != family:
+            raise ValueError(f"arm {arm!r} listed under family {family!r}")
+    if not all(isinstance(f, str) for f in state["known_families"]):
+        raise ValueError("known_families must be operator names")
+    for p in state["pending"]:
+        if set(p) != {"id", "arm", "prior", "x", "mean", "sd", "request"} or len(p["x"]) != DIM:
+            raise ValueError("malformed pending choice")
+        if not isinstance(p["id"], int) or not 0 <= p["id"] < state["next_choice"]:
+            raise ValueError(f"pending choice id {p['id']!r}")
+        for what in ("prior", "mean", "sd"):
+            _finite(p[what], f"pending {what}")
+        for v in p["x"]:
+            _finite(v, "pending context")
+        if p["request"] is not None and not isinstance(p["request"], dict):
+            raise ValueError("pending request must be an object")
+    sc = state["scaler"]
+    if set(sc) != {"mean", "std", "prior_mean", "prior_std"}:
+        raise ValueError(f"scaler keys {sorted(sc)}")
+    if len(sc["mean"]) != len(CONTEXT_FEATURES) or len(sc["std"]) != len(CONTEXT_FEATURES):
+        raise ValueError("scaler length")
+    for v in [*sc["mean"], sc["prior_mean"]]:
+        _finite(v, "scaler mean")
+    for v in [*sc["std"], sc["prior_std"]]:
+        if _finite(v, "scaler std") <= 0:
+            raise ValueError("scaler std must be positive")
 
 
 def _type_name(typ: type | tuple[type, ...]) -> str:

@@ -8,17 +8,38 @@
 fitted on the shipped training data) and records the choice as pending with its request, so
 ``update --verify`` can really merge and evaluate it later, in another process, and feed the
 measured reward back (normalized score averaged over the request's tasks, capped at 1).
-Every command loads the state, changes it and saves it atomically.
+Every command holds an exclusive lock on ``STATE.lock`` while it loads the state, changes it
+and saves it atomically, so two commands on one state never lose each other's changes (a
+long ``update --verify`` makes a concurrent ``select`` wait).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from simmerge.bandit import ArmContext, BanditStateError, Choice, MergeBandit, Scaler
 from simmerge.candidates import DEFAULT_GRID, OperatorConfig
+
+
+@contextlib.contextmanager
+def state_lock(path: Path) -> Iterator[None]:
+    """Exclusive advisory lock on ``<state>.lock`` (POSIX ``flock``; released if the process
+    dies)."""
+    import fcntl
+
+    from simmerge.io_utils import ensure_writable_dir
+
+    ensure_writable_dir(path.parent, "bandit state")
+    with open(path.with_name(path.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def default_scaler() -> Scaler:
@@ -96,9 +117,17 @@ def verified_reward(choice: Choice, store: str | None, device: str | None) -> fl
     from simmerge.verify import verify
 
     req = choice.request
-    if not req or not {"catalog", "models", "tasks"} <= set(req):
+    if (
+        not req
+        or not {"catalog", "models", "tasks"} <= set(req)
+        or not isinstance(req["catalog"], str)
+        or not (isinstance(req["models"], list) and len(req["models"]) == 2)
+        or not all(isinstance(m, str) for m in req["models"])
+        or not (isinstance(req["tasks"], list) and all(isinstance(t, str) for t in req["tasks"]))
+    ):
         raise BanditStateError(
-            f"Choice {choice.id} has no recorded request to verify.",
+            f"Choice {choice.id} has no usable recorded request (catalog, two models, tasks) "
+            "to verify.",
             "pass --reward R with the measured reward instead.",
         )
     catalog = Catalog.load(req["catalog"])
@@ -120,9 +149,14 @@ def verified_reward(choice: Choice, store: str | None, device: str | None) -> fl
 
 
 def run_bandit_cli(args: Any) -> int:
+    path = Path(args.state)
+    with state_lock(path):
+        return _run_locked(args, path)
+
+
+def _run_locked(args: Any, path: Path) -> int:
     from simmerge.feature_table import FeatureOptions
 
-    path = Path(args.state)
     if args.bandit_command == "select":
         bandit = open_state(path, args.policy, args.seed)
         choice = select_for_pair(

@@ -17,8 +17,9 @@ fraction of *that* kept, so r_{M+e}(t) = r_M(t) · p(M, e, c, t); a task e has s
 r = 1 (a fresh expert of it joins), and tasks nobody covers score 0. The plan's predicted
 score is the mean of r over the target tasks. Two ways to get the features of (M, e):
 
-* ``exact``: materialize M (merge into a temporary folder), compute its signatures and sketch
-  (one probe pass per intermediate), and compute real pair features;
+* ``exact``: materialize M (one 2-way merge of its parent's folder and its newest member, into
+  a temporary folder), compute its signatures and sketch (one probe pass per kept
+  intermediate), and compute real pair features;
 * ``fast``: no merge at all; the features of (M, e) are the mean of the features of (s, e) over
   the members s of M (task-specific features: over the members that have them). Similarity to
   a merge is roughly the average similarity to its parts; ``scripts/evaluate_multiway.py``
@@ -26,7 +27,11 @@ score is the mean of r over the target tasks. Two ways to get the features of (M
 
 **One-shot plans** (an N-way operator over a subset S) are scored with the same predictor:
 for each task t of a member s, r(t) = Π over the other members o of p(s, o, c, t) -- each other
-member interferes once, as in a chain -- again averaged over the target tasks.
+member interferes once, as in a chain -- taking the best member where several have t, again
+averaged over the target tasks. Step predictions are clipped to [0, 1] before they compound;
+a plan's uncertainty is the root mean predictive variance of the prediction rows it used.
+Plans are canonical: a chain's first two members are in catalog order (its first step is
+symmetric, or mirrored for slerp), so each distinct merge is scored once.
 """
 
 from __future__ import annotations
@@ -131,6 +136,17 @@ class MultiwayPlan:
         return plans
 
 
+def canonical_plan(plan: MultiwayPlan, order: dict[str, int]) -> MultiwayPlan:
+    """The one plan equal to ``plan`` with its first two members in ``order`` (e.g. catalog
+    order): the first step of a chain merges two experts, and op(b, a) equals op(a, b) for
+    order-free operators (slerp: at t -> 1 - t). One-shot plans list members in that order."""
+    if plan.oneshot:
+        return MultiwayPlan(tuple(sorted(plan.members, key=order.__getitem__)), plan.steps, True)
+    a, b = plan.members[:2]
+    first, second, config = OperatorConfig.from_id(plan.steps[0]).canonical(a, b, order)
+    return MultiwayPlan((first, second, *plan.members[2:]), (config.id, *plan.steps[1:]))
+
+
 def execute_plan(
     plan: MultiwayPlan,
     catalog: Catalog,
@@ -189,9 +205,11 @@ class _Beam:
     members: tuple[str, ...]
     steps: tuple[str, ...]
     kept: dict[str, float]  # task -> predicted kept fraction
-    var: float = 0.0  # summed predictive variance of the steps
+    var: float = 0.0  # summed predictive variance of the prediction rows used
+    rows: int = 0  # how many rows
     folder: Path | None = None  # exact mode: the materialized running merge
     profile: Any = None  # exact mode: its profile
+    parent: Path | None = None  # exact mode: the folder of the chain one step shorter
 
     def score(self, tasks: Sequence[str]) -> float:
         return float(np.mean([self.kept.get(t, 0.0) for t in tasks]))
@@ -238,7 +256,7 @@ class _Planner:
 
     def predict_step(
         self, beam: _Beam, e: str, general: dict, per_task: dict
-    ) -> list[tuple[OperatorConfig, dict[str, float], float]]:
+    ) -> list[tuple[OperatorConfig, dict[str, float], float, int]]:
         """For each grid config: the kept fractions after merging ``e`` into ``beam``."""
         covered = set().union(*(self.expert_tasks(m) for m in beam.members))
         e_tasks = self.expert_tasks(e)
@@ -251,7 +269,7 @@ class _Planner:
         out = []
         if rows:
             mean, std = self.model.predict(rows)
-            mean = np.clip(mean, 0.0, None)
+            mean = np.clip(mean, 0.0, 1.0)  # a kept fraction: > 1 would compound along a chain
         for i, config in enumerate(self.grid):
             kept = dict(beam.kept)
             var = 0.0
@@ -260,7 +278,7 @@ class _Planner:
                 start = 1.0 if t in e_tasks or t not in covered else beam.kept[t]
                 kept[t] = start * float(mean[k])
                 var += float(std[k]) ** 2
-            out.append((config, kept, var / max(len(relevant), 1)))
+            out.append((config, kept, var, len(relevant)))
         return out
 
 
@@ -323,6 +341,9 @@ def plan_merge(
     profiles = build_profiles(catalog, options, experts=names, progress=progress)
     planner = _Planner(catalog, tasks, model, tuple(grid), options, profiles)
 
+    order = {name: i for i, name in enumerate(catalog.expert_names)}
+    names = sorted(names, key=order.__getitem__)
+    grid_ids = {c.id for c in grid}
     finished: list[_Beam] = []
     beams = [_Beam((), (), {})]
     with tempfile.TemporaryDirectory(prefix="simmerge-plan-") as tmp:
@@ -339,15 +360,21 @@ def plan_merge(
                         if e in members:
                             continue
                         general, per_task = _features(planner, base_beam, e, mode)
-                        for config, kept, var in planner.predict_step(
+                        for config, kept, var, n in planner.predict_step(
                             base_beam, e, general, per_task
                         ):
+                            plan = MultiwayPlan((*members, e), (*base_beam.steps, config.id))
+                            canon = canonical_plan(plan, order)
+                            if canon != plan and canon.steps[0] in grid_ids:
+                                continue  # the same merge in the other order is scored too
                             expanded.append(
                                 _Beam(
-                                    (*members, e),
-                                    (*base_beam.steps, config.id),
+                                    plan.members,
+                                    plan.steps,
                                     kept,
                                     base_beam.var + var,
+                                    base_beam.rows + n,
+                                    parent=base_beam.folder,
                                 )
                             )
             if not expanded:
@@ -362,7 +389,12 @@ def plan_merge(
 
     ranked = sorted(
         [
-            (b.score(tasks), MultiwayPlan(b.members, b.steps), b.kept, math.sqrt(b.var))
+            (
+                b.score(tasks),
+                MultiwayPlan(b.members, b.steps),
+                b.kept,
+                math.sqrt(b.var / max(b.rows, 1)),
+            )
             for b in finished
         ]
         + oneshots,
@@ -399,11 +431,33 @@ def _features(planner: _Planner, beam: _Beam, e: str, mode: str) -> tuple[dict, 
 
 
 def _materialize(planner: _Planner, beam: _Beam, folder: Path, device: str | None) -> None:
-    """Exact mode: merge the beam's chain into ``folder`` and profile it."""
-    plan = MultiwayPlan(beam.members, beam.steps)
-    beam.profile = profile_plan(plan, planner.catalog, folder, planner.options, device=device)
+    """Exact mode: merge the beam's running model into ``folder`` -- one 2-way merge of the
+    parent chain's folder and the newest expert (the whole chain at depth 2) -- and profile
+    it."""
+    catalog = planner.catalog
+    if beam.parent is not None:
+        step = OperatorConfig.from_id(beam.steps[-1])
+        last = str(catalog.model(beam.members[-1]).path)
+        merge(step.plan(str(catalog.base.path), str(beam.parent), last), folder, device=device)
+    else:
+        execute_plan(MultiwayPlan(beam.members, beam.steps), catalog, folder, device=device)
+    beam.profile = _profile_folder(catalog, folder, planner.options, "+".join(beam.members))
     beam.folder = folder
     planner.merges += 1
+
+
+def _profile_folder(catalog: Catalog, folder: Path, options: FeatureOptions, name: str) -> Any:
+    from simmerge.checkpoint import open_checkpoint
+    from simmerge.feature_table import model_profile
+
+    return model_profile(
+        name,
+        folder,
+        open_checkpoint(folder),
+        catalog.checkpoint(catalog.base.name),
+        catalog_probe_sets(catalog, options),
+        options,
+    )
 
 
 def profile_plan(
@@ -416,19 +470,9 @@ def profile_plan(
 ) -> Any:
     """Materialize ``plan`` into ``folder`` and compute its profile (signatures on the
     catalog's probe sets + task-vector sketch), as exact mode does for every intermediate."""
-    from simmerge.checkpoint import open_checkpoint
-    from simmerge.feature_table import model_profile
-
     options = options or FeatureOptions(device=device)
     folder = Path(execute_plan(plan, catalog, folder, device=device))
-    return model_profile(
-        plan.id,
-        folder,
-        open_checkpoint(folder),
-        catalog.checkpoint(catalog.base.name),
-        catalog_probe_sets(catalog, options),
-        options,
-    )
+    return _profile_folder(catalog, folder, options, plan.id)
 
 
 def _dedupe(beams: list[_Beam]) -> list[_Beam]:
@@ -463,10 +507,10 @@ def _oneshot_candidates(
         return []
     mean, std = planner.model.predict(rows)
     kept_by: dict[tuple, float] = {}  # (subset, config, s, t) -> product over the others
-    var_by: dict[tuple[tuple[str, ...], str], float] = {}
-    for key, m, sd in zip(index, np.clip(mean, 0.0, None), std, strict=True):
+    var_by: dict[tuple[tuple[str, ...], str], list[float]] = {}
+    for key, m, sd in zip(index, np.clip(mean, 0.0, 1.0), std, strict=True):
         kept_by[key] = kept_by.get(key, 1.0) * float(m)
-        var_by[key[:2]] = var_by.get(key[:2], 0.0) + float(sd) ** 2
+        var_by.setdefault(key[:2], []).append(float(sd) ** 2)
     per_plan: dict[tuple[tuple[str, ...], str], dict[str, float]] = {}
     for (subset, cid, _s, t), r in kept_by.items():
         kept = per_plan.setdefault((subset, cid), {})
@@ -476,7 +520,7 @@ def _oneshot_candidates(
             float(np.mean([kept.get(t, 0.0) for t in planner.tasks])),
             MultiwayPlan(subset, (cid,), oneshot=True),
             kept,
-            math.sqrt(var_by[(subset, cid)]),
+            math.sqrt(float(np.mean(var_by[(subset, cid)]))),
         )
         for (subset, cid), kept in per_plan.items()
     ]

@@ -295,20 +295,22 @@ class MergePredictor:
                 f"computes ({len(got)} vs {len(expected)} columns; differing: {diff or 'order'}).",
                 "retrain it with `simmerge train` or use a predictor saved by this version.",
             )
-        n = int(card["n_models"])
-        decompose = bool(card.get("decompose", False))
+        try:
+            n = int(card["n_models"])
+            settings = {
+                "num_boost_round": int(card["num_boost_round"]),
+                "params": {k: v for k, v in card["params"].items() if DEFAULT_PARAMS.get(k) != v},
+                "seed": int(card["seed"]),
+                "decompose": bool(card.get("decompose", False)),
+            }
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise PredictorError(
+                f"Predictor card {str(folder / CARD)!r} lacks or garbles a setting ({exc!r}).",
+                "retrain it with `simmerge train` or restore the folder.",
+            ) from None
         boosters = _load_boosters(folder, "model", n)
-        level = _load_boosters(folder, "level", n) if decompose else []
-        return cls(
-            n_models=n,
-            num_boost_round=int(card["num_boost_round"]),
-            params={k: v for k, v in card["params"].items() if DEFAULT_PARAMS.get(k) != v},
-            seed=int(card["seed"]),
-            decompose=decompose,
-            boosters=boosters,
-            level_boosters=level,
-            card=card,
-        )
+        level = _load_boosters(folder, "level", n) if settings["decompose"] else []
+        return cls(n_models=n, boosters=boosters, level_boosters=level, card=card, **settings)
 
 
 def _load_boosters(folder: Path, stem: str, n: int) -> list[Any]:
@@ -342,7 +344,7 @@ def _group_codes(rows: Any, groups: Sequence[Any] | None, n: int) -> np.ndarray:
         groups = list(zip(*(rows[k] for k in GROUP_KEYS), strict=True))
     if len(groups) != n:
         raise ConfigError(f"fit() got {n} rows but {len(groups)} group ids.", "pass one per row.")
-    return pd.factorize(pd.Series(list(groups)))[0]
+    return pd.factorize(pd.Series(list(groups)), use_na_sentinel=False)[0]
 
 
 def _versions() -> dict[str, str]:

@@ -309,3 +309,52 @@ def test_cli_select_update_verify_and_arms(trained, tmp_path, capsys):
     arms = MergeBandit.load(state).active_arms
     assert "ties[density=0.3]" in arms and "linear" not in arms
     assert main(["bandit", "update", *base, "--choice", "9", "--reward", "2"]) == 2
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda s: s["levels"]["global"].pop("n"),
+        lambda s: s["levels"]["global"].update(n="x"),
+        lambda s: s["levels"]["global"].update(a=[[0.0, 0.0], [0.0, 0.0]]),  # singular
+        lambda s: s["levels"]["global"].update(b=[math.nan, 0.0]),
+        lambda s: s.update(known_families=[[1]]),
+        lambda s: s["scaler"].update(prior_std=0),
+        lambda s: s.update(seed=-1),
+        lambda s: s.update(policy="ucb2"),
+        lambda s: s["arms"].update({"linear": "ties"}),
+        lambda s: s["pending"][0].update(id="x"),
+        lambda s: s["pending"][0].update(x=["a"] * 9),
+        lambda s: s["pending"][0].update(prior="high"),
+        lambda s: s.update(next_choice=0),  # would hand out the pending choice's id again
+    ],
+)
+def test_load_refuses_states_whose_values_are_unusable(tmp_path, change):
+    bandit = MergeBandit(arms=ARMS)
+    play(bandit, 3, dict.fromkeys(ARMS, 0.5), dict.fromkeys(ARMS, 0.5))
+    bandit.select(contexts([0.5] * 4))  # leaves one pending choice
+    path = bandit.save(tmp_path / "state.json")
+    _tamper(path, change)
+    with pytest.raises(BanditStateError):
+        MergeBandit.load(path)
+
+
+def test_cli_commands_on_one_state_take_turns(tmp_path):
+    import threading
+
+    from simmerge.bandit_cli import state_lock
+
+    path = tmp_path / "state.json"
+    order = []
+
+    def second():
+        with state_lock(path):
+            order.append("b")
+
+    with state_lock(path):
+        t = threading.Thread(target=second)
+        t.start()
+        time.sleep(0.2)
+        order.append("a")  # the second holder waits until the first is done
+    t.join(5)
+    assert order == ["a", "b"]

@@ -13,6 +13,7 @@ from simmerge.errors import ConfigError, PlanError
 from simmerge.merge import MergePlan, PlanMember, merge
 from simmerge.multiway import (
     MultiwayPlan,
+    canonical_plan,
     execute_plan,
     mergekit_configs,
     plan_merge,
@@ -117,6 +118,8 @@ def test_plan_merge_returns_valid_ranked_plans_of_relevant_experts(trained, fast
     assert any(p.plan.oneshot for p in fast_plans)
     assert any(len(p.plan.members) == 3 and not p.plan.oneshot for p in fast_plans)
     assert len({p.plan.id for p in fast_plans}) == len(fast_plans)
+    order = {n: i for i, n in enumerate(cat.expert_names)}  # no merge listed in both orders
+    assert all(canonical_plan(p.plan, order) == p.plan for p in fast_plans)
 
 
 def test_beam_width_one_is_greedy(trained, fast_plans):
