@@ -16,7 +16,9 @@ experts (capped at ``--max-models``, the members with the most target tasks firs
 N-way operator whose mean score on the *other* task sets is best; **random** is the mean
 plan. Metrics as in DESIGN.md (gap closure vs best-fixed, % of oracle), plus the merges and
 evaluations each method spends. Prints a table, writes JSON
-(``scripts/results/evaluate_multiway_<catalog>.json``).
+(``scripts/results/evaluate_multiway_<catalog>.json``). With ``--shard K/N`` several processes
+share the work and the cache (appends of one short line are atomic); the final run without
+``--shard`` merges nothing new and writes the report.
 """
 
 from __future__ import annotations
@@ -129,6 +131,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--modes", default="fast,exact")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None)
+    p.add_argument(
+        "--shard",
+        default=None,
+        help="K/N: only measure task sets i with i %% N == K (parallel processes on one cache; "
+        "a final run without --shard then reads everything from the cache)",
+    )
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     t0 = time.perf_counter()
@@ -146,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.sample and len(sets) > args.sample:
             sets = [sets[i] for i in sorted(rng.choice(len(sets), args.sample, replace=False))]
         task_sets += sets
+    if args.shard:
+        k, n = (int(v) for v in args.shard.split("/"))
+        task_sets = task_sets[k::n]
     refs = {
         t: max(scorer.score_folder(e, [t])[t] for e in catalog.experts_for(t))
         for t in {t for s in task_sets for t in s}
@@ -203,6 +214,12 @@ def main(argv: list[str] | None = None) -> int:
             records.append(rec)
     finally:
         cache.close()
+    if args.shard:
+        print(
+            f"shard {args.shard}: {len(records)} task sets measured into {cache.path}; run "
+            "again without --shard for the report"
+        )
+        return 0
 
     # best-fixed: the N-way operator best on the *other* task sets (leave one out)
     for i, rec in enumerate(records):

@@ -224,3 +224,24 @@ def test_evaluate_multiway_script_compares_with_exhaustive_search(trained, tmp_p
     assert script.main(argv) == 0  # a rerun merges nothing new
     assert len((tmp_path / "scores.jsonl").read_text().splitlines()) == len(lines)
     assert "gap clos." in capsys.readouterr().out
+
+
+def test_evaluate_multiway_shards_share_one_cache(trained, tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "evaluate_multiway.py"
+    spec = importlib.util.spec_from_file_location("evaluate_multiway", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    cache = tmp_path / "scores.jsonl"
+    argv = [str(trained["catalog_path"]), "--sizes", "1,2", "--max-models", "2", "--quiet"]
+    argv += ["--predictor", str(trained["predictor"]), "--modes", "fast", "--cache", str(cache)]
+    argv += ["--json", str(tmp_path / "r.json")]
+    for k in range(2):
+        assert script.main([*argv, "--shard", f"{k}/2"]) == 0
+    assert not (tmp_path / "r.json").exists()  # shards write no report
+    measured = len(cache.read_text().splitlines())
+    assert script.main(argv) == 0
+    assert len(cache.read_text().splitlines()) == measured  # the final run merges nothing
+    assert len(json.loads((tmp_path / "r.json").read_text())["task_sets"]) == 3
