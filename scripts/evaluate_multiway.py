@@ -114,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     from simmerge.catalog import Catalog
     from simmerge.collect import MergeScorer
     from simmerge.feature_table import FeatureOptions
+    from simmerge.io_utils import write_json_report
     from simmerge.merge.registry import get_operator
     from simmerge.multiway import MultiwayPlan, canonical_plan, plan_merge
     from simmerge.ranking import load_predictor
@@ -268,9 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": round(time.perf_counter() - t0, 1),
     }
     out = Path(args.json or ROOT / "scripts" / "results" / f"evaluate_multiway_{catalog.name}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
-    print(f"wrote {out}")
+    write_json_report(out, report)
     return 0
 
 

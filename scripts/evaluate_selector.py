@@ -14,7 +14,6 @@ best-fixed, random and oracle are the references. Metrics are defined in
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from functools import partial
@@ -52,6 +51,7 @@ def format_table(title: str, results: dict[str, dict[str, float]], k: int) -> st
 def main(argv: list[str] | None = None) -> int:
     import pandas as pd
 
+    from simmerge.io_utils import write_json_report
     from simmerge.predictor import MergePredictor, predictor_columns
     from simmerge.selection import (
         LinearBaseline,
@@ -123,9 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     name = Path(str(args.data)).name
     out = Path(args.json or ROOT / "scripts" / "results" / f"evaluate_selector_{name}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
-    print(f"wrote {out}")
+    write_json_report(out, report)
     return 0
 
 

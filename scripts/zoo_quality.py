@@ -10,7 +10,6 @@ keeps half of both experts' skills, and how many pairs the operators disagree on
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -20,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def main(argv: list[str] | None = None) -> int:
     from simmerge.catalog import Catalog
     from simmerge.collect import MergeScorer, collect_outcomes
+    from simmerge.io_utils import write_json_report
     from simmerge.outcomes import OutcomeStore
     from simmerge.zoo import build_zoo
     from simmerge.zoo.quality import quality_report
@@ -52,9 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{report['operators_disagree']}; best operator per pair: {report['best_operator_counts']}"
     )
     out = Path(args.json or ROOT / "scripts" / "results" / f"zoo_quality_{args.size}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
-    print(f"wrote {out}")
+    write_json_report(out, report)
     return 0
 
 

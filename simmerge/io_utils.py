@@ -71,6 +71,16 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def write_json_report(path: Path, report: object) -> Path:
+    """A benchmark or evaluation report as indented, key-sorted JSON, written atomically (the
+    scripts under ``scripts/`` all write their results this way)."""
+    import json
+
+    atomic_write_text(Path(path), json.dumps(report, indent=2, sort_keys=True) + "\n")
+    print(f"wrote {path}")
+    return Path(path)
+
+
 @contextlib.contextmanager
 def atomic_output_dir(out_dir: Path, *, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary folder; on success it replaces ``out_dir`` in one rename.
