@@ -199,13 +199,7 @@ def test_rank_cli_multiway_json(trained, capsys):
 
 
 def test_evaluate_multiway_script_compares_with_exhaustive_search(trained, tmp_path, capsys):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "scripts" / "evaluate_multiway.py"
-    spec = importlib.util.spec_from_file_location("evaluate_multiway", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = _evaluate_multiway_script()
     argv = [str(trained["catalog_path"]), "--sizes", "2", "--max-models", "3", "--quiet"]
     argv += ["--predictor", str(trained["predictor"]), "--modes", "fast"]
     argv += ["--cache", str(tmp_path / "scores.jsonl"), "--json", str(tmp_path / "r.json")]
@@ -227,13 +221,7 @@ def test_evaluate_multiway_script_compares_with_exhaustive_search(trained, tmp_p
 
 
 def test_evaluate_multiway_shards_share_one_cache(trained, tmp_path, capsys):
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "scripts" / "evaluate_multiway.py"
-    spec = importlib.util.spec_from_file_location("evaluate_multiway", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = _evaluate_multiway_script()
     cache = tmp_path / "scores.jsonl"
     argv = [str(trained["catalog_path"]), "--sizes", "1,2", "--max-models", "2", "--quiet"]
     argv += ["--predictor", str(trained["predictor"]), "--modes", "fast", "--cache", str(cache)]
@@ -245,3 +233,15 @@ def test_evaluate_multiway_shards_share_one_cache(trained, tmp_path, capsys):
     assert script.main(argv) == 0
     assert len(cache.read_text().splitlines()) == measured  # the final run merges nothing
     assert len(json.loads((tmp_path / "r.json").read_text())["task_sets"]) == 3
+
+
+def _evaluate_multiway_script():
+    """scripts/evaluate_multiway.py as a module (scripts are not part of the package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "evaluate_multiway.py"
+    spec = importlib.util.spec_from_file_location("evaluate_multiway", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
