@@ -375,16 +375,17 @@ class MergeBandit:
         for c, x in zip(candidates, xs, strict=True):
             total = c.prior
             for key in self._level_keys(c.arm, self._family(c.arm)):
+                level = self._peek(key)
                 if key not in draws:  # one draw per level per request: arms share levels
-                    draws[key] = self._peek(key).sample(self._rng, self.noise)
-                total += self._peek(key).predict(x, draws[key])
+                    draws[key] = level.sample(self._rng, self.noise)
+                total += level.predict(x, draws[key])
             scores.append(total)
         return scores
 
     def update(self, choice: Choice | int, reward: float) -> None:
         """Learn from the measured ``reward`` (in [0, 1], e.g. the normalized score, capped at
         1) of a pending choice."""
-        cid = choice.id if isinstance(choice, Choice) else int(choice)
+        cid = choice.id if isinstance(choice, Choice) else choice
         if cid not in self._pending:
             raise BanditStateError(
                 f"Choice {cid} is not pending (never selected, or already updated).",

@@ -40,7 +40,7 @@ import math
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from itertools import combinations, permutations
+from itertools import combinations
 from pathlib import Path
 from typing import Any
 
@@ -224,7 +224,6 @@ class _Planner:
     options: FeatureOptions
     profiles: dict[str, Any]
     cache: dict[tuple[str, str], tuple[dict, dict]] = field(default_factory=dict)
-    merges: int = 0  # exact mode: intermediates materialized
 
     def expert_tasks(self, name: str) -> set[str]:
         return set(self.catalog.model(name).tasks)
@@ -313,7 +312,7 @@ def plan_merge(
     grow by beam search (``beam`` states kept per depth, up to ``max_models`` members; a chain
     may stop at any depth); one-shot candidates are every subset of 3..max_models candidates
     x ``oneshot_grid``. ``mode`` is ``fast`` (no merges) or ``exact`` (one merge and probe
-    pass per expanded intermediate)."""
+    pass per kept intermediate: ``beam`` per depth below ``max_models``)."""
     from simmerge.ranking import load_predictor
 
     if mode not in MODES:
@@ -345,38 +344,33 @@ def plan_merge(
     names = sorted(names, key=order.__getitem__)
     grid_ids = {c.id for c in grid}
     finished: list[_Beam] = []
-    beams = [_Beam((), (), {})]
+    # depth 1: every candidate expert alone, keeping all of its own target tasks
+    beams = [
+        _Beam((m,), (), dict.fromkeys(planner.expert_tasks(m) & set(tasks), 1.0)) for m in names
+    ]
     with tempfile.TemporaryDirectory(prefix="simmerge-plan-") as tmp:
         for depth in range(2, max_models + 1):
             expanded: list[_Beam] = []
             for b in beams:
-                starts = [(m,) for m in names] if not b.members else [b.members]
-                for members in starts:
-                    base_beam = b if b.members else _Beam(members, (), {})
-                    if not b.members:
-                        for t in planner.expert_tasks(members[0]) & set(tasks):
-                            base_beam.kept[t] = 1.0
-                    for e in names:
-                        if e in members:
-                            continue
-                        general, per_task = _features(planner, base_beam, e, mode)
-                        for config, kept, var, n in planner.predict_step(
-                            base_beam, e, general, per_task
-                        ):
-                            plan = MultiwayPlan((*members, e), (*base_beam.steps, config.id))
-                            canon = canonical_plan(plan, order)
-                            if canon != plan and canon.steps[0] in grid_ids:
-                                continue  # the same merge in the other order is scored too
-                            expanded.append(
-                                _Beam(
-                                    plan.members,
-                                    plan.steps,
-                                    kept,
-                                    base_beam.var + var,
-                                    base_beam.rows + n,
-                                    parent=base_beam.folder,
-                                )
+                for e in names:
+                    if e in b.members:
+                        continue
+                    general, per_task = _features(planner, b, e, mode)
+                    for config, kept, var, n in planner.predict_step(b, e, general, per_task):
+                        plan = MultiwayPlan((*b.members, e), (*b.steps, config.id))
+                        canon = canonical_plan(plan, order)
+                        if canon != plan and canon.steps[0] in grid_ids:
+                            continue  # the same merge in the other order is scored too
+                        expanded.append(
+                            _Beam(
+                                plan.members,
+                                plan.steps,
+                                kept,
+                                b.var + var,
+                                b.rows + n,
+                                parent=b.folder,
                             )
+                        )
             if not expanded:
                 break
             expanded.sort(key=lambda x: -x.score(tasks))
@@ -443,7 +437,6 @@ def _materialize(planner: _Planner, beam: _Beam, folder: Path, device: str | Non
         execute_plan(MultiwayPlan(beam.members, beam.steps), catalog, folder, device=device)
     beam.profile = _profile_folder(catalog, folder, planner.options, "+".join(beam.members))
     beam.folder = folder
-    planner.merges += 1
 
 
 def _profile_folder(catalog: Catalog, folder: Path, options: FeatureOptions, name: str) -> Any:
@@ -539,8 +532,3 @@ def format_plans(plans: Sequence[PlannedMerge]) -> str:
         cells = " ".join(f"{p.per_task[t]:>8.3f}" for t in tasks)
         lines.append(f"{p.rank:>3} {p.predicted:>6.3f} {p.uncertainty:>6.3f}  {cells}  {p.plan.id}")
     return "\n".join(lines)
-
-
-def chain_orders(members: Sequence[str]) -> list[tuple[str, ...]]:
-    """Every merge order of ``members`` (for exhaustive baselines)."""
-    return list(permutations(members))

@@ -188,7 +188,7 @@ class MergePredictor:
             counts = np.bincount(codes)
             level = np.bincount(codes, weights=target) / counts
             first = np.unique(codes, return_index=True)[1]
-            level_x = to_matrix(rows, level_columns())[first]
+            level_x = x[:, self._level_index()][first]
             self.level_boosters = self._train(level_x, level, level_columns())
             self.boosters = self._train(x, target - level[codes], self.columns)
         else:
@@ -207,6 +207,10 @@ class MergePredictor:
             "versions": _versions(),
         }
         return self
+
+    def _level_index(self) -> list[int]:
+        """Positions of the level model's columns in the input matrix."""
+        return [self.columns.index(c) for c in level_columns()]
 
     def _train(self, x: np.ndarray, y: np.ndarray, columns: Sequence[str]) -> list[Any]:
         import lightgbm as lgb
@@ -232,7 +236,7 @@ class MergePredictor:
         x = to_matrix(rows, self.columns)
         preds = np.stack([b.predict(x) for b in self.boosters])
         if self.level_boosters:
-            level_x = x[:, [self.columns.index(c) for c in level_columns()]]
+            level_x = x[:, self._level_index()]
             preds += np.stack([b.predict(level_x) for b in self.level_boosters])
         return preds.mean(axis=0), preds.std(axis=0)
 
@@ -243,7 +247,7 @@ class MergePredictor:
         x = to_matrix(rows, self.columns)
         contrib = np.mean([b.predict(x, pred_contrib=True) for b in self.boosters], axis=0)
         if self.level_boosters:  # SHAP values add: place the level model's in its columns
-            idx = [self.columns.index(c) for c in level_columns()]
+            idx = self._level_index()
             level = np.mean(
                 [b.predict(x[:, idx], pred_contrib=True) for b in self.level_boosters], axis=0
             )
