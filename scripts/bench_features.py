@@ -141,7 +141,7 @@ def bench_sketches(zoo: Path, workdir: Path, synthetic_mb: float, repeats: int) 
 
 def sixteen_models(zoo: Path, workdir: Path) -> list[Path]:
     from simmerge.catalog import Catalog
-    from simmerge.merge import MergePlan, PlanMember, merge
+    from simmerge.merging import MergePlan, PlanMember, merge
 
     cat = Catalog.load(zoo / "catalog.yaml")
     models = [e.path for e in cat.experts]

@@ -69,7 +69,7 @@ import json, resource, sys, time
 import psutil, torch
 torch.set_num_threads(int(sys.argv[5]))
 from simmerge.checkpoint import open_checkpoint
-from simmerge.merge import MergePlan, PlanMember, merge
+from simmerge.merging import MergePlan, PlanMember, merge
 from simmerge.safetensors_io import SafetensorsStreamWriter
 mode, base, members, out = sys.argv[1], sys.argv[2], sys.argv[3].split(","), sys.argv[4]
 device, shard_bytes = sys.argv[6], int(sys.argv[7])

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from simmerge.checkpoint import open_checkpoint
-from simmerge.merge import MergePlan, PlanMember, merge
+from simmerge.merging import MergePlan, PlanMember, merge
 from simmerge.testing import save_model, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]

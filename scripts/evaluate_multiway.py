@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     from simmerge.collect import MergeScorer
     from simmerge.feature_table import FeatureOptions
     from simmerge.io_utils import write_json_report
-    from simmerge.merge.registry import get_operator
+    from simmerge.merging.registry import get_operator
     from simmerge.multiway import MultiwayPlan, canonical_plan, plan_merge
     from simmerge.ranking import load_predictor
 

@@ -114,7 +114,7 @@ def verified_reward(choice: Choice, store: str | None, device: str | None) -> fl
     """Merge and evaluate a pending choice; its reward (mean normalized score, capped at 1)."""
     from simmerge.catalog import Catalog
     from simmerge.ranking import Candidate
-    from simmerge.verify import verify
+    from simmerge.verification import verify
 
     req = choice.request
     if (

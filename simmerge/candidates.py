@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from simmerge.errors import OperatorParameterError
-from simmerge.merge import MergePlan, PlanMember
-from simmerge.merge.registry import OPERATORS, get_operator, resolve_params
+from simmerge.merging import MergePlan, PlanMember
+from simmerge.merging.registry import OPERATORS, get_operator, resolve_params
 
 # hyper-parameters that become numeric predictor features (NaN where an operator has none)
 HYPERPARAMETERS = ("lambda", "density", "t", "gamma", "epsilon")

@@ -21,7 +21,7 @@ from simmerge.errors import SimmergeError
 
 
 def _cmd_merge(args: argparse.Namespace) -> int:
-    from simmerge.merge import MergePlan, merge
+    from simmerge.merging import MergePlan, merge
 
     plan = MergePlan.from_yaml(args.plan)
     out = merge(
@@ -190,7 +190,7 @@ def _add_verify_cli(sub: argparse._SubParsersAction) -> None:
     _add_pair_arguments(p)
     p.add_argument("--k", type=int, default=3, help="number of candidates to verify")
     p.add_argument("--store", default=None, help="outcome store to record the verified merges")
-    p.set_defaults(func=_lazy("simmerge.verify:run_verify_cli"))
+    p.set_defaults(func=_lazy("simmerge.verification:run_verify_cli"))
 
 
 def _add_train_cli(sub: argparse._SubParsersAction) -> None:
@@ -243,6 +243,53 @@ def _add_bandit_cli(sub: argparse._SubParsersAction) -> None:
         q.set_defaults(func=handler)
 
 
+def _add_scan_cli(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "scan",
+        help="scan a catalog: features.parquet, ranking.json and report.html (resumable)",
+    )
+    p.add_argument("catalog", help="catalog YAML")
+    p.add_argument("--out", required=True, help="output folder (re-run to resume)")
+    p.add_argument("--executor", default="local", choices=("local", "ray"))
+    p.add_argument(
+        "--workers", type=int, default=1, help="local: processes (1 = in-process); ray: CPUs"
+    )
+    p.add_argument(
+        "--address", default=None, help="ray: cluster address ('auto' = this machine's cluster)"
+    )
+    p.add_argument(
+        "--predictor", default=None, help="predictor folder or shipped name (default: default)"
+    )
+    p.add_argument("--top", type=int, default=5, help="candidates kept per pair")
+    p.add_argument("--plans", type=int, default=5, help="multi-way plans kept (0: none)")
+    p.add_argument("--tasks", default=None, help="multi-way target tasks (default: all)")
+    p.add_argument("--max-models", type=int, default=4, help="multi-way: most experts in a plan")
+    p.add_argument("--beam", type=int, default=4, help="multi-way: beam width")
+    p.add_argument(
+        "--mode", default="fast", choices=("fast", "exact"), help="multi-way feature mode"
+    )
+    p.add_argument("--store", default=None, help="outcome store with verified outcomes to plot")
+    p.add_argument("--no-report", action="store_true", help="skip report.html")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument(
+        "--cache-dir", default=None, help="signature/sketch cache (shared folder on Ray)"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_lazy("simmerge.scanner:run_scan_cli"))
+
+
+def _add_export_cli(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="write a scanned merge as a mergekit config")
+    p.add_argument("plan_id", help="plan id from the scan's ranking.json / report.html")
+    p.add_argument("--scan", required=True, help="scan folder (or its ranking.json)")
+    p.add_argument("--format", default="mergekit", choices=("mergekit",))
+    p.add_argument("--out", default=None, help="output YAML (default: print)")
+    p.add_argument(
+        "--catalog", default=None, help="catalog YAML (default: the one the scan recorded)"
+    )
+    p.set_defaults(func=_lazy("simmerge.export:run_export_cli"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="simmerge", description="Predict which model merge to make, then make it."
@@ -260,6 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
         _add_verify_cli,
         _add_train_cli,
         _add_bandit_cli,
+        _add_scan_cli,
+        _add_export_cli,
     ):
         add(sub)
     return parser

@@ -31,7 +31,7 @@ from simmerge.evaluate import (
     load_tokenizer,
     pick_device,
 )
-from simmerge.merge import merge
+from simmerge.merging import merge
 from simmerge.outcomes import Outcome, OutcomeStore, params_json
 
 

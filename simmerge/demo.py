@@ -25,7 +25,7 @@ from simmerge.errors import CatalogError
 from simmerge.evaluate import evaluate
 from simmerge.io_utils import atomic_write_text
 from simmerge.ranking import load_predictor, rank_merges
-from simmerge.verify import verify
+from simmerge.verification import verify
 
 
 def demo_pairs(catalog: Catalog, n_pairs: int) -> list[tuple[CatalogModel, CatalogModel]]:

@@ -133,15 +133,21 @@ def feature_rows(profiles: dict[str, ModelProfile]) -> list[PairFeatures]:
     return [r for a, b in permutations(profiles, 2) for r in rows.get((a, b), [])]
 
 
-def write_feature_table(rows: list[PairFeatures], out: str | Path) -> Path:
-    """Write rows as parquet (columns ``a``, ``b``, ``task`` then the features), atomically."""
+def write_feature_table(
+    rows: list[PairFeatures], out: str | Path, *, metadata: dict[bytes, bytes] | None = None
+) -> Path:
+    """Write rows as parquet (columns ``a``, ``b``, ``task`` then the features), atomically;
+    ``metadata`` is added to the file's schema metadata (a scan stores its resume key there)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     records = [{"a": r.a, "b": r.b, "task": r.task or "", **r.as_dict()} for r in rows]
+    table = pa.Table.from_pylist(records)
+    if metadata:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
     out = Path(out)
     with atomic_output_path(out) as tmp:
-        pq.write_table(pa.Table.from_pylist(records), tmp)
+        pq.write_table(table, tmp)
     return out
 
 

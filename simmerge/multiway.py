@@ -36,6 +36,7 @@ symmetric, or mirrored for slerp), so each distinct merge is scored once.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import tempfile
 from collections.abc import Sequence
@@ -50,8 +51,8 @@ from simmerge.candidates import DEFAULT_GRID, OperatorConfig
 from simmerge.catalog import Catalog
 from simmerge.errors import ConfigError, PlanError
 from simmerge.feature_table import FeatureOptions, build_profiles, catalog_probe_sets
-from simmerge.merge import MergePlan, PlanMember, merge
-from simmerge.merge.registry import get_operator
+from simmerge.merging import MergePlan, PlanMember, merge
+from simmerge.merging.registry import get_operator
 from simmerge.predictor import MergePredictor, design_row
 from simmerge.similarity import FEATURE_COLUMNS, functional_features, pair_features
 
@@ -111,6 +112,11 @@ class MultiwayPlan:
         for member, step in zip(self.members[1:], self.steps, strict=True):
             out = f"{step}({out}, {member})"
         return out
+
+    @property
+    def plan_id(self) -> str:
+        """A short stable id for CLIs (``simmerge export``): ``mw-`` + a hash of :attr:`id`."""
+        return "mw-" + hashlib.blake2b(self.id.encode(), digest_size=6).hexdigest()
 
     def step_plans(self, catalog: Catalog, intermediates: Sequence[str]) -> list[MergePlan]:
         """The engine's plan of every step; ``intermediates[i]`` is where step i's output
@@ -197,6 +203,7 @@ class PlannedMerge:
             "uncertainty": self.uncertainty,
             "per_task": self.per_task,
             "mode": self.mode,
+            "plan_id": self.plan.plan_id,
         }
 
 
@@ -305,6 +312,7 @@ def plan_merge(
     options: FeatureOptions | None = None,
     device: str | None = None,
     progress: bool = False,
+    profiles: dict[str, Any] | None = None,
 ) -> list[PlannedMerge]:
     """Rank multi-way plans that cover ``tasks`` (see the module docs).
 
@@ -312,7 +320,9 @@ def plan_merge(
     grow by beam search (``beam`` states kept per depth, up to ``max_models`` members; a chain
     may stop at any depth); one-shot candidates are every subset of 3..max_models candidates
     x ``oneshot_grid``. ``mode`` is ``fast`` (no merges) or ``exact`` (one merge and probe
-    pass per kept intermediate: ``beam`` per depth below ``max_models``)."""
+    pass per kept intermediate: ``beam`` per depth below ``max_models``). ``profiles``
+    (name -> :class:`~simmerge.similarity.ModelProfile`, e.g. from a scan) skips reloading
+    the experts' signatures and sketches from the cache."""
     from simmerge.ranking import load_predictor
 
     if mode not in MODES:
@@ -337,7 +347,8 @@ def plan_merge(
         )
     options = options or FeatureOptions(device=device)
     model = load_predictor(predictor)
-    profiles = build_profiles(catalog, options, experts=names, progress=progress)
+    if profiles is None or any(n not in profiles for n in names):
+        profiles = build_profiles(catalog, options, experts=names, progress=progress)
     planner = _Planner(catalog, tasks, model, tuple(grid), options, profiles)
 
     order = {name: i for i, name in enumerate(catalog.expert_names)}

@@ -42,7 +42,7 @@ import numpy as np
 from simmerge.candidates import HYPERPARAMETERS, OperatorConfig
 from simmerge.errors import ConfigError, InputNotFoundError, SimmergeError
 from simmerge.io_utils import atomic_output_dir
-from simmerge.merge.registry import OPERATORS
+from simmerge.merging.registry import OPERATORS
 from simmerge.similarity import FEATURE_COLUMNS, FUNCTIONAL_COLUMNS
 
 CARD = "card.json"

@@ -24,7 +24,7 @@ from simmerge.errors import CatalogError, ConfigError
 from simmerge.feature_table import FeatureOptions, build_profiles
 from simmerge.predictor import MergePredictor, design_row
 from simmerge.resources import data_dir
-from simmerge.similarity import functional_features, pair_features
+from simmerge.similarity import ModelProfile, functional_features, pair_features
 
 DEFAULT_PREDICTOR = "default"
 
@@ -112,7 +112,13 @@ def pair_inputs(
             "pass tasks=[...] (CLI: --tasks t1,t2).",
         )
     profiles = build_profiles(catalog, options, experts=[a.name, b.name], progress=progress)
-    pa, pb = profiles[a.name], profiles[b.name]
+    return inputs_from_profiles(a, b, tasks, profiles[a.name], profiles[b.name])
+
+
+def inputs_from_profiles(
+    a: CatalogModel, b: CatalogModel, tasks: Sequence[str], pa: ModelProfile, pb: ModelProfile
+) -> PairInputs:
+    """:class:`PairInputs` from already-loaded profiles (a catalog scan ranks every pair)."""
     task_feats = {
         t: functional_features(pa.signatures[t], pb.signatures[t])
         if t in pa.signatures and t in pb.signatures
@@ -134,6 +140,7 @@ def rank_merges(
     contributions: int = 5,
     progress: bool = False,
     inputs: PairInputs | None = None,
+    explain: int | None = None,
 ) -> list[Candidate]:
     """Candidates for merging ``experts`` (a, b), best first (see the module docs).
 
@@ -143,7 +150,9 @@ def rank_merges(
 
     ``tasks`` defaults to the union of the two experts' tasks; a task with a probe set in the
     catalog also contributes its task-specific functional features. ``inputs`` (from
-    :func:`pair_inputs`) skips recomputing the pair's features.
+    :func:`pair_inputs`) skips recomputing the pair's features. ``contributions`` features
+    (LightGBM ``pred_contrib``, the costly part) are listed for the ``explain`` best candidates
+    (default: every candidate returned).
     """
     model = load_predictor(predictor)
     inputs = inputs or pair_inputs(catalog, experts, tasks, options=options, progress=progress)
@@ -155,17 +164,11 @@ def rank_merges(
             rows.append(design_row(general, task_feats[t], t in a.tasks, t in b.tasks, config))
             keys.append((config, t))
     mean, std = model.predict(rows)
-    contrib = model.contributions(rows)[:, :-1] if contributions else None
 
     scored = []
     n_tasks = len(tasks)
     for i, config in enumerate(grid):
         sl = slice(i * n_tasks, (i + 1) * n_tasks)
-        top_feats: tuple[tuple[str, float], ...] = ()
-        if contrib is not None:
-            c = contrib[sl].mean(axis=0)
-            order = np.argsort(-np.abs(c))[:contributions]
-            top_feats = tuple((model.columns[j], float(c[j])) for j in order)
         plan = config.plan(str(catalog.base.path), str(a.path), str(b.path))
         scored.append(
             (
@@ -174,7 +177,7 @@ def rank_merges(
                 config,
                 plan.plan_id,
                 {t: float(v) for t, v in zip(tasks, mean[sl], strict=True)},
-                top_feats,
+                i,
             )
         )
     # the predictor's selection rule (card "selection", chosen by cross-validation): best-fixed
@@ -182,6 +185,9 @@ def rank_merges(
     rule = model.card.get("selection") or {}
     best_fixed, margin = rule.get("best_fixed"), float(rule.get("margin", 0.0))
     scored.sort(key=lambda s: -(s[0] + (margin if s[2].id == best_fixed else 0.0)))
+    kept = scored[:top]
+    n_explain = len(kept) if explain is None else min(explain, len(kept))
+    feats = _top_features(model, rows, [s[5] for s in kept[:n_explain]], n_tasks, contributions)
     return [
         Candidate(
             rank=r + 1,
@@ -192,11 +198,28 @@ def rank_merges(
             predicted=pred,
             uncertainty=unc,
             per_task=per_task,
-            top_features=feats,
+            top_features=feats[r] if r < len(feats) else (),
             best_fixed=config.id == best_fixed,
         )
-        for r, (pred, unc, config, plan_id, per_task, feats) in enumerate(scored[:top])
+        for r, (pred, unc, config, plan_id, per_task, _) in enumerate(kept)
     ]
+
+
+def _top_features(
+    model: MergePredictor, rows: list, configs: list[int], n_tasks: int, k: int
+) -> list[tuple[tuple[str, float], ...]]:
+    """The ``k`` largest mean contributions over the tasks, for each of the grid positions
+    ``configs`` (only their rows go through pred_contrib)."""
+    if not k or not configs:
+        return []
+    picked = [rows[i * n_tasks + j] for i in configs for j in range(n_tasks)]
+    contrib = model.contributions(picked)[:, :-1]
+    out = []
+    for n in range(len(configs)):
+        c = contrib[n * n_tasks : (n + 1) * n_tasks].mean(axis=0)
+        order = np.argsort(-np.abs(c))[:k]
+        out.append(tuple((model.columns[j], float(c[j])) for j in order))
+    return out
 
 
 def format_ranking(candidates: Sequence[Candidate]) -> str:

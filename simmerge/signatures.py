@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from simmerge.cache import TensorCache
 from simmerge.errors import ConfigError
-from simmerge.merge.plan import OUTPUT_DTYPES
+from simmerge.merging.plan import OUTPUT_DTYPES
 from simmerge.probes import ProbeSet
 
 FORMAT_VERSION = 2  # 2: probes truncated to the model's max_position_embeddings

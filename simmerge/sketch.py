@@ -54,7 +54,7 @@ from simmerge.cache import TensorCache
 from simmerge.checkpoint import Checkpoint, open_checkpoint
 from simmerge.compat import check_compatible
 from simmerge.errors import ConfigError, IncompatibleModelsError
-from simmerge.merge.selection import kth_largest_abs
+from simmerge.merging.selection import kth_largest_abs
 
 FORMAT_VERSION = 2  # 2: sampled mask thresholds, row-sum count sketch
 NAME_GROUPS = ("embeddings", "attention", "mlp", "norms", "head", "other")

@@ -67,3 +67,15 @@ def save_model(
     model.save_pretrained(path, **kwargs)
     (tokenizer or tiny_tokenizer()).save_pretrained(path)
     return path
+
+
+def exit_once(marker: str) -> str:
+    """Kill the calling process the first time it runs for ``marker`` (a file path), return
+    ``"ok"`` afterwards: a job that makes an executor's worker die once (retry tests)."""
+    import os
+
+    path = Path(marker)
+    if not path.exists():
+        path.write_text("died once")
+        os._exit(1)
+    return "ok"

@@ -21,7 +21,7 @@ from simmerge.errors import (
     SimmergeError,
     TensorMismatchError,
 )
-from simmerge.merge import OPERATOR_NAMES, MergePlan, PlanMember, apply_operator, merge
+from simmerge.merging import OPERATOR_NAMES, MergePlan, PlanMember, apply_operator, merge
 
 PARAMS = {
     "linear": {},

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from simmerge.errors import SimmergeError
-from simmerge.merge import MergePlan
+from simmerge.merging import MergePlan
 from simmerge.safetensors_io import read_header
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=8))

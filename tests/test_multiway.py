@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from simmerge.errors import ConfigError, PlanError
-from simmerge.merge import MergePlan, PlanMember, merge
+from simmerge.merging import MergePlan, PlanMember, merge
 from simmerge.multiway import (
     MultiwayPlan,
     canonical_plan,

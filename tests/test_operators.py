@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from simmerge.errors import OperatorParameterError, UnknownOperatorError
-from simmerge.merge import OPERATOR_NAMES, apply_operator, resolve_params
-from simmerge.merge.selection import kth_largest_abs, top_k_mask
+from simmerge.merging import OPERATOR_NAMES, apply_operator, resolve_params
+from simmerge.merging.selection import kth_largest_abs, top_k_mask
 
 T = torch.tensor
 BASE = T([0.0, 0.0, 0.0, 0.0])
@@ -330,7 +330,7 @@ def test_selection_with_a_large_block_of_tied_values_is_exact():
 
 
 def test_selection_falls_back_when_the_sample_misses(monkeypatch):
-    from simmerge.merge import selection
+    from simmerge.merging import selection
 
     x = torch.randn(2_000_000)
     monkeypatch.setattr(selection, "_SAMPLE", 8)  # a tiny sample misses the bracket often

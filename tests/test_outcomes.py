@@ -11,7 +11,7 @@ from simmerge.candidates import DEFAULT_GRID, OperatorConfig, grid_from_ids
 from simmerge.catalog import Catalog
 from simmerge.collect import collect_outcomes, expert_pairs
 from simmerge.errors import ConfigError, PlanError
-from simmerge.merge.registry import OPERATORS
+from simmerge.merging.registry import OPERATORS
 from simmerge.outcomes import Outcome, OutcomeStore, OutcomeStoreError
 from simmerge.zoo.build import ExpertSpec, ZooRecipe, build_from_recipe
 from simmerge.zoo.train import ModelShape

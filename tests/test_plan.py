@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from simmerge.errors import InputNotFoundError, OperatorParameterError, PlanError
-from simmerge.merge import MergePlan, PlanMember
+from simmerge.merging import MergePlan, PlanMember
 
 M = PlanMember
 

@@ -326,7 +326,7 @@ def test_verify_measures_what_collection_measured_and_records_it(trained, tmp_pa
 
     from simmerge.outcomes import OutcomeStore
     from simmerge.ranking import rank_merges
-    from simmerge.verify import verify
+    from simmerge.verification import verify
 
     ranked = rank_merges(
         trained["catalog"],

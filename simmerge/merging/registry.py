@@ -2,7 +2,7 @@
 
 An explicit dict (no registration by import side effect): adding an operator means adding one
 entry to :data:`OPERATORS` -- its schema and an ``apply`` adapter onto the tensor functions in
-:mod:`simmerge.merge.operators`. Every parameter has a type, a default and a range, checked by
+:mod:`simmerge.merging.operators`. Every parameter has a type, a default and a range, checked by
 :func:`resolve_params` before any tensor is touched, so a typo or an out-of-range density fails at
 plan-load time with a message that says which value is wrong and what is allowed. Defaults live
 here only; the tensor functions take every parameter explicitly.
@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from simmerge.errors import OperatorParameterError, UnknownOperatorError
-from simmerge.merge import operators as ops
+from simmerge.merging import operators as ops
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,8 @@ from simmerge.checkpoint import Checkpoint, is_finite, open_checkpoint
 from simmerge.compat import TOKENIZER_FILES, check_compatible
 from simmerge.errors import NonFiniteWeightsError, SimmergeError
 from simmerge.io_utils import atomic_output_dir
-from simmerge.merge.plan import OUTPUT_DTYPES, MergePlan
-from simmerge.merge.registry import run_operator
+from simmerge.merging.plan import OUTPUT_DTYPES, MergePlan
+from simmerge.merging.registry import run_operator
 from simmerge.safetensors_io import SafetensorsStreamWriter
 
 DEFAULT_SHARD_BYTES = 2 * 1024**3

@@ -25,7 +25,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from simmerge.errors import InputNotFoundError, PlanError
-from simmerge.merge.registry import check_densities, get_operator, resolve_params
+from simmerge.merging.registry import check_densities, get_operator, resolve_params
 
 OUTPUT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _SIMMERGE_ONLY = ("seed",)

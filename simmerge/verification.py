@@ -17,7 +17,7 @@ from typing import Any
 from simmerge.catalog import Catalog
 from simmerge.collect import MergeScorer, outcome_rows, reference_scores
 from simmerge.errors import ConfigError
-from simmerge.merge import merge
+from simmerge.merging import merge
 from simmerge.outcomes import OutcomeStore
 from simmerge.ranking import Candidate
 

@@ -7,8 +7,8 @@ shared base tensor, ``experts`` the member tensors, ``tau_i = W_i - W_base`` the
 Memory contract: every function *consumes* its ``experts`` (and ``base``) tensors -- it may
 overwrite them in place to hold task vectors or the result -- so the engine can stay within a few
 tensors of memory per step. Callers that need their inputs afterwards pass clones
-(:func:`simmerge.merge.registry.apply_operator` does that for you). Inputs are float32 or float64 on
-one device; the result has the same dtype and shape.
+(:func:`simmerge.merging.registry.apply_operator` does that for you). Inputs are float32 or
+float64 on one device; the result has the same dtype and shape.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import torch
 
-from simmerge.merge.selection import chunks, top_k_mask
+from simmerge.merging.selection import chunks, top_k_mask
 
 _EPS = 1e-8
 

@@ -1,0 +1,330 @@
+"""Catalog scans: the four outputs, resume (a finished stage is never redone, also after
+SIGKILL at random points), the Ray executor's outputs equal the local ones (and a dead worker
+is retried), the report is self-contained and plots verified outcomes, export to mergekit, and
+the public API. Runs on the default tiny zoo."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from simmerge.errors import ConfigError
+from simmerge.executors import LocalExecutor, make_executor
+from simmerge.feature_table import FeatureOptions
+from simmerge.scanner import (
+    FEATURES_FILE,
+    RANKING_FILE,
+    REPORT_FILE,
+    STAGES,
+    ScanSettings,
+    json_key,
+    load_ranking,
+    parquet_key,
+    scan,
+)
+
+pytestmark = pytest.mark.slow
+SETTINGS = ScanSettings(top=3, plans=3, max_models=3, beam=2)
+
+
+@pytest.fixture(scope="module")
+def scanned(tiny_zoo, tmp_path_factory):
+    root = tmp_path_factory.mktemp("scan")
+    options = FeatureOptions(cache_dir=root / "cache")
+    result = scan(
+        tiny_zoo / "catalog.yaml", root / "out", options=options, settings=SETTINGS, progress=False
+    )
+    return {"root": root, "result": result, "options": options, "zoo": tiny_zoo}
+
+
+def _mtimes(folder: Path) -> dict[str, int]:
+    return {str(p): p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+
+
+def test_scan_writes_features_ranking_report_and_figures(scanned):
+    from simmerge.catalog import Catalog
+
+    out = scanned["root"] / "out"
+    catalog = Catalog.load(scanned["zoo"] / "catalog.yaml")
+    n = len(catalog.experts)
+    features = pd.read_parquet(out / FEATURES_FILE)
+    assert len(features.groupby(["a", "b"])) == n * (n - 1)  # every ordered pair
+    ranking = load_ranking(out)
+    assert len(ranking["pairs"]) == n * (n - 1) // 2
+    for pair in ranking["pairs"]:
+        assert pair["best"] == pair["candidates"][0] and len(pair["candidates"]) == SETTINGS.top
+        assert len(pair["predictions"]) == 20  # the whole grid is scored, only top kept
+        assert pair["best"]["top_features"]  # the chosen merge is explained
+    assert 1 <= len(ranking["plans"]) <= SETTINGS.plans
+    assert all(len(p["members"]) <= SETTINGS.max_models for p in ranking["plans"])
+    for fig in ("heatmap", "clusters", "features"):
+        assert (out / f"report_{fig}.png").read_bytes()[:4] == b"\x89PNG"
+    assert set(scanned["result"].seconds) == set(STAGES)
+
+
+def test_rescan_recomputes_nothing_and_rewrites_no_file(scanned):
+    root = scanned["root"]
+    before = _mtimes(root)
+    again = scan(
+        scanned["zoo"] / "catalog.yaml",
+        root / "out",
+        options=scanned["options"],
+        settings=SETTINGS,
+        progress=False,
+    )
+    assert sorted(again.skipped) == sorted(STAGES) and again.seconds == {}
+    assert _mtimes(root) == before
+
+
+def test_changed_settings_redo_only_the_ranking_and_report(scanned, tmp_path):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(scanned["root"] / "out", out)
+    features_before = (out / FEATURES_FILE).stat().st_mtime_ns
+    result = scan(
+        scanned["zoo"] / "catalog.yaml",
+        out,
+        options=scanned["options"],
+        settings=ScanSettings(top=2, plans=0),
+        progress=False,
+    )
+    assert "pair_features" in result.skipped and "ranking" in result.seconds
+    assert (out / FEATURES_FILE).stat().st_mtime_ns == features_before
+    ranking = load_ranking(out)
+    assert ranking["plans"] == [] and "switched off" in ranking["plans_note"]
+    assert all(len(p["candidates"]) == 2 for p in ranking["pairs"])
+
+
+def test_report_is_self_contained_html(scanned):
+    page = (scanned["root"] / "out" / REPORT_FILE).read_text()
+    assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
+    assert "http://" not in page and "https://" not in page and "<script" not in page
+    assert page.count('src="data:image/png;base64,') == 3  # heatmap, clusters, features
+    ranking = load_ranking(scanned["root"] / "out")
+    for pair in ranking["pairs"]:
+        assert pair["best"]["plan_id"] in page
+    assert "No verified outcomes" in page
+
+
+def test_report_plots_verified_outcomes_against_predictions(scanned, tmp_path):
+    import shutil
+
+    from simmerge.catalog import Catalog
+    from simmerge.ranking import rank_merges
+    from simmerge.report import verified_points
+    from simmerge.verification import verify
+
+    out = tmp_path / "out"
+    shutil.copytree(scanned["root"] / "out", out)
+    catalog = Catalog.load(scanned["zoo"] / "catalog.yaml")
+    ranking = load_ranking(out)
+    a, b = ranking["pairs"][0]["models"]
+    ranked = rank_merges(catalog, (a, b), top=None, options=scanned["options"], contributions=0)
+    store = tmp_path / "o.sqlite"
+    report = verify(catalog, ranked, k=1, store=store)
+    result = scan(
+        catalog, out, options=scanned["options"], settings=SETTINGS, store=store, progress=False
+    )
+    assert result.skipped == list(STAGES[:5]) and "report" in result.seconds
+    page = (out / REPORT_FILE).read_text()
+    assert "No verified outcomes" not in page and (out / "report_scatter.png").is_file()
+    from simmerge.report import _verified
+
+    points = verified_points(ranking, _verified(store, catalog.name))
+    verified = report.verified[0]
+    assert sorted(points) == sorted(
+        (ranked[0].per_task[t], verified.per_task[t]) for t in verified.per_task
+    )
+
+
+def _check_outputs_whole(out: Path) -> None:
+    """Every file under the real names is complete; only .tmp-* siblings may be partial."""
+    for path in out.iterdir():
+        if ".tmp-" in path.name:
+            continue
+        if path.name == FEATURES_FILE:
+            assert parquet_key(path) is not None
+            pd.read_parquet(path)
+        elif path.name == RANKING_FILE:
+            assert json_key(path) is not None
+        elif path.name == REPORT_FILE:
+            text = path.read_text()
+            assert text.rstrip().endswith("</html>") and "simmerge-scan-key" in text
+        elif path.suffix == ".png":
+            assert path.read_bytes()[-8:] == b"IEND\xaeB`\x82"  # a PNG ends with IEND
+        else:
+            raise AssertionError(f"unexpected file {path.name}")
+
+
+def test_scan_killed_at_random_points_resumes_with_whole_files(scanned, tmp_path):
+    """SIGKILL a CLI scan at random moments; after each kill every output is whole, and the
+    final run skips what had finished and matches an uninterrupted scan."""
+    rng = random.Random(0)
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    cmd = [
+        sys.executable,
+        "-m",
+        "simmerge.cli",
+        "scan",
+        str(scanned["zoo"] / "catalog.yaml"),
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(cache),
+        "--top",
+        str(SETTINGS.top),
+        "--plans",
+        str(SETTINGS.plans),
+        "--max-models",
+        str(SETTINGS.max_models),
+        "--beam",
+        str(SETTINGS.beam),
+        "--quiet",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    trials = int(os.environ.get("SIMMERGE_KILL_TRIALS", "6"))
+    for _ in range(trials):
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        time.sleep(rng.uniform(3.0, 20.0))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        if out.exists():
+            _check_outputs_whole(out)
+    cached = _mtimes(cache) if cache.exists() else {}
+    done_before = {
+        f: (out / f).stat().st_mtime_ns
+        for f in (FEATURES_FILE, RANKING_FILE)
+        if (out / f).is_file()
+    }
+    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _check_outputs_whole(out)
+    after = _mtimes(cache)
+    assert {k: after[k] for k in cached} == cached  # no finished cache entry was recomputed
+    for f, mtime in done_before.items():
+        assert (out / f).stat().st_mtime_ns == mtime, f"{f} was finished but rewritten"
+    _assert_same_outputs(out, scanned["root"] / "out")
+
+
+def _assert_same_outputs(out: Path, reference: Path) -> None:
+    got, want = pd.read_parquet(out / FEATURES_FILE), pd.read_parquet(reference / FEATURES_FILE)
+    assert list(got.columns) == list(want.columns) and len(got) == len(want)
+    assert (got[["a", "b", "task"]].values == want[["a", "b", "task"]].values).all()
+    num = got.columns[3:]
+    np.testing.assert_allclose(got[num].to_numpy(), want[num].to_numpy(), rtol=1e-4, atol=1e-5)
+    r_got, r_want = load_ranking(out), load_ranking(reference)
+    assert [p["best"]["candidate"] for p in r_got["pairs"]] == [
+        p["best"]["candidate"] for p in r_want["pairs"]
+    ]
+    assert [p["plan"] for p in r_got["plans"]] == [p["plan"] for p in r_want["plans"]]
+
+
+def test_ray_executor_gives_the_local_outputs(scanned, tmp_path):
+    ray = pytest.importorskip("ray", reason="the Ray executor is the extra simmerge[ray]")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        options = FeatureOptions(cache_dir=tmp_path / "cache")
+        result = scan(
+            scanned["zoo"] / "catalog.yaml",
+            tmp_path / "out",
+            executor="ray",
+            options=options,
+            settings=SETTINGS,
+            progress=False,
+        )
+        assert "signatures" in result.seconds and "sketches" in result.seconds
+        assert any((tmp_path / "cache" / "signatures").iterdir())  # written by Ray workers
+        _assert_same_outputs(tmp_path / "out", scanned["root"] / "out")
+    finally:
+        ray.shutdown()
+
+
+def test_ray_executor_retries_a_job_whose_worker_died(tmp_path):
+    ray = pytest.importorskip("ray", reason="the Ray executor is the extra simmerge[ray]")
+    from simmerge.testing import exit_once
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        runner = make_executor("ray")
+        markers = [str(tmp_path / f"m{i}") for i in range(3)]
+        assert runner.map(exit_once, markers, desc="jobs", progress=False) == ["ok"] * 3
+        assert all(Path(m).is_file() for m in markers)  # each worker did die once
+    finally:
+        ray.shutdown()
+
+
+def test_local_process_pool_keeps_item_order():
+    pool = LocalExecutor(workers=2)
+    assert pool.map(abs, [-3, 2, -1, 0], desc="x", progress=False) == [3, 2, 1, 0]
+    with pytest.raises(ConfigError, match="workers"):
+        LocalExecutor(workers=0)
+    with pytest.raises(ConfigError, match="Unknown executor"):
+        make_executor("dask")
+
+
+def test_export_writes_a_mergekit_config_for_a_pair_and_a_chain(scanned, tmp_path):
+    from simmerge.catalog import Catalog
+    from simmerge.cli import main
+    from simmerge.merging import MergePlan
+    from simmerge.multiway import MultiwayPlan
+
+    out = scanned["root"] / "out"
+    catalog = Catalog.load(scanned["zoo"] / "catalog.yaml")
+    ranking = load_ranking(out)
+    best = ranking["pairs"][0]["best"]
+    target = tmp_path / "merge.yaml"
+    assert main(["export", best["plan_id"], "--scan", str(out), "--out", str(target)]) == 0
+    plan = MergePlan.from_mergekit_dict(yaml.safe_load(target.read_text()))
+    a, b = (catalog.model(n) for n in best["models"])
+    from simmerge.candidates import OperatorConfig
+
+    want = OperatorConfig.from_id(best["candidate"]).plan(str(catalog.base.path), a.path, b.path)
+    assert plan.plan_id == want.plan_id == best["plan_id"]
+
+    chain = MultiwayPlan(("caesar_a", "sort_a", "rotate_a"), ("linear", "ties[density=0.5]"))
+    entry = {**ranking, "plans": [{"plan_id": chain.plan_id, "members": list(chain.members),
+                                   "steps": list(chain.steps), "oneshot": False}]}  # fmt: skip
+    from simmerge.export import export_plan
+
+    docs = list(yaml.safe_load_all(export_plan(entry, chain.plan_id, catalog)))
+    assert [d.get("name") for d in docs] == ["step_1", None]  # the final model is unnamed
+    assert docs[0]["merge_method"] == "linear" and docs[1]["merge_method"] == "ties"
+    assert docs[1]["models"][0]["model"] == "step_1"  # step 2 reads step 1's output
+    with pytest.raises(ConfigError, match="No ranked merge"):
+        export_plan(ranking, "000000000000", catalog)
+
+
+def test_scan_cli_prints_stage_times(scanned, capsys):
+    from simmerge.cli import main
+
+    args = ["scan", str(scanned["zoo"] / "catalog.yaml"), "--out", str(scanned["root"] / "out")]
+    args += ["--cache-dir", str(scanned["options"].cache_dir), "--top", "3", "--plans", "3"]
+    args += ["--max-models", "3", "--beam", "2", "--quiet"]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "(done)" in text and "wrote report.html" in text
+
+
+def test_public_api_names_are_documented_and_import_lazily():
+    import simmerge
+
+    for name in ("Catalog", "merge", "compute_signature", "pair_features", "MergePredictor",
+                 "rank_merges", "plan_merge", "verify", "MergeBandit", "scan"):  # fmt: skip
+        obj = getattr(simmerge, name)
+        assert callable(obj) and (obj.__doc__ or "").strip(), name
+    code = "import sys, simmerge; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    ranking_doc = json.dumps(sorted(simmerge.__all__))
+    assert "scan" in ranking_doc
