@@ -111,6 +111,7 @@ def _add_demo_cli(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     p.add_argument("--json", default=None, help="also write the report as JSON to this path")
+    p.add_argument("--store", default=None, help="outcome store to record every measured merge")
     p.set_defaults(func=_lazy("simmerge.demo:run_demo_cli"))
 
 

@@ -55,8 +55,11 @@ def run_demo(
     device: str | None = None,
     cache_dir: str | Path | None = None,
     progress: bool = True,
+    store: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Rank, verify the top ``k`` and measure the whole grid for ``n_pairs`` pairs."""
+    """Rank, verify the top ``k`` and measure the whole grid for ``n_pairs`` pairs; every
+    measured merge is recorded in the outcome ``store`` when one is given (a scan's report
+    plots them against the predictions)."""
     from simmerge.feature_table import FeatureOptions
 
     pairs = demo_pairs(catalog, n_pairs)
@@ -80,7 +83,8 @@ def run_demo(
         ranked = rank_merges(
             catalog, [a.name, b.name], top=None, predictor=predictor, options=options
         )
-        measured = verify(catalog, ranked, k=len(ranked), scorer=scorer)  # all: for comparison
+        # all of the grid, for comparison with the top k
+        measured = verify(catalog, ranked, k=len(ranked), scorer=scorer, store=store)
         actual = {v.candidate: v.actual for v in measured.verified}
         oracle = max(actual, key=actual.__getitem__)
         top = ranked[:k]
@@ -200,6 +204,7 @@ def run_demo_cli(args: Any) -> int:
         args.k,
         predictor=args.predictor,
         device=args.device,
+        store=args.store,
     )
     print(format_report(report))
     if args.json:

@@ -232,8 +232,15 @@ def _fmt(x: Any) -> str:
     return f"{x:.3f}" if isinstance(x, (int, float)) else "–"
 
 
-def _pair_table(ranking: dict) -> str:
+def _pair_table(ranking: dict, limit: int = 50) -> str:
+    """The ``limit`` pairs with the best predicted merge (all of them are in ranking.json)."""
     pairs = sorted(ranking["pairs"], key=lambda p: -p["best"]["predicted"])
+    note = (
+        f'<p class="note">The {limit} best of {len(pairs)} pairs; ranking.json lists all.</p>'
+        if len(pairs) > limit
+        else ""
+    )
+    pairs = pairs[:limit]
     head = (
         "<tr><th>#</th><th>pair</th><th>tasks</th><th>best merge (predicted)</th>"
         "<th>pred.</th><th>±</th><th>runner-up</th><th>plan id</th></tr>"
@@ -250,7 +257,7 @@ def _pair_table(ranking: dict) -> str:
             f"</td><td><code>{html.escape(second)}</code></td>"
             f"<td><code>{html.escape(best['plan_id'])}</code></td></tr>"
         )
-    return f"<table>{head}{''.join(rows)}</table>"
+    return f"{note}<table>{head}{''.join(rows)}</table>"
 
 
 def _plan_table(ranking: dict) -> str:

@@ -282,6 +282,8 @@ def scan(
             with timer("ranking"):
                 ranking = rank_catalog(catalog, profiles, model, settings, options, progress)
                 ranking.update(key=r_key, features_key=f_key)
+                for part, seconds in ranking["seconds"].items():
+                    result.seconds[f"ranking_{part}"] = seconds
                 atomic_write_text(result.ranking, json.dumps(ranking, indent=1) + "\n")
     if report:
         from simmerge.report import report_key, write_report
@@ -375,6 +377,7 @@ def rank_catalog(
 
     from simmerge.ranking import inputs_from_profiles, rank_merges
 
+    start = time.perf_counter()
     pairs = []
     todo = list(combinations(catalog.experts, 2))
     for a, b in tqdm(todo, desc="ranking pairs", disable=not progress):
@@ -399,7 +402,10 @@ def rank_catalog(
                 "predictions": {c.candidate: c.per_task for c in ranked},
             }
         )
+    seconds = {"pairs": time.perf_counter() - start}
+    start = time.perf_counter()
     plans, plan_tasks, plan_note = _multiway(catalog, profiles, model, settings, options, progress)
+    seconds["plans"] = time.perf_counter() - start
     rule = model.card.get("selection") or {}
     return {
         "format": SCAN_FORMAT,
@@ -421,6 +427,7 @@ def rank_catalog(
         "plan_tasks": plan_tasks,
         "plans": plans,
         "plans_note": plan_note,
+        "seconds": seconds,
     }
 
 
@@ -505,7 +512,7 @@ def run_scan_cli(args: Any) -> int:
 
 def format_scan(result: ScanResult) -> str:
     lines = [f"scan -> {result.out_dir}"]
-    for stage in STAGES:
+    for stage in (*STAGES[:4], "ranking_pairs", "ranking_plans", *STAGES[4:]):
         if stage in result.seconds:
             lines.append(f"  {stage:<14} {result.seconds[stage]:8.2f} s")
         elif stage in result.skipped:

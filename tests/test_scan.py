@@ -70,7 +70,7 @@ def test_scan_writes_features_ranking_report_and_figures(scanned):
     assert all(len(p["members"]) <= SETTINGS.max_models for p in ranking["plans"])
     for fig in ("heatmap", "clusters", "features"):
         assert (out / f"report_{fig}.png").read_bytes()[:4] == b"\x89PNG"
-    assert set(scanned["result"].seconds) == set(STAGES)
+    assert set(scanned["result"].seconds) == {*STAGES, "ranking_pairs", "ranking_plans"}
 
 
 def test_rescan_recomputes_nothing_and_rewrites_no_file(scanned):
@@ -328,3 +328,20 @@ def test_public_api_names_are_documented_and_import_lazily():
     assert out.stdout.strip() == "False"
     ranking_doc = json.dumps(sorted(simmerge.__all__))
     assert "scan" in ranking_doc
+
+
+def test_readme_python_api_walkthrough_runs(scanned, tmp_path, monkeypatch):
+    """The README's "Python API" block, run as written on the tiny zoo (paths swapped)."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Python API", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    zoo, runs = str(scanned["zoo"]), str(tmp_path / "runs")
+    code = code.replace("runs/zoo", zoo).replace('"runs/', f'"{runs}/')
+    assert code.count(zoo) >= 3 and "runs/" not in code.replace(zoo, "").replace(runs, "")
+    monkeypatch.setenv("SIMMERGE_CACHE", str(scanned["options"].cache_dir))
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # models/default is relative
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102
+    assert (tmp_path / "runs" / "merged" / "config.json").is_file()
+    assert namespace["result"].report.is_file() and namespace["plans"]
+    assert namespace["report"].best.candidate in {c.candidate for c in namespace["ranked"][:3]}

@@ -1,0 +1,137 @@
+"""Benchmark ``simmerge scan`` (local executor) for catalogs of N = 4, 8, 16 zoo experts.
+
+Each N is a sub-catalog of the first N experts of the large tiny zoo (built if missing), scanned
+with a cold cache into a fresh folder, so every stage does its full work:
+
+* signatures -- one probe pass per (expert, distinct probe set): O(N);
+* sketches -- one streaming weight pass per expert: O(N);
+* profiles -- the cached signatures/sketches read back: O(N);
+* pair features -- every ordered pair x probe set: O(N²);
+* ranking -- every unordered pair ranked by the predictor (O(N²)); then the multi-way beam
+  search over the catalog's task set (its cost grows with the number of tasks and of experts
+  per task, not with the pairs), reported apart as "plans";
+* report -- the HTML page and its figures.
+
+The table also divides each stage by its unit count (per model, per ordered pair, per pair) so
+the O(N) / O(N²) split shows as flat per-unit costs. A second, warm run of each scan measures
+the resume path (every stage skipped). Prints a table and writes JSON (default
+``scripts/results/bench_scan_<device>.json``). Run on an idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def sub_catalog(zoo: Path, n: int, folder: Path) -> Path:
+    """A catalog of the zoo's first ``n`` experts (absolute paths) written into ``folder``."""
+    data = yaml.safe_load((zoo / "catalog.yaml").read_text())
+    if len(data["experts"]) < n:
+        raise SystemExit(f"{zoo} has {len(data['experts'])} experts; N={n} needs more.")
+
+    def absolute(path: str) -> str:
+        return str((zoo / path).resolve())
+
+    data["base"]["path"] = absolute(data["base"]["path"])
+    data["experts"] = [{**e, "path": absolute(e["path"])} for e in data["experts"][:n]]
+    used = {t for e in data["experts"] for t in e.get("tasks", [])}
+    data["tasks"] = {
+        t: {k: absolute(v) for k, v in spec.items()}
+        for t, spec in (data.get("tasks") or {}).items()
+        if t in used
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"catalog-{n}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    from simmerge.feature_table import FeatureOptions
+    from simmerge.io_utils import write_json_report
+    from simmerge.scanner import scan
+    from simmerge.zoo import build_zoo
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--zoo", default=str(ROOT / "runs" / "zoo-large"))
+    parser.add_argument("--sizes", default="4,8,16")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    parser.add_argument("--out", default=None, help="JSON path")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    zoo = build_zoo(args.zoo, size="large", seed=0, progress=True)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-scan-") as tmp:
+        for n in sizes:
+            catalog = sub_catalog(zoo, n, Path(tmp))
+            options = FeatureOptions(device=args.device, cache_dir=Path(tmp) / f"cache-{n}")
+            out = Path(tmp) / f"scan-{n}"
+            start = time.perf_counter()
+            cold = scan(catalog, out, options=options, progress=False)
+            total = time.perf_counter() - start
+            start = time.perf_counter()
+            warm = scan(catalog, out, options=options, progress=False)
+            rows.append(
+                {
+                    "n": n,
+                    "ordered_pairs": n * (n - 1),
+                    "pairs": n * (n - 1) // 2,
+                    "feature_rows": cold.counts.get("feature_rows"),
+                    "seconds": {s: round(v, 3) for s, v in cold.seconds.items()},
+                    "total_seconds": round(total, 2),
+                    "resume_seconds": round(time.perf_counter() - start, 2),
+                    "resume_skipped": sorted(warm.skipped),
+                }
+            )
+            print(f"N={n}: {total:.1f} s", flush=True)
+    print_table(rows)
+    report = {
+        "what": "simmerge scan, local executor, cold cache; sub-catalogs of the large tiny zoo",
+        "device": args.device,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "rows": rows,
+    }
+    out = Path(args.out or ROOT / "scripts" / "results" / f"bench_scan_{args.device}.json")
+    write_json_report(out, report)
+    return 0
+
+
+def print_table(rows: list[dict]) -> None:
+    head = (
+        f"{'N':>3} {'sig s':>7} {'/model':>7} {'sketch s':>8} {'/model':>7} {'pairs s':>8} "
+        f"{'/o.pair ms':>10} {'rank s':>7} {'/pair ms':>9} {'plans s':>8} {'report s':>8} "
+        f"{'total s':>8} {'resume s':>8}"
+    )
+    print(head)
+    for r in rows:
+        s, n = r["seconds"], r["n"]
+        print(
+            f"{n:>3} {s['signatures']:>7.2f} {s['signatures'] / n:>7.3f} {s['sketches']:>8.2f} "
+            f"{s['sketches'] / n:>7.3f} {s['pair_features']:>8.2f} "
+            f"{1000 * s['pair_features'] / r['ordered_pairs']:>10.2f} "
+            f"{s['ranking_pairs']:>7.2f} {1000 * s['ranking_pairs'] / r['pairs']:>9.1f} "
+            f"{s['ranking_plans']:>8.2f} {s['report']:>8.2f} "
+            f"{r['total_seconds']:>8.1f} {r['resume_seconds']:>8.2f}"
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
