@@ -6,10 +6,15 @@ mergekit is an optional, heavy engine, so it lives in its own virtual environmen
     /tmp/mkvenv/bin/pip install torch==2.13.0 && /tmp/mkvenv/bin/pip install mergekit==0.1.5
     python scripts/check_mergekit_parity.py --mergekit /tmp/mkvenv/bin/mergekit-yaml
 
+(``mergekit-multi`` must sit beside ``mergekit-yaml``, as it does in such a venv).
+
 For every deterministic operator (DARE/DELLA draw their own random masks, so they are compared
 at density 1 only) it exports a plan with ``to_mergekit_yaml(strict=True)``, runs mergekit's CLI
 on it, merges the same plan with simmerge, and reports the largest absolute difference per
-operator (fp32 tiny Llama base + 3 experts). Prints a table and writes JSON
+operator (fp32 tiny Llama base + 3 experts). Multi-way plans go through ``simmerge export``'s
+code path (:func:`simmerge.export.mergekit_documents`): a 3-expert chain runs with
+``mergekit-multi`` (found beside ``--mergekit``), a one-shot merge with ``mergekit-yaml``, and
+both are compared with :func:`simmerge.multiway.execute_plan`. Prints a table and writes JSON
 (``--out``, default scripts/results/mergekit_parity.json). Exits 1 if any difference exceeds
 ``--tol``.
 """
@@ -117,6 +122,8 @@ def main() -> None:
             }
         )
 
+    rows += multiway_rows(Path(args.mergekit), work, base, experts)
+
     print(f"{'operator':>16} | {'params':>40} | {'mergekit ok':>11} | max |ours - mergekit|")
     for r in rows:
         diff = f"{r['max_abs_diff']:.2e}" if r["accepted_by_mergekit"] else r["error"]
@@ -137,6 +144,56 @@ def main() -> None:
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nall within {args.tol:g}: {ok}; wrote {args.out}")
     sys.exit(0 if ok else 1)
+
+
+MULTIWAY = (
+    ("chain", ("e1", "e2", "e3"), ("ties[density=0.5]", "slerp[t=0.3]"), False),
+    ("one-shot", ("e1", "e2", "e3"), ("task_arithmetic[lambda=0.7]",), True),
+)
+
+
+def multiway_rows(mergekit: Path, work: Path, base: Path, experts: list[Path]) -> list[dict]:
+    """Export multi-way plans as ``simmerge export`` does, run mergekit, compare."""
+    import yaml
+
+    from simmerge.catalog import Catalog
+    from simmerge.export import mergekit_documents
+    from simmerge.multiway import MultiwayPlan, execute_plan
+
+    catalog = Catalog.from_dict(
+        {
+            "name": "parity",
+            "base": {"name": "base", "path": str(base)},
+            "experts": [{"name": f"e{i}", "path": str(e)} for i, e in enumerate(experts, 1)],
+        },
+        root=work,
+    )
+    rows = []
+    for kind, members, steps, oneshot in MULTIWAY:
+        plan = MultiwayPlan(members, steps, oneshot)
+        entry = {"kind": "multiway", "members": members, "steps": steps, "oneshot": oneshot}
+        docs = mergekit_documents(entry, catalog)
+        cfg = work / f"{kind}.yaml"
+        cfg.write_text(yaml.safe_dump_all(docs, sort_keys=False, explicit_start=len(docs) > 1))
+        out_mk = work / f"mk-{kind}"
+        if len(docs) > 1:
+            cmd = [str(mergekit.parent / "mergekit-multi"), str(cfg), "--out-path", str(out_mk)]
+            cmd += ["-I", str(work / f"inter-{kind}")]
+        else:
+            cmd = [str(mergekit), str(cfg), str(out_mk), "--quiet"]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        row = {"operator": f"{kind}: {plan.id}", "params": {}, "documents": len(docs)}
+        if proc.returncode != 0:
+            rows.append({**row, "accepted_by_mergekit": False,
+                         "error": proc.stderr.strip().splitlines()[-1:]})  # fmt: skip
+            continue
+        ours = execute_plan(plan, catalog, device="cpu")
+        theirs = open_checkpoint(out_mk)
+        diffs = {n: float((theirs.get(n).float() - t.float()).abs().max()) for n, t in ours.items()}
+        worst = max(diffs, key=diffs.get)
+        rows.append({**row, "accepted_by_mergekit": True, "max_abs_diff": diffs[worst],
+                     "worst_tensor": worst, "tensors": len(diffs)})  # fmt: skip
+    return rows
 
 
 if __name__ == "__main__":
