@@ -3,7 +3,9 @@
 Each N is a sub-catalog of the first N experts of the large tiny zoo (built if missing), scanned
 with a cold cache into a fresh folder, so every stage does its full work:
 
-* signatures -- one probe pass per (expert, distinct probe set): O(N);
+* signatures -- one probe pass per (expert, distinct probe set): O(N) for a fixed task set
+  (the sub-catalogs add tasks with their experts, so the jobs per model grow too: see the
+  "sig jobs" column);
 * sketches -- one streaming weight pass per expert: O(N);
 * profiles -- the cached signatures/sketches read back: O(N);
 * pair features -- every ordered pair x probe set: O(N²);
@@ -91,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                     "ordered_pairs": n * (n - 1),
                     "pairs": n * (n - 1) // 2,
                     "feature_rows": cold.counts.get("feature_rows"),
+                    "signature_jobs": cold.counts.get("signature_jobs"),
                     "seconds": {s: round(v, 3) for s, v in cold.seconds.items()},
                     "total_seconds": round(total, 2),
                     "resume_seconds": round(time.perf_counter() - start, 2),
@@ -116,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def print_table(rows: list[dict]) -> None:
     head = (
-        f"{'N':>3} {'sig s':>7} {'/model':>7} {'sketch s':>8} {'/model':>7} {'pairs s':>8} "
+        f"{'N':>3} {'sig jobs':>8} {'sig s':>7} {'/model':>7} {'sketch s':>8} {'/model':>7} "
+        f"{'pairs s':>8} "
         f"{'/o.pair ms':>10} {'rank s':>7} {'/pair ms':>9} {'plans s':>8} {'report s':>8} "
         f"{'total s':>8} {'resume s':>8}"
     )
@@ -124,7 +128,8 @@ def print_table(rows: list[dict]) -> None:
     for r in rows:
         s, n = r["seconds"], r["n"]
         print(
-            f"{n:>3} {s['signatures']:>7.2f} {s['signatures'] / n:>7.3f} {s['sketches']:>8.2f} "
+            f"{n:>3} {r['signature_jobs']:>8} {s['signatures']:>7.2f} {s['signatures'] / n:>7.3f} "
+            f"{s['sketches']:>8.2f} "
             f"{s['sketches'] / n:>7.3f} {s['pair_features']:>8.2f} "
             f"{1000 * s['pair_features'] / r['ordered_pairs']:>10.2f} "
             f"{s['ranking_pairs']:>7.2f} {1000 * s['ranking_pairs'] / r['pairs']:>9.1f} "

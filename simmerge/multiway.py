@@ -390,7 +390,7 @@ def plan_merge(
             if mode == "exact" and depth < max_models:
                 for i, b in enumerate(beams):
                     _materialize(planner, b, Path(tmp) / f"d{depth}_{i}", device)
-        oneshots = _oneshot_candidates(planner, names, max_models, oneshot_grid)
+        oneshots = _oneshot_candidates(planner, names, max_models, oneshot_grid, beam)
 
     ranked = sorted(
         [
@@ -489,45 +489,98 @@ def _dedupe(beams: list[_Beam]) -> list[_Beam]:
     return out
 
 
+# above this many subsets, one-shot candidates come from a beam search instead of enumeration
+ONESHOT_EXHAUSTIVE_LIMIT = 20_000
+
+
 def _oneshot_candidates(
-    planner: _Planner, names: list[str], max_models: int, grid: Sequence[OperatorConfig]
+    planner: _Planner,
+    names: list[str],
+    max_models: int,
+    grid: Sequence[OperatorConfig],
+    beam: int = 4,
 ) -> list[tuple[float, MultiwayPlan, dict[str, float], float]]:
-    """Every subset of 3..max_models experts x ``grid``, scored as in the module docs (one
-    batched prediction for all rows)."""
+    """One-shot plans of 3..max_models experts x ``grid``, scored as in the module docs.
+
+    A plan's score only combines pairwise step predictions p(s, o, c, t), so all of them are
+    predicted once (one batch over every ordered pair, operator and task) and subsets are
+    scored from that table. Every subset is scored while there are at most
+    :data:`ONESHOT_EXHAUSTIVE_LIMIT` of them; beyond that (large catalogs) subsets grow by
+    beam search from every pair, ``4 * beam`` kept per operator and size."""
     tasks = set(planner.tasks)
-    rows, index = [], []  # index: (subset, config, member s, task t)
-    for size in range(3, max_models + 1):
-        for subset in combinations(names, size):
-            for config in grid:
-                for s in subset:
-                    for t in sorted(planner.expert_tasks(s) & tasks):
-                        for o in subset:
-                            if o != s:
-                                general, per_task = planner.pair(s, o)
-                                o_has = t in planner.expert_tasks(o)
-                                rows.append(design_row(general, per_task[t], True, o_has, config))
-                                index.append((subset, config.id, s, t))
-    if not rows:
+    table = _pairwise_table(planner, names, grid, tasks)
+    if not table:
         return []
+    sizes = range(3, max_models + 1)
+    if sum(math.comb(len(names), k) for k in sizes) <= ONESHOT_EXHAUSTIVE_LIMIT:
+        subsets = [c for k in sizes for c in combinations(names, k)]
+        scored = [_score_oneshot(planner, table, sub, c.id) for sub in subsets for c in grid]
+    else:
+        position = {n: i for i, n in enumerate(names)}
+        scored = []
+        for config in grid:
+            level: list[tuple[str, ...]] = list(combinations(names, 2))
+            for _ in sizes:
+                grown = {
+                    tuple(sorted((*sub, e), key=position.__getitem__))
+                    for sub in level
+                    for e in names
+                    if e not in sub
+                }
+                found = [_score_oneshot(planner, table, g, config.id) for g in sorted(grown)]
+                kept = sorted((x for x in found if x is not None), key=lambda x: -x[0])[: 4 * beam]
+                scored += kept
+                level = [x[1].members for x in kept]
+    return [x for x in scored if x is not None]
+
+
+def _pairwise_table(
+    planner: _Planner, names: list[str], grid: Sequence[OperatorConfig], tasks: set[str]
+) -> dict[tuple[str, str, str, str], tuple[float, float]]:
+    """(s, o, config id, t) -> (clipped predicted kept fraction of s's task t when o joins,
+    predictive variance), for every ordered pair of ``names``, in one batched prediction."""
+    rows, index = [], []
+    for s in names:
+        own = sorted(planner.expert_tasks(s) & tasks)
+        for o in names:
+            if o == s or not own:
+                continue
+            general, per_task = planner.pair(s, o)
+            o_tasks = planner.expert_tasks(o)
+            for config in grid:
+                for t in own:
+                    rows.append(design_row(general, per_task[t], True, t in o_tasks, config))
+                    index.append((s, o, config.id, t))
+    if not rows:
+        return {}
     mean, std = planner.model.predict(rows)
-    kept_by: dict[tuple, float] = {}  # (subset, config, s, t) -> product over the others
-    var_by: dict[tuple[tuple[str, ...], str], list[float]] = {}
-    for key, m, sd in zip(index, np.clip(mean, 0.0, 1.0), std, strict=True):
-        kept_by[key] = kept_by.get(key, 1.0) * float(m)
-        var_by.setdefault(key[:2], []).append(float(sd) ** 2)
-    per_plan: dict[tuple[tuple[str, ...], str], dict[str, float]] = {}
-    for (subset, cid, _s, t), r in kept_by.items():
-        kept = per_plan.setdefault((subset, cid), {})
-        kept[t] = max(kept.get(t, 0.0), r)  # a task two members share: the better of them
-    return [
-        (
-            float(np.mean([kept.get(t, 0.0) for t in planner.tasks])),
-            MultiwayPlan(subset, (cid,), oneshot=True),
-            kept,
-            math.sqrt(float(np.mean(var_by[(subset, cid)]))),
-        )
-        for (subset, cid), kept in per_plan.items()
-    ]
+    return {
+        key: (float(m), float(sd) ** 2)
+        for key, m, sd in zip(index, np.clip(mean, 0.0, 1.0), std, strict=True)
+    }
+
+
+def _score_oneshot(
+    planner: _Planner, table: dict, subset: tuple[str, ...], cid: str
+) -> tuple[float, MultiwayPlan, dict[str, float], float] | None:
+    """(predicted score, plan, kept fraction per task, uncertainty) of one one-shot plan; None
+    when no member has a target task."""
+    kept: dict[str, float] = {}
+    variances: list[float] = []
+    for s in subset:
+        for t in sorted(planner.expert_tasks(s) & set(planner.tasks)):
+            r = 1.0
+            for o in subset:
+                if o != s:
+                    m, var = table[(s, o, cid, t)]
+                    r *= m
+                    variances.append(var)
+            kept[t] = max(kept.get(t, 0.0), r)  # a task two members share: the better of them
+    if not kept:
+        return None
+    score = float(np.mean([kept.get(t, 0.0) for t in planner.tasks]))
+    unc = math.sqrt(float(np.mean(variances))) if variances else 0.0
+    return score, MultiwayPlan(subset, (cid,), oneshot=True), kept, unc
 
 
 def format_plans(plans: Sequence[PlannedMerge]) -> str:

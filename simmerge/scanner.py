@@ -262,6 +262,7 @@ def scan(
             with timer("signatures"):
                 jobs = _signature_jobs(catalog, sets, options)
                 runner.map(run_signature_job, jobs, desc="signatures", progress=progress)
+                result.counts["signature_jobs"] = len(jobs)
             with timer("sketches"):
                 jobs = _sketch_jobs(catalog, options)
                 runner.map(run_sketch_job, jobs, desc="sketches", progress=progress)
