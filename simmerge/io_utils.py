@@ -3,23 +3,60 @@
 Files are written to a temporary sibling and renamed into place (``os.replace`` is atomic on
 POSIX within one file system); output folders are built in a hidden temporary sibling folder and
 renamed when complete. A killed process leaves at most a ``.tmp-*`` sibling behind, never a
-half-written result under the real name.
+half-written result under the real name; the next write to the same name removes such
+leftovers when the process that made them (same host, recorded in the name) is gone.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
+import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 from simmerge.errors import InputNotFoundError, OutputPathError, SimmergeError
 
+_HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:24] or "host"
+
 
 def _tmp_sibling(path: Path) -> Path:
-    return path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    """A hidden sibling named after ``path``, this host and this process."""
+    remove_stale_siblings(path)
+    return path.parent / f".{path.name}.tmp-{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_siblings(path: Path) -> list[Path]:
+    """Remove temporary siblings of ``path`` left by killed processes of this host (a live
+    process's, or another host's on shared storage, are left alone); returns what was removed."""
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.tmp-{_HOST}-(\d+)-[0-9a-f]{{8}}$")
+    removed = []
+    try:
+        siblings = list(path.parent.iterdir())
+    except OSError:
+        return removed
+    for p in siblings:
+        m = pattern.match(p.name)
+        if m and not _alive(int(m.group(1))):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 def ensure_writable_dir(folder: Path, what: str) -> None:

@@ -79,3 +79,85 @@ def exit_once(marker: str) -> str:
         path.write_text("died once")
         os._exit(1)
     return "ok"
+
+
+# --- jobs that tests/test_crash.py runs in forked children and kills with SIGKILL ------------
+# (here, not under tests/, so that the fork server can preload them from the package)
+
+CRASH_PRELOAD = (
+    "torch",
+    "simmerge.testing",
+    "simmerge.merging",
+    "simmerge.collect",
+    "simmerge.scanner",
+    "simmerge.bandit",
+    "simmerge.report",
+    "matplotlib.pyplot",  # what a scan's report stage would otherwise import in every child
+    "scipy.cluster.hierarchy",
+)
+BANDIT_ARMS = tuple(f"task_arithmetic[lambda={v}]" for v in (0.5, 0.7, 0.85, 1.0))
+
+
+def crash_scan_settings():
+    from simmerge.scanner import ScanSettings
+
+    return ScanSettings(top=2, plans=2, max_models=3, beam=2)
+
+
+def crash_scan_options(cache: str):
+    from simmerge.feature_table import FeatureOptions
+    from simmerge.signatures import SignatureConfig
+
+    return FeatureOptions(cache_dir=cache, signature=SignatureConfig(max_length=32))
+
+
+def merge_job(plan: str, out: str, shard_bytes: int) -> None:
+    from simmerge.merging import MergePlan, merge
+
+    torch.set_num_threads(1)
+    merge(MergePlan.from_yaml(plan), out, shard_bytes=shard_bytes, progress=False)
+
+
+def collect_job(catalog: str, store: str, grid_ids: list[str]) -> None:
+    from simmerge.candidates import grid_from_ids
+    from simmerge.catalog import Catalog
+    from simmerge.collect import collect_outcomes
+    from simmerge.outcomes import OutcomeStore
+
+    torch.set_num_threads(1)
+    with OutcomeStore(store) as db:
+        collect_outcomes(Catalog.load(catalog), db, grid_from_ids(grid_ids), progress=False)
+
+
+def scan_job(catalog: str, out: str, cache: str, predictor: str) -> None:
+    from simmerge.scanner import scan
+
+    torch.set_num_threads(1)
+    scan(
+        catalog,
+        out,
+        options=crash_scan_options(cache),
+        predictor=predictor,
+        settings=crash_scan_settings(),
+        progress=False,
+    )
+
+
+def bandit_job(state: str, log: str) -> None:
+    """Update after update, each as a separate ``simmerge bandit update`` would: load, select,
+    update, save; then log the update count (fsync'd), so a logged update was saved."""
+    import os
+
+    from simmerge.bandit import CONTEXT_FEATURES, ArmContext, MergeBandit
+
+    feats = dict.fromkeys(CONTEXT_FEATURES, 0.0)
+    path = Path(state)
+    while True:
+        bandit = MergeBandit.load(path) if path.exists() else MergeBandit(arms=BANDIT_ARMS)
+        choice = bandit.select([ArmContext(a, feats, 0.5) for a in BANDIT_ARMS])
+        bandit.update(choice, 0.25 + 0.5 * (choice.arm == BANDIT_ARMS[1]))
+        bandit.save(path)
+        with open(log, "a") as f:
+            f.write(f"{bandit.n_updates}\n")
+            f.flush()
+            os.fsync(f.fileno())

@@ -1,15 +1,11 @@
 """MergeBandit: policies, learning from rewards, arms added and removed live, durable state
-(round trip, refusal of foreign states, a process killed while saving), reward validation,
-the replay used by scripts/simulate_bandit.py, and the CLI."""
+(round trip, refusal of foreign states; SIGKILL during updates is in tests/test_crash.py),
+reward validation, the replay used by scripts/simulate_bandit.py, and the CLI."""
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -200,40 +196,6 @@ def test_load_reports_missing_and_non_json_files(tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(BanditStateError, match="not JSON"):
         MergeBandit.load(tmp_path / "bad.json")
-
-
-KILL_LOOP = """
-import sys
-from simmerge.bandit import ArmContext, CONTEXT_FEATURES, MergeBandit
-arms = [f"task_arithmetic[lambda={l}]" for l in (0.5, 0.7, 0.85, 1.0)]
-b = MergeBandit(arms=tuple(arms))
-feats = dict.fromkeys(CONTEXT_FEATURES, 0.0)
-print("ready", flush=True)
-while True:
-    c = b.select([ArmContext(a, feats, 0.5) for a in arms])
-    b.update(c, 0.5)
-    b.save(sys.argv[1])
-"""
-
-
-def test_a_process_killed_while_saving_leaves_a_loadable_state(tmp_path):
-    path = tmp_path / "state.json"
-    rng = np.random.default_rng(0)
-    for _trial in range(10):
-        proc = subprocess.Popen(
-            [sys.executable, "-c", KILL_LOOP, str(path)],
-            stdout=subprocess.PIPE,
-            env={**os.environ, "OMP_NUM_THREADS": "1"},
-        )
-        assert proc.stdout.readline().strip() == b"ready"
-        time.sleep(float(rng.uniform(0.05, 0.4)))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        if path.exists():
-            loaded = MergeBandit.load(path)  # never a torn file
-            assert loaded.n_updates >= 1 and not loaded.pending
-    assert path.exists()
-    assert not [p for p in tmp_path.iterdir() if p.name != "state.json" and "tmp" not in p.name]
 
 
 # --- replay ----------------------------------------------------------------------------------
