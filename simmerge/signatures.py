@@ -254,11 +254,15 @@ def _run_probes(
     vocab = int(net.get_output_embeddings().weight.shape[0])
     k = vocab if vocab <= config.full_vocab_max else min(config.top_k, vocab)
     pad = pad_token_id(tokenizer, net)
-    out: dict[str, list[torch.Tensor]] = {"logprobs": [], "token_ids": [], "tail": [], "hidden": []}
-    # Sort by length so batches waste little padding; results go back in probe order below.
+    lengths = torch.tensor([0] + [len(s) for s in seqs], dtype=torch.int64)
+    offsets = lengths.cumsum(0)
+    # Outputs are allocated once and filled in place, and each batch's tensors are dropped
+    # before the next forward pass: memory is the output plus one batch's logits, whatever
+    # the number of probes (scripts/bench_signature_memory.py).
+    out: dict[str, torch.Tensor] = {}
+    # Sort by length so batches waste little padding; results land at each probe's offsets.
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     batches = [order[i : i + config.batch_size] for i in range(0, len(order), config.batch_size)]
-    per_probe: dict[int, tuple[torch.Tensor, ...]] = {}
     for batch in tqdm(batches, desc=f"signature {probes.name}", disable=not progress):
         ids, mask = right_padded([seqs[i] for i in batch], pad, dev)
         res = net(input_ids=ids, attention_mask=mask, output_hidden_states=True)
@@ -267,29 +271,29 @@ def _run_probes(
         tail = (1.0 - top.values.exp().sum(-1)).clamp_(min=0.0)
         m = mask.unsqueeze(-1).float()
         pooled = torch.stack([(h.float() * m).sum(1) / m.sum(1) for h in res.hidden_states])
+        del res, logp
+        if not out:
+            total = int(offsets[-1])
+            out = {
+                "logprobs": torch.empty(total, k, dtype=top.values.dtype),
+                "token_ids": torch.empty(total, k, dtype=torch.int64),
+                "tail": torch.empty(total, dtype=tail.dtype),
+                "hidden": torch.empty(pooled.shape[0], len(seqs), pooled.shape[-1]),
+            }
+        values, indices, tail, pooled = (t.cpu() for t in (top.values, top.indices, tail, pooled))
+        del top
         for j, i in enumerate(batch):
-            n = len(seqs[i])
-            per_probe[i] = (
-                top.values[j, :n].cpu(),
-                top.indices[j, :n].cpu(),
-                tail[j, :n].cpu(),
-                pooled[:, j].cpu(),
-            )
-    for i in range(len(seqs)):
-        lp, ti, tl, hd = per_probe.pop(i)
-        out["logprobs"].append(lp)
-        out["token_ids"].append(ti)
-        out["tail"].append(tl)
-        out["hidden"].append(hd)
-    lengths = torch.tensor([0] + [len(s) for s in seqs], dtype=torch.int64)
+            a, b = int(offsets[i]), int(offsets[i + 1])
+            out["logprobs"][a:b] = values[j, : b - a]
+            out["token_ids"][a:b] = indices[j, : b - a]
+            out["tail"][a:b] = tail[j, : b - a]
+            out["hidden"][:, i] = pooled[:, j]
+        del values, indices, tail, pooled
     return Signature(
         model=ident,
         probe_name=probes.name,
         probe_hash=probes.hash,
         vocab_size=vocab,
-        logprobs=torch.cat(out["logprobs"]),
-        token_ids=torch.cat(out["token_ids"]).to(torch.int64),
-        tail=torch.cat(out["tail"]),
-        offsets=lengths.cumsum(0),
-        hidden=torch.stack(out["hidden"], dim=1),
+        offsets=offsets,
+        **out,
     )

@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -101,6 +102,42 @@ def test_existing_output_folder_is_not_overwritten_by_default(tiny_models, tmp_p
         merge(plan, tmp_path / "m")
     assert merge(plan, tmp_path / "m", overwrite=True) == tmp_path / "m"
     assert open_checkpoint(tmp_path / "m").names
+
+
+def test_output_folder_that_is_or_contains_an_input_model_is_refused(tiny_models, tmp_path):  # noqa: F811
+    plan = make_plan(tiny_models, "linear")
+    member = Path(plan.members[0].model)
+    with pytest.raises(OutputPathError, match="is the input model"):
+        merge(plan, member, overwrite=True)
+    with pytest.raises(OutputPathError, match="contains the input model"):
+        merge(plan, member.parent, overwrite=True)
+    assert open_checkpoint(member).names  # the input is untouched
+
+
+def test_disk_full_while_writing_leaves_no_output_and_names_the_folder(
+    tiny_models,  # noqa: F811
+    tmp_path,
+    monkeypatch,
+):
+    import errno
+
+    from simmerge import safetensors_io
+
+    real_write = safetensors_io.SafetensorsStreamWriter.write
+    calls = {"n": 0}
+
+    def full_disk(self, name, tensor):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(self, name, tensor)
+
+    monkeypatch.setattr(safetensors_io.SafetensorsStreamWriter, "write", full_disk)
+    out_root = tmp_path / "outputs"
+    out_root.mkdir()
+    with pytest.raises(OutputPathError, match="No space left on device"):
+        merge(make_plan(tiny_models, "linear"), out_root / "m")
+    assert list(out_root.iterdir()) == []  # no output, no temporary folder
 
 
 def test_failed_merge_leaves_no_output_and_no_temp_folder(tiny_models, tmp_path):  # noqa: F811

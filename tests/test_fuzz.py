@@ -103,3 +103,107 @@ def test_safetensors_header_reader_raises_only_simmerge_errors(header, data):
             read_header(path)
         except SimmergeError:
             pass
+
+
+# --- catalogs, bandit states, scan rankings ---------------------------------------------------
+
+_MODELS: dict[str, str] = {}
+
+
+def _real_models() -> dict[str, str]:
+    """A tiny base and expert on disk (made once), so fuzzed catalogs also reach the checks
+    that open checkpoints."""
+    if not _MODELS:
+        from simmerge.testing import save_model
+
+        root = Path(tempfile.mkdtemp(prefix="fuzz-models-"))
+        base = save_model(root / "base", seed=0)
+        _MODELS.update(base=str(base), expert=str(save_model(root / "e", seed=1, base=base)))
+    return _MODELS
+
+
+def _catalog_like(models: dict[str, str]):
+    path = st.one_of(st.sampled_from([models["base"], models["expert"], "/nonexistent"]), scalars)
+    name = st.one_of(st.sampled_from(["base", "a", "b"]), scalars)
+    entry = st.fixed_dictionaries(
+        {"name": name, "path": path},
+        optional={"tasks": st.one_of(st.lists(st.sampled_from(["t", "u"]), max_size=2), values)},
+    )
+    return st.fixed_dictionaries(
+        {},
+        optional={
+            "name": st.one_of(st.just("c"), scalars),
+            "base": st.one_of(entry, values),
+            "experts": st.one_of(st.lists(entry, max_size=3), values),
+            "tasks": st.one_of(
+                st.dictionaries(
+                    st.sampled_from(["t", "u"]),
+                    st.fixed_dictionaries({}, optional={"eval": path, "probes": path, "x": values}),
+                    max_size=2,
+                ),
+                values,
+            ),
+            "extra": values,
+        },
+    )
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_catalog_loader_raises_only_simmerge_errors(data):
+    from simmerge.catalog import Catalog
+
+    doc = data.draw(st.one_of(_catalog_like(_real_models()), values))
+    try:
+        Catalog.from_dict(doc, root=Path(tempfile.gettempdir()))
+    except SimmergeError:
+        pass
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.text(max_size=200))
+def test_catalog_yaml_text_raises_only_simmerge_errors(text):
+    from simmerge.catalog import Catalog
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "catalog.yaml"
+        path.write_text(text)
+        try:
+            Catalog.load(path)
+        except SimmergeError:
+            pass
+
+
+def _valid_state() -> dict:
+    from simmerge.bandit import CONTEXT_FEATURES, ArmContext, MergeBandit
+
+    bandit = MergeBandit(arms=("linear", "ties[density=0.5]"))
+    feats = dict.fromkeys(CONTEXT_FEATURES, 0.0)
+    bandit.update(bandit.select([ArmContext("linear", feats, 0.5)]), 0.5)
+    bandit.select([ArmContext("linear", feats, 0.5)])  # one pending choice
+    return json.loads(json.dumps(bandit.to_state()))
+
+
+_STATE = _valid_state()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(
+        values,
+        st.tuples(st.sampled_from(sorted(_STATE)), values),
+        st.tuples(st.sampled_from(["levels", "pending", "scaler", "rng"]), values),
+    )
+)
+def test_bandit_state_loader_raises_only_simmerge_errors(change):
+    """Arbitrary documents, and a valid state with one key replaced by anything."""
+    from simmerge.bandit import MergeBandit
+
+    state = change
+    if isinstance(change, tuple):
+        state = json.loads(json.dumps(_STATE))
+        state[change[0]] = change[1]
+    try:
+        MergeBandit.from_state(state)
+    except SimmergeError:
+        pass

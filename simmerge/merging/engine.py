@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from simmerge.checkpoint import Checkpoint, is_finite, open_checkpoint
 from simmerge.compat import TOKENIZER_FILES, check_compatible
-from simmerge.errors import NonFiniteWeightsError, SimmergeError
+from simmerge.errors import NonFiniteWeightsError, OutputPathError, SimmergeError
 from simmerge.io_utils import atomic_output_dir
 from simmerge.merging.plan import OUTPUT_DTYPES, MergePlan
 from simmerge.merging.registry import run_operator
@@ -165,6 +165,7 @@ def merge(
         return state
 
     out_dir = Path(out_dir)
+    _check_clear_of_inputs(out_dir, plan)
     ref = inputs.reference
     out_dtypes = {
         n: _output_dtype(plan, ref.info(n).torch_dtype)
@@ -198,6 +199,23 @@ def merge(
         (tmp / PLAN_FILE).write_text(plan.to_mergekit_yaml())
     bar.close()
     return out_dir
+
+
+def _check_clear_of_inputs(out_dir: Path, plan: MergePlan) -> None:
+    """Refuse an output folder that is, or contains, a model the plan reads: replacing it
+    (``overwrite``) would destroy an input while it is being read."""
+    out = out_dir.expanduser().resolve()
+    for source in (plan.base, *(m.model for m in plan.members)):
+        if source is None:
+            continue
+        src = Path(source).expanduser().resolve()
+        if out == src or out in src.parents:
+            relation = "is" if out == src else "contains"
+            raise OutputPathError(
+                f"Output folder {str(out_dir)!r} {relation} the input model {str(source)!r}; "
+                "writing it would destroy that input.",
+                "choose an output folder outside every model the plan merges.",
+            )
 
 
 def _write_config(ref: Checkpoint, plan: MergePlan, folder: Path) -> None:
