@@ -239,18 +239,27 @@ class MergeBandit:
             ("new_family_sd", self.new_family_sd),
         ):
             if not (math.isfinite(v) and v > 0):
-                raise ConfigError(f"Bandit {name} must be a positive number, got {v!r}.")
+                raise ConfigError(
+                    f"Bandit {name} must be a positive number, got {v!r}.",
+                    f"leave {name} at its default or pass a finite value > 0.",
+                )
         if set(self.level_dims) != set(LEVEL_RIDGE) or not all(
             isinstance(d, int) and 1 <= d <= DIM for d in self.level_dims.values()
         ):
             raise ConfigError(
                 f"Bandit level_dims must map {sorted(LEVEL_RIDGE)} to 1..{DIM}, "
-                f"got {self.level_dims!r}."
+                f"got {self.level_dims!r}.",
+                "leave level_dims at its default unless you know the context layout.",
             )
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
-            raise ConfigError(f"Bandit seed must be an integer >= 0, got {self.seed!r}.")
+            raise ConfigError(
+                f"Bandit seed must be an integer >= 0, got {self.seed!r}.", "pass --seed 0 or more."
+            )
         if not 0 <= self.epsilon <= 1:
-            raise ConfigError(f"Bandit epsilon must be in [0, 1], got {self.epsilon!r}.")
+            raise ConfigError(
+                f"Bandit epsilon must be in [0, 1], got {self.epsilon!r}.",
+                "use an exploration rate such as 0.1.",
+            )
         if self._rng is None:
             self._rng = np.random.default_rng(self.seed)
         for arm in self.arms:
@@ -459,7 +468,10 @@ class MergeBandit:
                 "create one with MergeBandit(...).save(path) or `simmerge bandit select`.",
             ) from None
         except (ValueError, UnicodeDecodeError) as exc:
-            raise BanditStateError(f"Bandit state {str(path)!r} is not JSON ({exc}).") from None
+            raise BanditStateError(
+                f"Bandit state {str(path)!r} is not JSON ({exc}).",
+                "restore it from a backup, or start a new state file.",
+            ) from None
         return cls.from_state(state, source=str(path))
 
     @classmethod
@@ -470,7 +482,7 @@ class MergeBandit:
         except ConfigError as exc:  # e.g. an unknown policy or out-of-range parameter
             if isinstance(exc, BanditStateError):
                 raise
-            raise BanditStateError(f"Bandit {source}: {exc}") from None
+            raise BanditStateError(f"Bandit {source}: {exc.what}", exc.fix) from None
 
     @classmethod
     def _from_checked_state(cls, state: dict[str, Any], source: str) -> MergeBandit:
@@ -504,7 +516,10 @@ class MergeBandit:
         try:
             rng.bit_generator.state = state["rng"]
         except (TypeError, ValueError, KeyError) as exc:
-            raise BanditStateError(f"Bandit {source}: unusable random state ({exc}).") from None
+            raise BanditStateError(
+                f"Bandit {source}: unusable random state ({exc}).",
+                "restore the file from a backup, or start a new state file.",
+            ) from None
         bandit._rng = rng
         return bandit
 
@@ -513,7 +528,10 @@ def check_reward(reward: Any) -> float:
     try:
         r = float(reward)
     except (TypeError, ValueError):
-        raise BanditStateError(f"Reward {reward!r} is not a number.") from None
+        raise BanditStateError(
+            f"Reward {reward!r} is not a number.",
+            "pass the measured normalized score, a number in [0, 1].",
+        ) from None
     if not (math.isfinite(r) and 0.0 <= r <= 1.0):
         raise BanditStateError(
             f"Reward {reward!r} is outside [0, 1].",
@@ -524,7 +542,10 @@ def check_reward(reward: Any) -> float:
 
 def _check_prior(prior: float) -> float:
     if not isinstance(prior, int | float) or not math.isfinite(prior):
-        raise BanditStateError(f"Arm prior {prior!r} is not a finite number.")
+        raise BanditStateError(
+            f"Arm prior {prior!r} is not a finite number.",
+            "pass the predictor's predicted score (a number in [0, 1]) as the prior.",
+        )
     return float(prior)
 
 

@@ -145,7 +145,10 @@ class Catalog:
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8"))
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise CatalogError(f"Catalog {str(path)!r} is not valid YAML: {exc}.") from None
+            raise CatalogError(
+                f"Catalog {str(path)!r} is not valid YAML: {exc}.",
+                "fix the YAML syntax at the position named.",
+            ) from None
         return cls.from_dict(
             data,
             root=path.parent,
@@ -169,7 +172,8 @@ class Catalog:
         where = str(source) if source else "catalog"
         if not isinstance(data, Mapping):
             raise CatalogError(
-                f"Catalog {where!r} must be a YAML mapping with `base` and `experts`."
+                f"Catalog {where!r} must be a YAML mapping with `base` and `experts`.",
+                "see the catalog.yaml that `simmerge zoo build` writes for an example.",
             )
         try:
             spec = _CatalogFile.model_validate(dict(data))

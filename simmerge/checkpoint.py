@@ -69,7 +69,8 @@ class Checkpoint:
             return self.tensors[name]
         except KeyError:
             raise CheckpointError(
-                f"Checkpoint {str(self.path)!r} has no tensor {name!r}."
+                f"Checkpoint {str(self.path)!r} has no tensor {name!r}.",
+                "merge only checkpoints of the same architecture as the base.",
             ) from None
 
     @property
@@ -168,7 +169,10 @@ def _load_config(folder: Path, allow_remote_code: bool) -> dict[str, Any]:
             f"{str(cfg_path)!r} is not valid JSON ({exc}).", "repair or regenerate config.json."
         ) from None
     if not isinstance(config, dict):
-        raise CheckpointError(f"{str(cfg_path)!r} must hold a JSON object.")
+        raise CheckpointError(
+            f"{str(cfg_path)!r} must hold a JSON object.",
+            "restore the model's config.json (it is a JSON object in every HF model).",
+        )
     if config.get("auto_map") and not allow_remote_code:
         raise RemoteCodeRefusedError(
             f"Model {str(folder)!r} needs custom code (config.json has auto_map); simmerge does "
@@ -230,7 +234,10 @@ def _open_pickle(folder: Path) -> tuple[dict[str, torch.Tensor], tuple[Path, ...
         try:
             part = torch.load(file, map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises many types for a bad pickle
-            raise CheckpointError(f"Could not load pickle weights {str(file)!r}: {exc}.") from None
+            raise CheckpointError(
+                f"Could not load pickle weights {str(file)!r}: {exc}.",
+                "convert the checkpoint to safetensors, or re-download it.",
+            ) from None
         state.update(part)
     return state, tuple(files)
 

@@ -83,7 +83,10 @@ class MultiwayPlan:
 
     def __post_init__(self) -> None:
         if len(self.members) < 2:
-            raise PlanError(f"A multi-way plan needs at least two members, got {self.members}.")
+            raise PlanError(
+                f"A multi-way plan needs at least two members, got {self.members}.",
+                "list two or more experts (a single expert needs no merge).",
+            )
         dupes = sorted({m for m in self.members if self.members.count(m) > 1})
         if dupes:
             raise PlanError(f"Expert(s) listed twice in a plan: {dupes}.", "list each once.")
@@ -92,6 +95,7 @@ class MultiwayPlan:
             raise PlanError(
                 f"A {'one-shot' if self.oneshot else 'chain'} plan of {len(self.members)} "
                 f"members takes {want} operator(s), got {len(self.steps)}.",
+                "give one operator per step of a chain, or exactly one for a one-shot merge.",
             )
         for step in self.steps:
             config = OperatorConfig.from_id(step)
@@ -337,7 +341,8 @@ def plan_merge(
         )
     if max_models < 2 or beam < 1:
         raise ConfigError(
-            f"plan_merge needs max_models >= 2 and beam >= 1 (got {max_models}, {beam})."
+            f"plan_merge needs max_models >= 2 and beam >= 1 (got {max_models}, {beam}).",
+            "pass --max-models 2 or more and --beam 1 or more.",
         )
     names = list(experts) if experts else _relevant_experts(catalog, tasks)
     if len(names) < 2:

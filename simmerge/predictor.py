@@ -288,7 +288,8 @@ class MergePredictor:
             ) from None
         except ValueError as exc:
             raise PredictorError(
-                f"Predictor card {str(folder / CARD)!r} is not JSON ({exc})."
+                f"Predictor card {str(folder / CARD)!r} is not JSON ({exc}).",
+                "restore the folder from the shipped predictor or retrain (simmerge train).",
             ) from exc
         expected = list(predictor_columns())
         if card.get("format_version") not in READABLE_FORMATS or card.get("features") != expected:

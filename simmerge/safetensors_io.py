@@ -109,7 +109,10 @@ def read_header(path: str | Path) -> SafetensorsHeader:
                 raise _corrupt(path, f"header length {n} does not fit a file of {size} bytes")
             raw = f.read(n)
     except FileNotFoundError:
-        raise InputNotFoundError(f"Weights file {str(path)!r} does not exist.") from None
+        raise InputNotFoundError(
+            f"Weights file {str(path)!r} does not exist.",
+            "check the path, or re-download the checkpoint if a file is missing.",
+        ) from None
     except IsADirectoryError:
         raise _corrupt(path, "it is a directory") from None
     try:

@@ -475,7 +475,10 @@ def load_ranking(out_dir: str | Path) -> dict[str, Any]:
             "run `simmerge scan CATALOG --out DIR` first and pass that DIR.",
         ) from None
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"Scan ranking {str(path)!r} is unreadable: {exc}.") from None
+        raise ConfigError(
+            f"Scan ranking {str(path)!r} is unreadable: {exc}.",
+            "re-run `simmerge scan` into that folder; it rewrites the ranking.",
+        ) from None
     if not isinstance(data, dict) or data.get("format") != SCAN_FORMAT:
         raise ConfigError(
             f"{str(path)!r} is not a scan ranking of format {SCAN_FORMAT}.",

@@ -114,6 +114,21 @@ def test_output_folder_that_is_or_contains_an_input_model_is_refused(tiny_models
     assert open_checkpoint(member).names  # the input is untouched
 
 
+def test_unwritable_output_folder_is_refused_before_any_work(tiny_models, tmp_path, monkeypatch):  # noqa: F811
+    import os
+
+    parent = tmp_path / "readonly"
+    parent.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(  # root may write anywhere: simulate a folder without write permission
+        os, "access", lambda p, mode: False if str(p) == str(parent) else real_access(p, mode)
+    )
+    with pytest.raises(OutputPathError, match="not writable") as err:
+        merge(make_plan(tiny_models, "linear"), parent / "m")
+    assert str(parent) in str(err.value) and "Fix:" in str(err.value)
+    assert list(parent.iterdir()) == []
+
+
 def test_disk_full_while_writing_leaves_no_output_and_names_the_folder(
     tiny_models,  # noqa: F811
     tmp_path,

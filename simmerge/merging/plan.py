@@ -25,7 +25,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from simmerge.errors import InputNotFoundError, PlanError
-from simmerge.merging.registry import check_densities, get_operator, resolve_params
+from simmerge.merging.registry import OPERATORS, check_densities, get_operator, resolve_params
 
 OUTPUT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _SIMMERGE_ONLY = ("seed",)
@@ -45,7 +45,10 @@ class PlanMember(BaseModel):
     @classmethod
     def _finite_weight(cls, value: float) -> float:
         if not math.isfinite(value):
-            raise PlanError(f"Model weight must be a finite number, got {value!r}.")
+            raise PlanError(
+                f"Model weight must be a finite number, got {value!r}.",
+                "give each model a finite `weight` (e.g. 1.0).",
+            )
         return value
 
 
@@ -206,7 +209,10 @@ class MergePlan(BaseModel):
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8"))
         except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise PlanError(f"Plan file {str(path)!r} is not valid YAML: {exc}.") from None
+            raise PlanError(
+                f"Plan file {str(path)!r} is not valid YAML: {exc}.",
+                "fix the YAML syntax at the position named.",
+            ) from None
         return _plan_from_dict(data, relative_to=path.parent, source=str(path))
 
 
@@ -217,7 +223,10 @@ _MEMBER_PARAM_KEYS = {"weight", "density"}
 
 def _resolve_path(value: Any, relative_to: Path | None, source: str, where: str) -> str:
     if not isinstance(value, str) or not value:
-        raise PlanError(f"{source}: {where} must be a non-empty path string, got {value!r}.")
+        raise PlanError(
+            f"{source}: {where} must be a non-empty path string, got {value!r}.",
+            "write the model folder's path (absolute, or relative to the plan file).",
+        )
     p = Path(value).expanduser()
     if relative_to is not None and not p.is_absolute():
         p = relative_to / p
@@ -228,7 +237,10 @@ def _expect_mapping(value: Any, source: str, where: str) -> Mapping[str, Any]:
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        raise PlanError(f"{source}: {where} must be a mapping, got {type(value).__name__}.")
+        raise PlanError(
+            f"{source}: {where} must be a mapping, got {type(value).__name__}.",
+            "write it as `key: value` lines under that key.",
+        )
     return value
 
 
@@ -243,22 +255,36 @@ def _plan_from_dict(data: Any, *, relative_to: Path | None, source: str) -> Merg
         )
     operator = top.get("merge_method")
     if not isinstance(operator, str):
-        raise PlanError(f"{source}: `merge_method` is missing or not a string.")
+        raise PlanError(
+            f"{source}: `merge_method` is missing or not a string.",
+            f"add `merge_method: NAME` with one of: {', '.join(OPERATORS)}.",
+        )
     models = top.get("models")
     if not isinstance(models, list) or not models:
-        raise PlanError(f"{source}: `models` must be a non-empty list of {{model: PATH}} entries.")
+        raise PlanError(
+            f"{source}: `models` must be a non-empty list of {{model: PATH}} entries.",
+            "list the models to merge as `- model: PATH` lines under `models:`.",
+        )
     base = top.get("base_model")
     base = _resolve_path(base, relative_to, source, "`base_model`") if base is not None else None
     params = dict(_expect_mapping(top.get("parameters"), source, "`parameters`"))
     for key, neutral in _IGNORED_MERGEKIT_PARAMS.items():
         if key in params and params.pop(key) not in (neutral, True):
-            raise PlanError(f"{source}: parameter {key!r} must be a boolean.")
+            raise PlanError(
+                f"{source}: parameter {key!r} must be a boolean.", f"write `{key}: true` or false."
+            )
     if operator == "model_stock" and params.pop("filter_wise", False) is not False:
-        raise PlanError(f"{source}: model_stock with filter_wise: true is not supported.")
+        raise PlanError(
+            f"{source}: model_stock with filter_wise: true is not supported.",
+            "remove `filter_wise` (simmerge computes model_stock per tensor).",
+        )
     extras = _expect_mapping(top.get("simmerge"), source, "`simmerge`")
     bad_extras = sorted(set(map(str, extras)) - set(_SIMMERGE_ONLY))
     if bad_extras:
-        raise PlanError(f"{source}: unknown key(s) under `simmerge`: {', '.join(bad_extras)}.")
+        raise PlanError(
+            f"{source}: unknown key(s) under `simmerge`: {', '.join(bad_extras)}.",
+            f"use only: {', '.join(_SIMMERGE_ONLY)}.",
+        )
     params.update(extras)
 
     spec_needs_base = _needs_base(operator, source)
@@ -267,7 +293,10 @@ def _plan_from_dict(data: Any, *, relative_to: Path | None, source: str) -> Merg
         entry = _expect_mapping(entry, source, f"models[{i}]")
         bad = sorted(set(map(str, entry)) - _MODEL_KEYS)
         if bad:
-            raise PlanError(f"{source}: models[{i}] has unknown key(s) {', '.join(bad)}.")
+            raise PlanError(
+                f"{source}: models[{i}] has unknown key(s) {', '.join(bad)}.",
+                "a model entry takes only `model` and `parameters`.",
+            )
         path = _resolve_path(entry.get("model"), relative_to, source, f"models[{i}].model")
         mparams = dict(_expect_mapping(entry.get("parameters"), source, f"models[{i}].parameters"))
         bad = sorted(set(map(str, mparams)) - _MEMBER_PARAM_KEYS)
@@ -280,14 +309,18 @@ def _plan_from_dict(data: Any, *, relative_to: Path | None, source: str) -> Merg
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise PlanError(
                     f"{source}: models[{i}].parameters.{key} must be a number, got {value!r} "
-                    "(per-layer gradients are not supported)."
+                    "(per-layer gradients are not supported).",
+                    "give one number for the whole model.",
                 )
         if spec_needs_base and base is not None and _same_path(path, base):
             continue  # mergekit lets the base appear in `models`; it carries no task vector
         members.append({"model": path, **mparams})
     if operator == "slerp" and base is not None:
         if not any(_same_path(m["model"], base) for m in members):
-            raise PlanError(f"{source}: for slerp, `base_model` must be one of the two models.")
+            raise PlanError(
+                f"{source}: for slerp, `base_model` must be one of the two models.",
+                "set `base_model` to the model at t = 0 (one of the two listed).",
+            )
         members.sort(key=lambda m: not _same_path(m["model"], base))  # base first: t=0
     if not spec_needs_base:
         base = None  # linear / slerp: mergekit's base_model only names the config source
@@ -302,7 +335,9 @@ def _plan_from_dict(data: Any, *, relative_to: Path | None, source: str) -> Merg
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = ".".join(str(p) for p in err["loc"])
-        raise PlanError(f"{source}: {loc}: {err['msg']}.") from None
+        raise PlanError(
+            f"{source}: {loc}: {err['msg']}.", "correct that value (see the operator's docs)."
+        ) from None
 
 
 def _same_path(a: str, b: str) -> bool:

@@ -355,7 +355,10 @@ def run_operator(
     """
     spec = get_operator(operator)
     if spec.needs_base and base is None:
-        raise OperatorParameterError(f"Operator {operator!r} needs a base model tensor.")
+        raise OperatorParameterError(
+            f"Operator {operator!r} needs a base model tensor.",
+            "set `base_model` in the plan (the model the experts were fine-tuned from).",
+        )
     generator = None
     if spec.randomized:
         generator = torch.Generator(device="cpu").manual_seed(
