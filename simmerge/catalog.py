@@ -23,12 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from simmerge.checkpoint import Checkpoint, open_checkpoint
 from simmerge.compat import check_compatible
 from simmerge.errors import CatalogError, DuplicateNameError, InputNotFoundError, SimmergeError
+from simmerge.io_utils import read_yaml_file
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -137,18 +137,12 @@ class Catalog:
         check_models: bool = True,
     ) -> Catalog:
         path = Path(path).expanduser()
-        if not path.is_file():
-            raise InputNotFoundError(
-                f"Catalog file {str(path)!r} does not exist.",
-                "pass the path to a catalog YAML (see `simmerge zoo build` for an example).",
-            )
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise CatalogError(
-                f"Catalog {str(path)!r} is not valid YAML: {exc}.",
-                "fix the YAML syntax at the position named.",
-            ) from None
+        data = read_yaml_file(
+            path,
+            "Catalog file",
+            CatalogError,
+            "pass the path to a catalog YAML (see `simmerge zoo build` for an example).",
+        )
         return cls.from_dict(
             data,
             root=path.parent,

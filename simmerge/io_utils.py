@@ -186,3 +186,19 @@ def read_local_table(
             "check that every line is a JSON object (JSONL) or the file is valid parquet.",
         ) from exc
     return list(ds), list(ds.column_names)
+
+
+def read_yaml_file(path: Path, what: str, error: type[SimmergeError], hint: str) -> object:
+    """The parsed YAML of ``path`` (a catalog, a plan, …): a missing file is an
+    :class:`InputNotFoundError` (``hint`` says what to pass), bad YAML or text an ``error``."""
+    import yaml
+
+    if not path.is_file():
+        raise InputNotFoundError(f"{what} {str(path)!r} does not exist.", hint)
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise error(
+            f"{what} {str(path)!r} is not valid YAML: {exc}.",
+            "fix the YAML syntax at the position named.",
+        ) from None

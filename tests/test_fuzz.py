@@ -7,6 +7,7 @@ import struct
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -62,14 +63,21 @@ def test_plan_loader_raises_only_simmerge_errors(doc):
         pass
 
 
+def _yaml_loaders():
+    from simmerge.catalog import Catalog
+
+    return [MergePlan.from_yaml, Catalog.load]
+
+
+@pytest.mark.parametrize("load", _yaml_loaders(), ids=["plan", "catalog"])
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.text(max_size=200))
-def test_plan_yaml_text_raises_only_simmerge_errors(text):
+@given(text=st.text(max_size=200))
+def test_yaml_text_raises_only_simmerge_errors(load, text):
     with tempfile.TemporaryDirectory() as d:
-        path = Path(d) / "plan.yaml"
+        path = Path(d) / "file.yaml"
         path.write_text(text)
         try:
-            MergePlan.from_yaml(path)
+            load(path)
         except SimmergeError:
             pass
 
@@ -158,20 +166,6 @@ def test_catalog_loader_raises_only_simmerge_errors(data):
         Catalog.from_dict(doc, root=Path(tempfile.gettempdir()))
     except SimmergeError:
         pass
-
-
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.text(max_size=200))
-def test_catalog_yaml_text_raises_only_simmerge_errors(text):
-    from simmerge.catalog import Catalog
-
-    with tempfile.TemporaryDirectory() as d:
-        path = Path(d) / "catalog.yaml"
-        path.write_text(text)
-        try:
-            Catalog.load(path)
-        except SimmergeError:
-            pass
 
 
 def _valid_state() -> dict:

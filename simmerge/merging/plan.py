@@ -24,7 +24,7 @@ import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
-from simmerge.errors import InputNotFoundError, PlanError
+from simmerge.errors import PlanError
 from simmerge.merging.registry import OPERATORS, check_densities, get_operator, resolve_params
 
 OUTPUT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -201,18 +201,10 @@ class MergePlan(BaseModel):
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> MergePlan:
+        from simmerge.io_utils import read_yaml_file
+
         path = Path(path)
-        if not path.is_file():
-            raise InputNotFoundError(
-                f"Plan file {str(path)!r} does not exist.", "check the path to the YAML plan."
-            )
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise PlanError(
-                f"Plan file {str(path)!r} is not valid YAML: {exc}.",
-                "fix the YAML syntax at the position named.",
-            ) from None
+        data = read_yaml_file(path, "Plan file", PlanError, "check the path to the YAML plan.")
         return _plan_from_dict(data, relative_to=path.parent, source=str(path))
 
 
