@@ -13,6 +13,9 @@ The public API, in the order of the data flow (README "Python API" walks through
 ``verify``                really merge and evaluate the top k, record the outcomes
 ``MergeBandit``           online selection that learns from every verified outcome
 ``scan``                  a whole catalog: features, ranking, report (local or Ray)
+``MergePlan``             a merge: operator, parameters, members (mergekit YAML in/out)
+``OutcomeStore``          measured merge outcomes (SQLite, append-only)
+``build_zoo``             the embedded default catalog: tiny models on synthetic tasks
 ========================  =============================================================
 
 Names are imported on first use, so ``import simmerge`` stays cheap (no torch, no LightGBM).

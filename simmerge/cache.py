@@ -20,9 +20,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
 from simmerge.errors import CacheError
-from simmerge.io_utils import atomic_write_bytes, ensure_writable_dir
+from simmerge.io_utils import atomic_write_bytes, ensure_writable_dir, remove_stale_temps
 
 _META_KEY = "simmerge"
+_CLEANED: set[Path] = set()  # cache folders whose killed writers' temporaries were removed
 
 
 def default_cache_dir() -> Path:
@@ -68,8 +69,11 @@ class TensorCache:
 
     def store(self, material: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Path:
         ensure_writable_dir(self.folder, "cache")
+        if self.folder not in _CLEANED:  # once per folder and process, not per entry written
+            remove_stale_temps(self.folder)
+            _CLEANED.add(self.folder)
         path = self.path(material)
         data = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
         blob = save(data, metadata={_META_KEY: json.dumps(material, sort_keys=True)})
-        atomic_write_bytes(path, blob)
+        atomic_write_bytes(path, blob, clean=False)
         return path

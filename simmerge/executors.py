@@ -11,7 +11,7 @@ picklable top-level function over such a list, in order, with a progress bar:
   the models are so small that one job cannot keep the cores busy).
 * :class:`RayExecutor` (extra ``simmerge[ray]``): one Ray task per job, ``num_gpus=1`` per task
   when the cluster has GPUs, retried when a worker dies. Workers must see the checkpoints and
-  the cache folder at the same paths (shared storage); see the README's "Scans" section.
+  the cache folder at the same paths (shared storage); see the README's "Catalog scans".
 """
 
 from __future__ import annotations
@@ -38,8 +38,16 @@ class Executor(Protocol):
     name: str
 
     def map(
-        self, fn: Callable[[T], R], items: Sequence[T], *, desc: str, progress: bool
-    ) -> list[R]: ...
+        self,
+        fn: Callable[[T], R],
+        items: Sequence[T],
+        *,
+        desc: str,
+        progress: bool,
+        gpu: bool = False,
+    ) -> list[R]:
+        """``gpu``: the jobs run on a GPU (a cluster executor reserves one per job)."""
+        ...
 
     def close(self) -> None: ...
 
@@ -61,7 +69,13 @@ class LocalExecutor:
         self.workers = workers
 
     def map(
-        self, fn: Callable[[T], R], items: Sequence[T], *, desc: str, progress: bool
+        self,
+        fn: Callable[[T], R],
+        items: Sequence[T],
+        *,
+        desc: str,
+        progress: bool,
+        gpu: bool = False,
     ) -> list[R]:
         if self.workers == 1 or len(items) <= 1:
             return [fn(x) for x in tqdm(items, desc=desc, disable=not progress)]
@@ -76,8 +90,12 @@ class LocalExecutor:
         ) as pool:
             futures = {pool.submit(fn, x): i for i, x in enumerate(items)}
             done = as_completed(futures)
-            for fut in tqdm(done, total=len(items), desc=desc, disable=not progress):
-                results[futures[fut]] = fut.result()
+            try:
+                for fut in tqdm(done, total=len(items), desc=desc, disable=not progress):
+                    results[futures[fut]] = fut.result()
+            except BaseException:
+                pool.shutdown(cancel_futures=True)  # report a failed job without the rest
+                raise
         return results
 
     def close(self) -> None:
@@ -87,7 +105,8 @@ class LocalExecutor:
 class RayExecutor:
     """One Ray task per job. Connects to ``address`` (``"auto"``: the cluster this machine
     belongs to; ``None``: a new local instance with ``num_cpus``), unless Ray is already
-    initialized. ``num_gpus`` per task defaults to 1 when the cluster has GPUs, else 0."""
+    initialized. ``num_gpus`` per GPU job defaults to 1 when the cluster has GPUs, else 0;
+    CPU jobs (``map(..., gpu=False)``) reserve none."""
 
     name = "ray"
 
@@ -120,12 +139,19 @@ class RayExecutor:
         self.max_retries = max_retries
 
     def map(
-        self, fn: Callable[[T], R], items: Sequence[T], *, desc: str, progress: bool
+        self,
+        fn: Callable[[T], R],
+        items: Sequence[T],
+        *,
+        desc: str,
+        progress: bool,
+        gpu: bool = False,
     ) -> list[R]:
         ray = self._ray
         # max_retries re-runs a task whose worker process died; an exception raised by the job
         # itself (a bad checkpoint) is not retried and reaches the caller with its own type
-        remote = ray.remote(num_gpus=self.num_gpus, max_retries=self.max_retries)(fn)
+        gpus = self.num_gpus if gpu else 0
+        remote = ray.remote(num_gpus=gpus, max_retries=self.max_retries)(fn)
         refs = [remote.remote(x) for x in items]
         pending = list(refs)
         with tqdm(total=len(refs), desc=desc, disable=not progress) as bar:

@@ -10,6 +10,7 @@ leftovers when the process that made them (same host, recorded in the name) is g
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import shutil
@@ -20,13 +21,32 @@ from pathlib import Path
 
 from simmerge.errors import InputNotFoundError, OutputPathError, SimmergeError
 
-_HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:24] or "host"
+
+def _process_space() -> str:
+    """Who can judge whether a pid is alive: this host (full name and machine id) and this pid
+    namespace (containers on one host with one name still differ), hashed to 12 hex digits."""
+    parts = [socket.gethostname()]
+    try:
+        parts.append(Path("/etc/machine-id").read_text().strip())
+    except OSError:
+        parts.append("-")
+    try:
+        parts.append(str(os.stat("/proc/self/ns/pid").st_ino))
+    except OSError:
+        parts.append("-")
+    return hashlib.blake2b("|".join(parts).encode(), digest_size=6).hexdigest()
 
 
-def _tmp_sibling(path: Path) -> Path:
-    """A hidden sibling named after ``path``, this host and this process."""
-    remove_stale_siblings(path)
-    return path.parent / f".{path.name}.tmp-{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+_SPACE = _process_space()
+_TMP_RE = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<space>[0-9a-f]{12})-(?P<pid>\d+)-[0-9a-f]{8}$")
+
+
+def _tmp_sibling(path: Path, *, clean: bool = True) -> Path:
+    """A hidden sibling named after ``path``, this host/pid namespace and this process;
+    ``clean`` first removes the siblings that killed processes left for the same name."""
+    if clean:
+        remove_stale_siblings(path)
+    return path.parent / f".{path.name}.tmp-{_SPACE}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
 def _alive(pid: int) -> bool:
@@ -40,17 +60,24 @@ def _alive(pid: int) -> bool:
 
 
 def remove_stale_siblings(path: Path) -> list[Path]:
-    """Remove temporary siblings of ``path`` left by killed processes of this host (a live
-    process's, or another host's on shared storage, are left alone); returns what was removed."""
-    pattern = re.compile(rf"^\.{re.escape(path.name)}\.tmp-{_HOST}-(\d+)-[0-9a-f]{{8}}$")
+    """Remove temporary siblings of ``path`` left by dead processes of this host and pid
+    namespace (a live process's, or another machine's on shared storage, are left alone)."""
+    return remove_stale_temps(path.parent, name=path.name)
+
+
+def remove_stale_temps(folder: Path, name: str | None = None) -> list[Path]:
+    """Remove the temporaries in ``folder`` (of ``name`` only, if given) whose writer is a dead
+    process of this host and pid namespace; returns what was removed."""
     removed = []
     try:
-        siblings = list(path.parent.iterdir())
+        entries = list(folder.iterdir())
     except OSError:
         return removed
-    for p in siblings:
-        m = pattern.match(p.name)
-        if m and not _alive(int(m.group(1))):
+    for p in entries:
+        m = _TMP_RE.match(p.name)
+        if not m or m["space"] != _SPACE or (name is not None and m["name"] != name):
+            continue
+        if not _alive(int(m["pid"])):
             if p.is_dir() and not p.is_symlink():
                 shutil.rmtree(p, ignore_errors=True)
             else:
@@ -75,14 +102,16 @@ def ensure_writable_dir(folder: Path, what: str) -> None:
 
 
 @contextlib.contextmanager
-def atomic_output_path(path: Path) -> Iterator[Path]:
+def atomic_output_path(path: Path, *, clean: bool = True) -> Iterator[Path]:
     """Yield a temporary sibling of ``path`` to write; on success it is renamed to ``path``.
 
-    On any exception the temporary file is removed and ``path`` is left as it was.
+    On any exception the temporary file is removed and ``path`` is left as it was. ``clean``
+    first removes temporaries of ``path`` left by killed processes (a cache, which writes many
+    entries into one folder, cleans the whole folder once instead: :func:`remove_stale_temps`).
     """
     path = Path(path)
     ensure_writable_dir(path.parent, "output")
-    tmp = _tmp_sibling(path)
+    tmp = _tmp_sibling(path, clean=clean)
     try:
         yield tmp
         with open(tmp, "rb+") as f:
@@ -99,8 +128,8 @@ def atomic_output_path(path: Path) -> Iterator[Path]:
         raise
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    with atomic_output_path(path) as tmp:
+def atomic_write_bytes(path: Path, data: bytes, *, clean: bool = True) -> None:
+    with atomic_output_path(path, clean=clean) as tmp:
         tmp.write_bytes(data)
 
 

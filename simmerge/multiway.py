@@ -511,7 +511,8 @@ def _oneshot_candidates(
     predicted once (one batch over every ordered pair, operator and task) and subsets are
     scored from that table. Every subset is scored while there are at most
     :data:`ONESHOT_EXHAUSTIVE_LIMIT` of them; beyond that (large catalogs) subsets grow by
-    beam search from every pair, ``4 * beam`` kept per operator and size."""
+    beam search from the ``4 * beam`` best pairs, ``4 * beam`` kept per operator and size, so
+    the work is O(N² + max_models * beam * N) scores per operator."""
     tasks = set(planner.tasks)
     table = _pairwise_table(planner, names, grid, tasks)
     if not table:
@@ -524,7 +525,9 @@ def _oneshot_candidates(
         position = {n: i for i, n in enumerate(names)}
         scored = []
         for config in grid:
-            level: list[tuple[str, ...]] = list(combinations(names, 2))
+            pairs = [_score_oneshot(planner, table, p, config.id) for p in combinations(names, 2)]
+            pairs = sorted((x for x in pairs if x is not None), key=lambda x: -x[0])
+            level = [x[1].members for x in pairs[: 4 * beam]]  # seeds: the best pairs
             for _ in sizes:
                 grown = {
                     tuple(sorted((*sub, e), key=position.__getitem__))

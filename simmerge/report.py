@@ -293,7 +293,7 @@ def render_html(ranking: dict, figs: dict[str, bytes], n_verified: int, key: str
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
-        f'<meta name="simmerge-scan-key" content="{key}">',
+        f'<meta name="simmerge-scan-key" content="{html.escape(key)}">',
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
         f'<p class="note">{len(cat["experts"])} experts over base '

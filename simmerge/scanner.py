@@ -132,6 +132,13 @@ class ScanSettings:
     explain: int = 1
 
     def __post_init__(self) -> None:
+        from simmerge.multiway import MODES
+
+        object.__setattr__(self, "tasks", tuple(dict.fromkeys(t.strip() for t in self.tasks)))
+        if self.mode not in MODES:
+            raise ConfigError(
+                f"Unknown multi-way mode {self.mode!r}.", f"use one of {', '.join(MODES)}."
+            )
         if min(self.top, self.max_models - 1, self.beam) < 1 or min(self.plans, self.explain) < 0:
             raise ConfigError(
                 f"Scan settings out of range: top={self.top}, plans={self.plans}, "
@@ -168,6 +175,9 @@ def _features_key(catalog: Catalog, options: FeatureOptions, sets: dict[str, Pro
             "simmerge": __version__,
             "base": catalog.checkpoint(catalog.base.name).fingerprint,
             "experts": models,
+            # plan ids and exports name the folders: a moved catalog is ranked again
+            "paths": [str(m.path.resolve()) for m in (catalog.base, *catalog.experts)],
+            "source": str(catalog.source.resolve()) if catalog.source else None,
             "tasks": {n: list(m.tasks) for n, m in ((e.name, e) for e in catalog.experts)},
             "probes": {k: p.hash for k, p in sets.items()},
             "signature": asdict(options.signature),
@@ -241,8 +251,15 @@ def scan(
         raise OutputPathError(f"Scan output {str(out)!r} is a file.", "pass a folder path.")
     ensure_writable_dir(out, "scan output")
     settings = settings or ScanSettings()
+    unknown = [t for t in settings.tasks if t not in catalog.task_names]
+    if unknown:
+        raise ConfigError(
+            f"Scan target task(s) {unknown} are not in catalog {catalog.name!r}.",
+            f"pick among: {', '.join(catalog.task_names)}.",
+        )
     options = options or FeatureOptions()
-    cache_dir = Path(options.cache_dir) if options.cache_dir else default_cache_dir()
+    # absolute: Ray workers (other working directories) must find the same cache
+    cache_dir = (Path(options.cache_dir) if options.cache_dir else default_cache_dir()).resolve()
     options = FeatureOptions(**{**_options_fields(options), "cache_dir": cache_dir})
     model = load_predictor(predictor)
     sets = catalog_probe_sets(catalog, options)
@@ -258,16 +275,21 @@ def scan(
         result.skipped += list(STAGES[:5])
     else:
         runner = make_executor(executor, workers=workers, address=address)
+        on_gpu = (options.device or "cuda").startswith("cuda")  # signatures pick CUDA if any
         try:
             with timer("signatures"):
                 jobs = _signature_jobs(catalog, sets, options)
-                runner.map(run_signature_job, jobs, desc="signatures", progress=progress)
+                runner.map(
+                    run_signature_job, jobs, desc="signatures", progress=progress, gpu=on_gpu
+                )
                 result.counts["signature_jobs"] = len(jobs)
             with timer("sketches"):
                 jobs = _sketch_jobs(catalog, options)
-                runner.map(run_sketch_job, jobs, desc="sketches", progress=progress)
+                on_gpu = (options.device or "cpu").startswith("cuda")  # sketches: CPU default
+                runner.map(run_sketch_job, jobs, desc="sketches", progress=progress, gpu=on_gpu)
         finally:
-            runner.close()
+            if isinstance(executor, str):  # ours to close; a caller's executor stays open
+                runner.close()
         with timer("profiles"):
             profiles = build_profiles(catalog, options, progress=progress)
         if features_done:
@@ -413,7 +435,7 @@ def rank_catalog(
         "simmerge": __version__,
         "catalog": {
             "name": catalog.name,
-            "source": str(catalog.source) if catalog.source else None,
+            "source": str(catalog.source.resolve()) if catalog.source else None,
             "base": catalog.base.name,
             "experts": {e.name: list(e.tasks) for e in catalog.experts},
         },
@@ -447,6 +469,9 @@ def _multiway(
         return [], tasks, "multi-way planning switched off (plans=0)"
     if len(tasks) < 2:
         return [], tasks, f"the catalog's experts cover {len(tasks)} task(s); nothing to combine"
+    relevant = [e for e in catalog.experts if set(e.tasks) & set(tasks)]
+    if len(relevant) < 2:
+        return [], tasks, f"only {len(relevant)} expert(s) have the target tasks"
     planned = plan_merge(
         catalog,
         tasks,

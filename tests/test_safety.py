@@ -54,11 +54,9 @@ def test_catalogue_row_names_a_test_that_checks_its_exception(number, what, erro
     tree = ast.parse((ROOT / file).read_text())
     funcs = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
     assert name in funcs, f"row {number}: {test_id} does not exist"
-    func = funcs[name]
-    # the test's body or its parametrize decorator must mention the exception
-    source = ast.get_source_segment((ROOT / file).read_text(), func) or ""
-    decorators = " ".join(ast.unparse(d) for d in func.decorator_list)
-    assert error in source + decorators, f"row {number}: {test_id} does not check {error}"
+    # the test's code (comments dropped) or its parametrize decorator must use the exception
+    names = {n.id for n in ast.walk(funcs[name]) if isinstance(n, ast.Name)}
+    assert error in names, f"row {number}: {test_id} does not check {error}"
 
 
 def _package_files() -> list[Path]:

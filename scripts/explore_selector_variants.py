@@ -1,0 +1,159 @@
+"""Selector variants tried against the shipped predictor's recipe (negative results kept).
+
+    python scripts/explore_selector_variants.py [--splits models,tasks]
+
+Same data and splits as scripts/evaluate_selector.py (zoo-large, zoo-default as training-only
+extra; group 5-fold by model and leave-one-task-out), without the anchored rule. Variants:
+
+* ``regression`` -- the shipped recipe: level + deviation LightGBM regression, argmax of the
+  mean predicted normalized score over the pair's tasks;
+* ``lcb k`` -- argmax of mean - k * ensemble sd (does the seed ensemble's spread flag risky
+  picks?);
+* ``z-switch k`` -- keep best-fixed unless the predicted best beats it by k combined sds;
+* ``lambdarank`` / ``rank_xendcg`` -- a ranking objective within each (pair, task), with
+  graded relevance (the range of each group cut into ``levels``), scores standardized per group
+  before averaging over the pair's tasks;
+* LightGBM settings: fewer/more leaves, larger leaves.
+
+Prints a table (gap closure and risk per split) and writes JSON (default
+``scripts/results/explore_selector_variants.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+GROUP_EXTRA = "task"
+
+
+def main(argv: list[str] | None = None) -> int:
+    import lightgbm as lgb
+    import pandas as pd
+
+    from simmerge.io_utils import write_json_report
+    from simmerge.predictor import DEFAULT_PARAMS, MergePredictor, predictor_columns, to_matrix
+    from simmerge.selection import (
+        PAIR,
+        best_fixed_candidate,
+        model_folds,
+        per_pair,
+        summarize,
+        task_folds,
+        with_extra,
+    )
+    from simmerge.training_data import load_training_tables, pair_objective, training_frame
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--splits", default="models,tasks")
+    parser.add_argument(
+        "--out", default=str(ROOT / "scripts/results/explore_selector_variants.json")
+    )
+    args = parser.parse_args(argv)
+    frame = training_frame(*load_training_tables("zoo-large"))
+    extra = training_frame(*load_training_tables("zoo-default"))
+    cols = list(predictor_columns())
+    group = [*PAIR, GROUP_EXTRA]
+
+    def folds(split):
+        return model_folds(frame, 5, 0) if split == "models" else task_folds(frame)
+
+    def fold_data(split):
+        for fold in folds(split):
+            train, test = with_extra(frame[fold.train], extra), frame[fold.test].copy()
+            if not test.empty and fold.train.sum():
+                yield train, test, best_fixed_candidate(pair_objective(train, "target"))
+
+    def score(outs):
+        r = summarize(outs)
+        return {"gap_closure": round(r["gap_closure"], 3), "risk": round(r["risk"], 3)}
+
+    def regression_variants(split, params):
+        """Shipped recipe with LightGBM ``params``; also the uncertainty rules (default only)."""
+        rules = {"regression": lambda m, s, bf: m}
+        if not params:
+            rules |= {f"lcb {k}": (lambda m, s, bf, k=k: m - k * s) for k in (0.5, 1, 2)}
+            rules |= {
+                f"z-switch {k}": (lambda m, s, bf, k=k: z_switch(m, s, bf, k)) for k in (1, 2)
+            }
+        outs = {name: [] for name in rules}
+        for train, test, bf in fold_data(split):
+            model = MergePredictor(n_models=5, params=params).fit(train, train["target"].to_numpy())
+            test["pred"], test["sd2"] = model.predict(test)
+            test["sd2"] = test["sd2"] ** 2
+            actual, mean = pair_objective(test, "target"), pair_objective(test, "pred")
+            sd = np.sqrt(pair_objective(test, "sd2"))
+            for name, rule in rules.items():
+                outs[name] += per_pair(actual, rule(mean, sd, bf), bf)
+        return {name: score(o) for name, o in outs.items()}
+
+    def z_switch(mean, sd, bf, k):
+        out = pd.Series(-1.0, index=mean.index)
+        for _, g in mean.groupby(level=PAIR):
+            cands = list(g.index.get_level_values("candidate"))
+            if bf not in cands:
+                continue
+            ib, best = cands.index(bf), int(np.argmax(g.to_numpy()))
+            s = sd.loc[g.index].to_numpy()
+            z = (g.iloc[best] - g.iloc[ib]) / np.sqrt(s[best] ** 2 + s[ib] ** 2 + 1e-12)
+            out.loc[g.index[best if z > k else ib]] = 1.0
+        return out
+
+    def ranking_variant(split, objective, levels):
+        outs = []
+        for train, test, bf in fold_data(split):
+            train = train.sort_values(group, kind="stable")
+            g = train.groupby(group)["target"]
+            rel = (train["target"] - g.transform("min")) / (
+                g.transform("max") - g.transform("min") + 1e-9
+            )
+            y = np.clip(np.floor(rel * levels + 1e-9), 0, levels).astype(int).to_numpy()
+            sizes = train.groupby(group, sort=False).size().to_numpy()
+            params = {**DEFAULT_PARAMS, "objective": objective}
+            if objective == "lambdarank":
+                params["label_gain"] = list(range(levels + 1))
+            preds = []
+            for seed in range(5):
+                ds = lgb.Dataset(to_matrix(train, cols), y, group=sizes, feature_name=cols)
+                booster = lgb.train({**params, "seed": seed}, ds, num_boost_round=300)
+                preds.append(booster.predict(to_matrix(test, cols)))
+            test["pred"] = np.mean(preds, axis=0)
+            t = test.groupby(group)["pred"]
+            test["pred"] = (test["pred"] - t.transform("mean")) / (t.transform("std") + 1e-9)
+            outs += per_pair(pair_objective(test, "target"), pair_objective(test, "pred"), bf)
+        return score(outs)
+
+    rows: dict[str, dict[str, dict[str, float]]] = {}
+    start = time.perf_counter()
+    for split in args.splits.split(","):
+        for name, res in regression_variants(split, {}).items():
+            rows.setdefault(name, {})[split] = res
+        for label, params in (
+            ("num_leaves 15", {"num_leaves": 15}),
+            ("num_leaves 63", {"num_leaves": 63}),
+            ("min_data_in_leaf 60", {"min_data_in_leaf": 60}),
+        ):
+            rows.setdefault(label, {})[split] = regression_variants(split, params)["regression"]
+        for objective, levels in (("lambdarank", 4), ("lambdarank", 10), ("rank_xendcg", 10)):
+            label = f"{objective} ({levels + 1} grades)"
+            rows.setdefault(label, {})[split] = ranking_variant(split, objective, levels)
+        print(f"{split} done ({time.perf_counter() - start:.0f} s)", flush=True)
+
+    splits = args.splits.split(",")
+    print(f"{'variant':>26} " + " ".join(f"{s + ' gap':>12} {s + ' risk':>12}" for s in splits))
+    for name, res in rows.items():
+        cells = " ".join(
+            f"{res[s]['gap_closure']:>12.3f} {res[s]['risk']:>12.3f}" for s in splits if s in res
+        )
+        print(f"{name:>26} {cells}")
+    write_json_report(Path(args.out), {"splits": splits, "variants": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
