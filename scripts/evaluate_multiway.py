@@ -157,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         task_sets += sets
     if args.shard:
         k, n = (int(v) for v in args.shard.split("/"))
+        if not 0 <= k < n:
+            raise SystemExit(f"--shard K/N needs 0 <= K < N (got {args.shard}): use 0/2 and 1/2.")
         task_sets = task_sets[k::n]
     refs = {
         t: max(scorer.score_folder(e, [t])[t] for e in catalog.experts_for(t))

@@ -397,9 +397,24 @@ def build_from_recipe(
                 "seed": seed,
                 "recipe": asdict(recipe),
                 "build_seconds": round(time.perf_counter() - t_start, 1),
+                # the weights are reproducible for one set of these, not across them: training
+                # numerics changed between transformers releases (README, "Reproducibility")
+                "versions": _library_versions(),
             },
             indent=2,
             sort_keys=True,
         ),
     )
+    return out
+
+
+def _library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("torch", "transformers", "tokenizers", "numpy"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "missing"
     return out
