@@ -56,6 +56,15 @@ def run_killed(ctx, target, args, delay: float) -> bool:
     return True
 
 
+def kill_delays(rng: random.Random, duration: float, stretch: float) -> list[float]:
+    """TRIALS kill delays covering [0, stretch * duration] evenly (one per stratum, jittered,
+    in shuffled order), so early, middle and late kills all happen whatever the draws."""
+    width = stretch * duration / TRIALS
+    delays = [(i + rng.random()) * width for i in range(TRIALS)]
+    rng.shuffle(delays)
+    return delays
+
+
 def _timed(fn) -> float:
     start = time.perf_counter()
     fn()
@@ -88,13 +97,16 @@ def test_killed_streaming_merge_leaves_a_complete_folder_or_none(forker, merge_c
     _root, plan, plan_file = merge_case
     want = merge(plan, device="cpu")
     shard = 512 * 1024  # many shards: the kill can land between any two files
-    duration = _timed(lambda: merge(plan, tmp_path / "timing", shard_bytes=shard, progress=False))
+    # timed in a forked child like the trials: a child pays costs (lazy imports) the test
+    # process has already paid
+    timing = (str(plan_file), str(tmp_path / "timing"), shard)
+    duration = _timed(lambda: run_killed(forker, w.merge_job, timing, 600))
     out = tmp_path / "merged"
     rng = random.Random(1)
     outcomes = {"complete": 0, "none": 0}
-    for _ in range(TRIALS):
+    for delay in kill_delays(rng, duration, 1.3):
         args = (str(plan_file), str(out), shard)
-        run_killed(forker, w.merge_job, args, rng.uniform(0, 1.3) * duration)
+        run_killed(forker, w.merge_job, args, delay)
         if out.exists():
             got = open_checkpoint(out)
             assert sorted(got.names) == sorted(want)
@@ -131,11 +143,11 @@ def test_killed_collection_resumes_without_lost_or_duplicated_rows(forker, train
     assert _rows(store) == want  # a child's collection equals the reference
     rng = random.Random(2)
     partial = 0
-    for _ in range(TRIALS):
+    for delay in kill_delays(rng, duration, 1.1):
         if len(_rows(store)) == len(want):  # finished: start over to keep killing real work
             for p in tmp_path.glob("o.sqlite*"):
                 p.unlink()
-        run_killed(forker, w.collect_job, args, rng.uniform(0, 1.1) * duration)
+        run_killed(forker, w.collect_job, args, delay)
         got = _rows(store)  # opens: the store survives every kill
         assert all(got[k] == want[k] for k in got), "a row differs from the reference"
         partial += len(got) < len(want)
@@ -150,29 +162,22 @@ def test_killed_collection_resumes_without_lost_or_duplicated_rows(forker, train
 def test_killed_scan_leaves_whole_files_and_resumes_without_recomputing(forker, trained, tmp_path):
     from test_scan import _assert_same_outputs, _check_outputs_whole, _mtimes
 
-    from simmerge.scanner import FEATURES_FILE, RANKING_FILE, REPORT_FILE, scan
+    from simmerge.scanner import FEATURES_FILE, RANKING_FILE, REPORT_FILE
 
     catalog, predictor = str(trained["catalog_path"]), str(trained["predictor"])
     ref = tmp_path / "ref"
-    duration = _timed(
-        lambda: scan(
-            catalog,
-            ref / "out",
-            options=w.crash_scan_options(str(ref / "cache")),
-            predictor=predictor,
-            settings=w.crash_scan_settings(),
-            progress=False,
-        )
-    )
+    # the reference scan runs (and is timed) in a forked child like the trials
+    ref_args = (catalog, str(ref / "out"), str(ref / "cache"), predictor)
+    duration = _timed(lambda: run_killed(forker, w.scan_job, ref_args, 600))
     out, cache = tmp_path / "out", tmp_path / "cache"
     args = (catalog, str(out), str(cache), predictor)
     rng = random.Random(3)
     states = set()  # which outputs existed after a kill: the kills land in different stages
-    for _ in range(TRIALS):
+    for delay in kill_delays(rng, duration, 1.5):
         if (out / REPORT_FILE).is_file():  # finished: start cold again
             shutil.rmtree(out)
             shutil.rmtree(cache, ignore_errors=True)
-        run_killed(forker, w.scan_job, args, rng.uniform(0, 1.5) * duration)
+        run_killed(forker, w.scan_job, args, delay)
         if out.exists():
             _check_outputs_whole(out)
         states.add(tuple((out / f).is_file() for f in (FEATURES_FILE, RANKING_FILE, REPORT_FILE)))
