@@ -31,38 +31,16 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def sub_catalog(zoo: Path, n: int, folder: Path) -> Path:
-    """A catalog of the zoo's first ``n`` experts (absolute paths) written into ``folder``."""
-    data = yaml.safe_load((zoo / "catalog.yaml").read_text())
-    if len(data["experts"]) < n:
-        raise SystemExit(f"{zoo} has {len(data['experts'])} experts; N={n} needs more.")
-
-    def absolute(path: str) -> str:
-        return str((zoo / path).resolve())
-
-    data["base"]["path"] = absolute(data["base"]["path"])
-    data["experts"] = [{**e, "path": absolute(e["path"])} for e in data["experts"][:n]]
-    used = {t for e in data["experts"] for t in e.get("tasks", [])}
-    data["tasks"] = {
-        t: {k: absolute(v) for k, v in spec.items()}
-        for t, spec in (data.get("tasks") or {}).items()
-        if t in used
-    }
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"catalog-{n}.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
-
-
 def main(argv: list[str] | None = None) -> int:
+    from simmerge.catalog import Catalog
     from simmerge.feature_table import FeatureOptions
     from simmerge.io_utils import write_json_report
     from simmerge.scanner import scan
+    from simmerge.testing import sub_catalog
     from simmerge.zoo import build_zoo
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -79,7 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-scan-") as tmp:
         for n in sizes:
-            catalog = sub_catalog(zoo, n, Path(tmp))
+            names = [e.name for e in Catalog.load(zoo / "catalog.yaml").experts][:n]
+            if len(names) < n:
+                raise SystemExit(f"{zoo} has {len(names)} experts; N={n} needs more.")
+            catalog = sub_catalog(zoo, Path(tmp), dict.fromkeys(names), f"catalog-{n}.yaml")
             options = FeatureOptions(device=args.device, cache_dir=Path(tmp) / f"cache-{n}")
             out = Path(tmp) / f"scan-{n}"
             start = time.perf_counter()

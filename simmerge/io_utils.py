@@ -165,7 +165,7 @@ def atomic_output_dir(out_dir: Path, *, overwrite: bool = False) -> Iterator[Pat
     try:
         yield tmp
         if out_dir.exists():
-            old = _tmp_sibling(out_dir)
+            old = _tmp_sibling(out_dir, clean=False)  # cleaned for this name just above
             os.replace(out_dir, old)
             os.replace(tmp, out_dir)
             shutil.rmtree(old, ignore_errors=True)

@@ -37,7 +37,6 @@ from simmerge.catalog import Catalog
 from simmerge.io_utils import atomic_write_bytes, atomic_write_text
 
 _KEY_RE = re.compile(rb'<meta name="simmerge-scan-key" content="([0-9a-f]+)"')
-FIGURES = ("heatmap", "clusters", "scatter", "features")
 
 
 def report_key(ranking_key: str, catalog: Catalog, store: str | Path | None) -> str:

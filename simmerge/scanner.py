@@ -24,10 +24,11 @@ leaves only whole files, and a re-run redoes only the stages that had not finish
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from itertools import combinations
 from pathlib import Path
 from typing import Any
@@ -159,10 +160,6 @@ class ScanResult:
     skipped: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        return {k: str(v) if isinstance(v, Path) else v for k, v in d.items()}
-
 
 # --- resume keys -----------------------------------------------------------------------------
 
@@ -178,7 +175,7 @@ def _features_key(catalog: Catalog, options: FeatureOptions, sets: dict[str, Pro
             # plan ids and exports name the folders: a moved catalog is ranked again
             "paths": [str(m.path.resolve()) for m in (catalog.base, *catalog.experts)],
             "source": str(catalog.source.resolve()) if catalog.source else None,
-            "tasks": {n: list(m.tasks) for n, m in ((e.name, e) for e in catalog.experts)},
+            "tasks": {e.name: list(e.tasks) for e in catalog.experts},
             "probes": {k: p.hash for k, p in sets.items()},
             "signature": asdict(options.signature),
             "sketch": asdict(options.sketch),
@@ -260,13 +257,18 @@ def scan(
     options = options or FeatureOptions()
     # absolute: Ray workers (other working directories) must find the same cache
     cache_dir = (Path(options.cache_dir) if options.cache_dir else default_cache_dir()).resolve()
-    options = FeatureOptions(**{**_options_fields(options), "cache_dir": cache_dir})
+    options = replace(options, cache_dir=cache_dir)
     model = load_predictor(predictor)
     sets = catalog_probe_sets(catalog, options)
     f_key = _features_key(catalog, options, sets)
     r_key = _ranking_key(f_key, model, settings)
     result = ScanResult(out, out / FEATURES_FILE, out / RANKING_FILE, None)
-    timer = _StageTimer(result)
+
+    @contextlib.contextmanager
+    def timer(stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        result.seconds[stage] = time.perf_counter() - start
 
     features_done = parquet_key(result.features) == f_key
     ranking_done = json_key(result.ranking) == r_key
@@ -309,45 +311,16 @@ def scan(
                     result.seconds[f"ranking_{part}"] = seconds
                 atomic_write_text(result.ranking, json.dumps(ranking, indent=1) + "\n")
     if report:
-        from simmerge.report import report_key, write_report
+        from simmerge.report import html_key, report_key, write_report
 
         result.report = out / REPORT_FILE
         rep_key = report_key(r_key, catalog, store)
-        if _html_key(result.report) == rep_key:
+        if html_key(result.report) == rep_key:
             result.skipped.append("report")
         else:
             with timer("report"):
                 write_report(out, store=store, key=rep_key)
     return result
-
-
-def _options_fields(options: FeatureOptions) -> dict[str, Any]:
-    return {f: getattr(options, f) for f in options.__dataclass_fields__}
-
-
-class _StageTimer:
-    def __init__(self, result: ScanResult) -> None:
-        self.result = result
-
-    def __call__(self, stage: str) -> _Timed:
-        return _Timed(self.result.seconds, stage)
-
-
-class _Timed:
-    def __init__(self, sink: dict[str, float], stage: str) -> None:
-        self.sink, self.stage = sink, stage
-
-    def __enter__(self) -> None:
-        self.start = time.perf_counter()
-
-    def __exit__(self, *exc: object) -> None:
-        self.sink[self.stage] = time.perf_counter() - self.start
-
-
-def _html_key(path: Path) -> str | None:
-    from simmerge.report import html_key
-
-    return html_key(path)
 
 
 def _signature_jobs(

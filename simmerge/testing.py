@@ -69,6 +69,37 @@ def save_model(
     return path
 
 
+def sub_catalog(
+    zoo: Path, folder: Path, experts: dict[str, list[str] | None], name: str = "catalog.yaml"
+) -> Path:
+    """Write a catalog of some of ``zoo``'s experts into ``folder`` (absolute paths): ``experts``
+    maps each kept expert to the tasks it declares (None: its own), in the zoo's order; only
+    the tasks they declare are kept."""
+    import yaml
+
+    data = yaml.safe_load((zoo / "catalog.yaml").read_text())
+
+    def absolute(path: str) -> str:
+        return str((zoo / path).resolve())
+
+    data["base"]["path"] = absolute(data["base"]["path"])
+    data["experts"] = [e for e in data["experts"] if e["name"] in experts]
+    for e in data["experts"]:
+        e["path"] = absolute(e["path"])
+        if experts[e["name"]] is not None:
+            e["tasks"] = list(experts[e["name"]])
+    used = {t for e in data["experts"] for t in e.get("tasks", [])}
+    data["tasks"] = {
+        t: {k: absolute(v) for k, v in spec.items()}
+        for t, spec in (data.get("tasks") or {}).items()
+        if t in used
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
 def exit_once(marker: str) -> str:
     """Kill the calling process the first time it runs for ``marker`` (a file path), return
     ``"ok"`` afterwards: a job that makes an executor's worker die once (retry tests)."""

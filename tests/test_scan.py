@@ -302,27 +302,10 @@ def test_readme_python_api_walkthrough_runs(scanned, tmp_path, monkeypatch):
     assert namespace["report"].best.candidate in {c.candidate for c in namespace["ranked"][:3]}
 
 
-def _sub_catalog(zoo: Path, folder: Path, experts: dict[str, list[str]]) -> Path:
-    """The zoo's catalog cut to ``experts`` (name -> the tasks it declares), absolute paths."""
-    data = yaml.safe_load((zoo / "catalog.yaml").read_text())
-    data["base"]["path"] = str(zoo / data["base"]["path"])
-    data["experts"] = [
-        {"name": e["name"], "path": str(zoo / e["path"]), "tasks": experts[e["name"]]}
-        for e in data["experts"]
-        if e["name"] in experts
-    ]
-    data["tasks"] = {
-        t: {k: str(zoo / v) for k, v in spec.items()} for t, spec in data["tasks"].items()
-    }
-    path = folder / "catalog.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
 def test_two_experts_one_without_tasks_scan_with_a_note_instead_of_plans(scanned, tmp_path):
-    catalog = _sub_catalog(
-        scanned["zoo"], tmp_path, {"reverse_sort": ["reverse", "sort"], "rotate_a": []}
-    )
+    from simmerge.testing import sub_catalog
+
+    catalog = sub_catalog(scanned["zoo"], tmp_path, {"reverse_sort": None, "rotate_a": []})
     scan(catalog, tmp_path / "out", options=scanned["options"], settings=SETTINGS, progress=False)
     ranking = load_ranking(tmp_path / "out")
     assert [sorted(p["models"]) for p in ranking["pairs"]] == [["reverse_sort", "rotate_a"]]
