@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import json
 import math
 import sys
@@ -538,15 +539,15 @@ def _greedy(model, ids, mask, max_new: int, eos: set[int], pad: int) -> list[lis
     eos_t = torch.tensor(sorted(eos), dtype=torch.long, device=ids.device)
     past = None
     step_ids, step_pos = ids, pos
+    # transformers 5.x renamed the KV-cache argument and output ``past_key_values`` -> ``cache``
+    # (the old name warns, and goes in 5.40); older releases only know the old name
+    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else None
     for _ in range(max_new):
+        kv = {cache_arg: past} if cache_arg else {"past_key_values": past}
         res = model(
-            input_ids=step_ids,
-            attention_mask=mask,
-            position_ids=step_pos,
-            past_key_values=past,
-            use_cache=True,
+            input_ids=step_ids, attention_mask=mask, position_ids=step_pos, use_cache=True, **kv
         )
-        past = res.past_key_values
+        past = res.cache if cache_arg else res.past_key_values
         nxt = res.logits[:, -1].argmax(-1)
         is_eos = torch.isin(nxt, eos_t) if len(eos) else torch.zeros_like(done)
         for i in torch.nonzero(~done & ~is_eos).flatten().tolist():
