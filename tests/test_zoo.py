@@ -95,6 +95,14 @@ def test_recipe_with_unknown_task_is_rejected(tmp_path):
         build_from_recipe(tmp_path / "z", bad, progress=False)
 
 
+def test_other_seeds_name_their_catalog_apart():
+    """Outcome and feature tables key rows on the catalog name: two seeds' rows must not mix."""
+    from simmerge.zoo.build import catalog_yaml
+
+    assert yaml.safe_load(catalog_yaml(MICRO))["name"] == MICRO.name
+    assert yaml.safe_load(catalog_yaml(MICRO, seed=2))["name"] == f"{MICRO.name}-s2"
+
+
 # --- the default zoo (built once per run by the tiny_zoo fixture) -----------------------------
 
 

@@ -183,7 +183,10 @@ def _jsonl(rows: list[dict[str, Any]]) -> str:
     return "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
 
 
-def catalog_yaml(recipe: ZooRecipe) -> str:
+def catalog_yaml(recipe: ZooRecipe, seed: int = 0) -> str:
+    """The zoo's catalog. Builds with another seed are other models under the same expert
+    names, so their catalog is named ``<recipe>-s<seed>``: outcome and feature tables key rows
+    on the catalog name, and two seeds' rows must never collide."""
     import yaml
 
     tasks: dict[str, Any] = {}
@@ -191,7 +194,7 @@ def catalog_yaml(recipe: ZooRecipe) -> str:
         tasks[t] = {"eval": f"eval/{t}.jsonl", "probes": f"probes/{t}.jsonl"}
         tasks[f"{t}_short"] = {"eval": f"eval/{t}_short.jsonl", "probes": f"probes/{t}.jsonl"}
     doc = {
-        "name": recipe.name,
+        "name": recipe.name if seed == 0 else f"{recipe.name}-s{seed}",
         "base": {"name": "base", "path": "base"},
         "experts": [
             {"name": e.name, "path": f"experts/{e.name}", "tasks": list(e.tasks)}
@@ -387,7 +390,7 @@ def build_from_recipe(
     for stale in (out / "experts").iterdir():
         if stale.is_dir() and not stale.name.startswith(".") and stale.name not in wanted:
             shutil.rmtree(stale)
-    atomic_write_text(out / "catalog.yaml", catalog_yaml(recipe))
+    atomic_write_text(out / "catalog.yaml", catalog_yaml(recipe, seed))
     atomic_write_text(
         out / MANIFEST,
         json.dumps(
