@@ -11,7 +11,9 @@ in ``--cache``, a JSON-lines file, so an interrupted run resumes). A plan's scor
 over the target tasks of its normalized score (score / the best expert of that task).
 
 simmerge's pick is the top plan of :func:`simmerge.multiway.plan_merge` restricted to the same
-space (``fast`` and ``exact`` modes); **best-fixed** is the one-shot merge of all relevant
+space, in ``fast`` and ``exact`` mode, each ranked by the analytic score alone and by the
+learned plan model (``--plan-model``, default the shipped ``models/multiway``; rows named
+``fast+model``, ``exact+model``); **best-fixed** is the one-shot merge of all relevant
 experts (capped at ``--max-models``, the members with the most target tasks first) with the
 N-way operator whose mean score on the *other* task sets is best; **random** is the mean
 plan. Metrics as in DESIGN.md (gap closure vs best-fixed, % of oracle), plus the merges and
@@ -19,6 +21,12 @@ evaluations each method spends. Prints a table, writes JSON
 (``scripts/results/evaluate_multiway_<catalog>.json``). With ``--shard K/N`` several processes
 share the work and the cache (appends of one short line are atomic); the final run without
 ``--shard`` merges nothing new and writes the report.
+
+``--data-out FILE.parquet`` also writes the plan model's training table: one row per measured
+(plan, target task a member has) with the columns of :func:`simmerge.plan_model.plan_columns`,
+``target`` (the normalized score), and ``catalog``, ``plan``, ``task``, ``steps`` (the plan's
+operator ids, ``;``-separated). ``--rankers analytic``
+evaluates without a plan model (e.g. before one is trained).
 """
 
 from __future__ import annotations
@@ -109,6 +117,21 @@ def measure(plans, tasks, catalog, scorer, cache, progress: bool) -> dict[str, d
     return out
 
 
+def method_name(mode: str, ranker: str) -> str:
+    return mode if ranker == "analytic" else f"{mode}+model"
+
+
+def write_training_table(path: Path, rows: list[dict]) -> None:
+    import pandas as pd
+
+    from simmerge.io_utils import atomic_write_bytes
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame = pd.DataFrame(rows).sort_values(["plan", "task"], kind="stable")
+    atomic_write_bytes(path, frame.to_parquet(index=False))
+    print(f"wrote {len(frame)} plan model training rows to {path}")
+
+
 def main(argv: list[str] | None = None) -> int:
     from simmerge.candidates import OperatorConfig
     from simmerge.catalog import Catalog
@@ -116,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     from simmerge.feature_table import FeatureOptions
     from simmerge.io_utils import write_json_report
     from simmerge.merging.registry import get_operator
-    from simmerge.multiway import MultiwayPlan, canonical_plan, plan_merge
+    from simmerge.multiway import MultiwayPlan, canonical_plan, plan_feature_rows, plan_merge
+    from simmerge.plan_model import load_plan_model
     from simmerge.ranking import load_predictor
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -130,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache", default=None, help="score cache (JSON lines)")
     p.add_argument("--cache-dir", default=None, help="signature/sketch cache")
     p.add_argument("--modes", default="fast,exact")
+    p.add_argument("--rankers", default="analytic,model", help="analytic and/or model")
+    p.add_argument("--plan-model", default=None, help="plan model folder or shipped name")
+    p.add_argument("--data-out", default=None, help="write the plan model's training table")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None)
     p.add_argument(
@@ -168,6 +195,12 @@ def main(argv: list[str] | None = None) -> int:
     predictor = load_predictor(args.predictor)
     options = FeatureOptions(cache_dir=args.cache_dir)
     modes = [m for m in args.modes.split(",") if m]
+    rankers = [s for s in args.rankers.split(",") if s]
+    if set(rankers) - {"analytic", "model"}:
+        raise SystemExit(f"--rankers takes analytic and/or model, got {args.rankers!r}.")
+    methods = [(m, s) for m in modes for s in rankers]
+    plan_model = load_plan_model(args.plan_model) if "model" in rankers else None
+    data_rows: dict[tuple[str, str], dict] = {}
 
     records = []
     try:
@@ -193,7 +226,23 @@ def main(argv: list[str] | None = None) -> int:
                 "random": float(np.mean(list(value.values()))),
                 "fixed": {op: value.get(pid, float("nan")) for op, pid in fixed.items()},
             }
-            for mode in modes:
+            if args.data_out:
+                fresh = [p for p in space if any((p.id, t) not in data_rows for t in tasks)]
+                for plan, t, row in plan_feature_rows(
+                    catalog, tasks, fresh, predictor=predictor, options=options
+                ):
+                    target = raw[plan.id][t] / refs[t] if refs[t] > 0 else 0.0
+                    data_rows[(plan.id, t)] = {
+                        "catalog": catalog.name,
+                        "plan": plan.id,
+                        "task": t,
+                        "steps": ";".join(plan.steps),
+                        # the 2-way predictor behind `analytic` and the step predictions
+                        "predictor_hash": predictor.card.get("training_data_hash"),
+                        **row,
+                        "target": target,
+                    }
+            for mode, ranker in methods:
                 t1 = time.perf_counter()
                 plans = plan_merge(
                     catalog,
@@ -206,9 +255,10 @@ def main(argv: list[str] | None = None) -> int:
                     options=options,
                     grid=[OperatorConfig.from_id(g) for g in grid],
                     oneshot_grid=[OperatorConfig.from_id(g) for g in nway],
+                    plan_model=plan_model if ranker == "model" else False,
                 )
                 pick = canonical_plan(plans[0].plan, rank).id  # as the space lists it
-                rec[mode] = {
+                rec[method_name(mode, ranker)] = {
                     "plan": pick,
                     "value": value[pick],
                     "predicted": plans[0].predicted,
@@ -244,7 +294,10 @@ def main(argv: list[str] | None = None) -> int:
             "gap_closure": float((sel - bf).sum() / gap) if gap > 1e-9 else float("nan"),
         }
 
-    results = {m: summary([r[m]["value"] for r in records]) for m in modes}
+    if args.data_out:
+        write_training_table(Path(args.data_out), list(data_rows.values()))
+    names = [method_name(m, s) for m, s in methods]
+    results = {m: summary([r[m]["value"] for r in records]) for m in names}
     results["best_fixed"] = summary([r["best_fixed"] for r in records])
     results["random"] = summary([r["random"] for r in records])
     results["oracle"] = summary([r["oracle"] for r in records])
@@ -262,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     report = {
         "catalog": catalog.name,
+        "plan_model": plan_model.card.get("training_sources") if plan_model else None,
         "task_sets": records,
         "results": results,
         "grid": list(grid),

@@ -19,6 +19,11 @@ from pathlib import Path
 from simmerge import __version__
 from simmerge.errors import SimmergeError
 
+PLAN_MODEL_HELP = (
+    "multi-way plan model: folder or shipped name (default: multiway); 'none': rank plans by "
+    "the analytic score alone"
+)
+
 
 def _cmd_merge(args: argparse.Namespace) -> int:
     from simmerge.merging import MergePlan, merge
@@ -183,6 +188,7 @@ def _add_rank_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--mode", default="fast", choices=("fast", "exact"), help="multi-way feature mode"
     )
+    p.add_argument("--plan-model", default=None, help=PLAN_MODEL_HELP)
     p.set_defaults(func=_lazy("simmerge.ranking:run_rank_cli"))
 
 
@@ -269,6 +275,7 @@ def _add_scan_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--mode", default="fast", choices=("fast", "exact"), help="multi-way feature mode"
     )
+    p.add_argument("--plan-model", default=None, help=PLAN_MODEL_HELP)
     p.add_argument("--store", default=None, help="outcome store with verified outcomes to plot")
     p.add_argument("--no-report", action="store_true", help="skip report.html")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")

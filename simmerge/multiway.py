@@ -39,6 +39,7 @@ from __future__ import annotations
 import hashlib
 import math
 import tempfile
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
@@ -53,6 +54,7 @@ from simmerge.errors import ConfigError, PlanError
 from simmerge.feature_table import FeatureOptions, build_profiles, catalog_probe_sets
 from simmerge.merging import MergePlan, PlanMember, merge
 from simmerge.merging.registry import get_operator
+from simmerge.plan_model import PlanModel, _nanmean, plan_rows
 from simmerge.predictor import MergePredictor, design_row
 from simmerge.similarity import FEATURE_COLUMNS, functional_features, pair_features
 
@@ -195,6 +197,7 @@ class PlannedMerge:
     per_task: dict[str, float]
     mode: str
     uncertainty: float = 0.0
+    ranked_by: str = "analytic"  # or "plan model" (simmerge.plan_model)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -207,6 +210,7 @@ class PlannedMerge:
             "uncertainty": self.uncertainty,
             "per_task": self.per_task,
             "mode": self.mode,
+            "ranked_by": self.ranked_by,
             "plan_id": self.plan.plan_id,
         }
 
@@ -215,15 +219,27 @@ class PlannedMerge:
 class _Beam:
     members: tuple[str, ...]
     steps: tuple[str, ...]
-    kept: dict[str, float]  # task -> predicted kept fraction
+    kept: dict[str, float]  # task -> analytic kept fraction (what the next step compounds)
     var: float = 0.0  # summed predictive variance of the prediction rows used
     rows: int = 0  # how many rows
+    learned: dict[str, float] | None = None  # the plan model's kept fractions, if one is used
+    learned_unc: float = 0.0  # the plan model's ensemble spread (root mean variance)
     folder: Path | None = None  # exact mode: the materialized running merge
     profile: Any = None  # exact mode: its profile
     parent: Path | None = None  # exact mode: the folder of the chain one step shorter
 
+    @property
+    def final(self) -> dict[str, float]:
+        """The kept fractions the plan is ranked by: the plan model's when there is one."""
+        return self.kept if self.learned is None else self.learned
+
     def score(self, tasks: Sequence[str]) -> float:
-        return float(np.mean([self.kept.get(t, 0.0) for t in tasks]))
+        return float(np.mean([self.final.get(t, 0.0) for t in tasks]))
+
+    def uncertainty(self) -> float:
+        if self.learned is not None:
+            return self.learned_unc
+        return math.sqrt(self.var / max(self.rows, 1))
 
 
 @dataclass
@@ -235,6 +251,8 @@ class _Planner:
     options: FeatureOptions
     profiles: dict[str, Any]
     cache: dict[tuple[str, str], tuple[dict, dict]] = field(default_factory=dict)
+    plan_model: PlanModel | None = None
+    table: dict[tuple[str, str, str, str], tuple[float, float]] = field(default_factory=dict)
 
     def expert_tasks(self, name: str) -> set[str]:
         return set(self.catalog.model(name).tasks)
@@ -254,6 +272,31 @@ class _Planner:
             for t in self.tasks
         }
 
+    def learn(
+        self, items: Sequence[tuple[tuple[str, ...], tuple[str, ...], bool, dict[str, float]]]
+    ) -> list[tuple[dict[str, float], float]]:
+        """The plan model's kept fraction per target task and uncertainty of each (members,
+        steps, oneshot, analytic kept) item, in one batched prediction. Needs :attr:`table`
+        over the items' step operators."""
+        rows, index = [], []
+        for i, (members, steps, oneshot, kept) in enumerate(items):
+            for t, row in plan_rows(
+                members, steps, oneshot, kept, self.tasks, self.expert_tasks, self.table
+            ):
+                rows.append(row)
+                index.append((i, t))
+        kept_out: list[dict[str, float]] = [{} for _ in items]
+        variances: list[list[float]] = [[] for _ in items]
+        if rows and self.plan_model is not None:
+            mean, std = self.plan_model.predict(rows)
+            for (i, t), m, sd in zip(index, np.clip(mean, 0.0, 1.0), std, strict=True):
+                kept_out[i][t] = float(m)
+                variances[i].append(float(sd) ** 2)
+        return [
+            (k, math.sqrt(float(np.mean(v))) if v else 0.0)
+            for k, v in zip(kept_out, variances, strict=True)
+        ]
+
     def fast_features(self, members: Sequence[str], e: str) -> tuple[dict, dict]:
         """Features of (merge of members, e): the mean over members (module docs)."""
         parts = [self.pair(m, e) for m in members]
@@ -265,22 +308,29 @@ class _Planner:
         return general, per_task
 
     def predict_step(
-        self, beam: _Beam, e: str, general: dict, per_task: dict
+        self,
+        beam: _Beam,
+        e: str,
+        general: dict,
+        per_task: dict,
+        configs: Sequence[OperatorConfig] | None = None,
     ) -> list[tuple[OperatorConfig, dict[str, float], float, int]]:
-        """For each grid config: the kept fractions after merging ``e`` into ``beam``."""
+        """For each of ``configs`` (default: the grid): the analytic kept fractions after
+        merging ``e`` into ``beam``."""
+        configs = self.grid if configs is None else tuple(configs)
         covered = set().union(*(self.expert_tasks(m) for m in beam.members))
         e_tasks = self.expert_tasks(e)
         relevant = [t for t in self.tasks if t in covered or t in e_tasks]
         rows = [
             design_row(general, per_task.get(t), t in covered, t in e_tasks, c)
-            for c in self.grid
+            for c in configs
             for t in relevant
         ]
         out = []
         if rows:
             mean, std = self.model.predict(rows)
             mean = np.clip(mean, 0.0, 1.0)  # a kept fraction: > 1 would compound along a chain
-        for i, config in enumerate(self.grid):
+        for i, config in enumerate(configs):
             kept = dict(beam.kept)
             var = 0.0
             for j, t in enumerate(relevant):
@@ -290,11 +340,6 @@ class _Planner:
                 var += float(std[k]) ** 2
             out.append((config, kept, var, len(relevant)))
         return out
-
-
-def _nanmean(values: Sequence[float]) -> float:
-    finite = [v for v in values if not math.isnan(v)]
-    return float(np.mean(finite)) if finite else math.nan
 
 
 def _relevant_experts(catalog: Catalog, tasks: Sequence[str]) -> list[str]:
@@ -317,6 +362,7 @@ def plan_merge(
     device: str | None = None,
     progress: bool = False,
     profiles: dict[str, Any] | None = None,
+    plan_model: PlanModel | str | Path | bool | None = None,
 ) -> list[PlannedMerge]:
     """Rank multi-way plans that cover ``tasks`` (see the module docs).
 
@@ -326,7 +372,12 @@ def plan_merge(
     x ``oneshot_grid``. ``mode`` is ``fast`` (no merges) or ``exact`` (one merge and probe
     pass per kept intermediate: ``beam`` per depth below ``max_models``). ``profiles``
     (name -> :class:`~simmerge.similarity.ModelProfile`, e.g. from a scan) skips reloading
-    the experts' signatures and sketches from the cache."""
+    the experts' signatures and sketches from the cache. ``plan_model`` re-scores plans with
+    the learned plan model (:mod:`simmerge.plan_model`; ``None``: the shipped one, ``False``:
+    the analytic score alone): every chain the beam expands, and the
+    :data:`ONESHOT_RESCORE` one-shot plans the analytic score ranks first; ``grid`` and
+    ``oneshot_grid`` are then cut to the operators its card says it was trained on."""
+    from simmerge.plan_model import load_plan_model
     from simmerge.ranking import load_predictor
 
     if mode not in MODES:
@@ -355,10 +406,26 @@ def plan_merge(
     if profiles is None or any(n not in profiles for n in names):
         profiles = build_profiles(catalog, options, experts=names, progress=progress)
     planner = _Planner(catalog, tasks, model, tuple(grid), options, profiles)
-
     order = {name: i for i, name in enumerate(catalog.expert_names)}
     names = sorted(names, key=order.__getitem__)
-    grid_ids = {c.id for c in grid}
+    planner.plan_model = load_plan_model(plan_model)
+    if planner.plan_model is not None and planner.plan_model.operators is not None:
+        known = set(planner.plan_model.operators)
+        grid = [c for c in grid if c.id in known]
+        oneshot_grid = [c for c in oneshot_grid if c.id in known]
+        if not grid and not oneshot_grid:
+            raise ConfigError(
+                "The plan model knows none of the operators to plan with "
+                f"(it was trained on {sorted(known)}).",
+                "include some of those in the grid, pass plan_model=False (analytic scores), "
+                "or train a plan model on your grid (scripts/evaluate_multiway.py --data-out).",
+            )
+        planner.grid = tuple(grid)
+    if planner.plan_model is not None:
+        _check_predictor(planner.plan_model, model)
+        configs = list({c.id: c for c in (*grid, *oneshot_grid)}.values())
+        planner.table = _pairwise_table(planner, names, configs, set(tasks))
+    grid_ids = {c.id for c in planner.grid}
     finished: list[_Beam] = []
     # depth 1: every candidate expert alone, keeping all of its own target tasks
     beams = [
@@ -389,6 +456,10 @@ def plan_merge(
                         )
             if not expanded:
                 break
+            if planner.plan_model is not None:
+                learned = planner.learn([(b.members, b.steps, False, b.kept) for b in expanded])
+                for b, (kept, unc) in zip(expanded, learned, strict=True):
+                    b.learned, b.learned_unc = kept, unc
             expanded.sort(key=lambda x: -x.score(tasks))
             beams = _dedupe(expanded)[:beam]
             finished.extend(beams)
@@ -396,15 +467,17 @@ def plan_merge(
                 for i, b in enumerate(beams):
                     _materialize(planner, b, Path(tmp) / f"d{depth}_{i}", device)
         oneshots = _oneshot_candidates(planner, names, max_models, oneshot_grid, beam)
+    if planner.plan_model is not None and oneshots:
+        oneshots = sorted(oneshots, key=lambda x: -x[0])[:ONESHOT_RESCORE]
+        learned = planner.learn([(x[1].members, x[1].steps, True, x[2]) for x in oneshots])
+        oneshots = [
+            (float(np.mean([k.get(t, 0.0) for t in tasks])), x[1], k, unc)
+            for x, (k, unc) in zip(oneshots, learned, strict=True)
+        ]
 
     ranked = sorted(
         [
-            (
-                b.score(tasks),
-                MultiwayPlan(b.members, b.steps),
-                b.kept,
-                math.sqrt(b.var / max(b.rows, 1)),
-            )
+            (b.score(tasks), MultiwayPlan(b.members, b.steps), b.final, b.uncertainty())
             for b in finished
         ]
         + oneshots,
@@ -424,11 +497,82 @@ def plan_merge(
                 per_task={t: float(kept.get(t, 0.0)) for t in tasks},
                 mode=mode,
                 uncertainty=unc,
+                ranked_by="analytic" if planner.plan_model is None else "plan model",
             )
         )
         if top is not None and len(out) >= top:
             break
     return out
+
+
+def _check_predictor(plan_model: PlanModel, predictor: MergePredictor) -> None:
+    """Warn when the plan model learned from another 2-way predictor's step predictions than
+    the one planning now: its inputs then come from a different distribution."""
+    seen = plan_model.card.get("predictor_hashes") or []
+    mine = predictor.card.get("training_data_hash")
+    if seen and mine not in seen:
+        warnings.warn(
+            f"The plan model was trained on the step predictions of 2-way predictor(s) {seen}, "
+            f"not of this one ({mine}); its scores may be off. Regenerate it with "
+            "scripts/regenerate_plan_model.sh after changing the predictor.",
+            stacklevel=3,
+        )
+
+
+def plan_feature_rows(
+    catalog: Catalog,
+    tasks: Sequence[str],
+    plans: Sequence[MultiwayPlan],
+    *,
+    predictor: MergePredictor | str | Path | None = None,
+    options: FeatureOptions | None = None,
+    profiles: dict[str, Any] | None = None,
+) -> list[tuple[MultiwayPlan, str, dict[str, float]]]:
+    """(plan, task, plan model row) for every plan and target task, with the analytic kept
+    fractions of ``fast`` mode: the training rows of the plan model
+    (``scripts/evaluate_multiway.py --data-out``) and what it sees at planning time."""
+    from simmerge.ranking import load_predictor
+
+    tasks = tuple(dict.fromkeys(tasks))
+    names = sorted({m for p in plans for m in p.members}, key=catalog.expert_names.index)
+    options = options or FeatureOptions()
+    if profiles is None or any(n not in profiles for n in names):
+        profiles = build_profiles(catalog, options, experts=names)
+    model = load_predictor(predictor)
+    configs = {s: OperatorConfig.from_id(s) for p in plans for s in p.steps}
+    planner = _Planner(catalog, tasks, model, tuple(configs.values()), options, profiles)
+    planner.table = _pairwise_table(planner, names, list(configs.values()), set(tasks))
+    out = []
+    for plan in plans:
+        kept = _analytic_kept(planner, plan, configs)
+        rows = plan_rows(
+            plan.members,
+            plan.steps,
+            plan.oneshot,
+            kept,
+            tasks,
+            planner.expert_tasks,
+            planner.table,
+            planner.pair,
+        )
+        out += [(plan, t, row) for t, row in rows]
+    return out
+
+
+def _analytic_kept(
+    planner: _Planner, plan: MultiwayPlan, configs: dict[str, OperatorConfig]
+) -> dict[str, float]:
+    """The analytic (fast mode) kept fraction per target task of one plan."""
+    if plan.oneshot:
+        scored = _score_oneshot(planner, planner.table, plan.members, plan.steps[0])
+        return scored[2] if scored else {}
+    first = plan.members[0]
+    beam = _Beam((first,), (), dict.fromkeys(planner.expert_tasks(first) & set(planner.tasks), 1.0))
+    for e, step in zip(plan.members[1:], plan.steps, strict=True):
+        general, per_task = _features(planner, beam, e, "fast")
+        ((_, kept, _, _),) = planner.predict_step(beam, e, general, per_task, [configs[step]])
+        beam = _Beam((*beam.members, e), (*beam.steps, step), kept)
+    return beam.kept
 
 
 def _features(planner: _Planner, beam: _Beam, e: str, mode: str) -> tuple[dict, dict]:
@@ -496,6 +640,8 @@ def _dedupe(beams: list[_Beam]) -> list[_Beam]:
 
 # above this many subsets, one-shot candidates come from a beam search instead of enumeration
 ONESHOT_EXHAUSTIVE_LIMIT = 20_000
+# with a plan model, the one-shot plans it re-scores: the best by the analytic score
+ONESHOT_RESCORE = 256
 
 
 def _oneshot_candidates(
@@ -514,7 +660,7 @@ def _oneshot_candidates(
     beam search from the ``4 * beam`` best pairs, ``4 * beam`` kept per operator and size, so
     the work is O(N² + max_models * beam * N) scores per operator."""
     tasks = set(planner.tasks)
-    table = _pairwise_table(planner, names, grid, tasks)
+    table = planner.table or _pairwise_table(planner, names, grid, tasks)
     if not table:
         return []
     sizes = range(3, max_models + 1)
@@ -596,8 +742,8 @@ def format_plans(plans: Sequence[PlannedMerge]) -> str:
         return "(no plans)"
     tasks = list(plans[0].per_task)
     lines = [
-        f"multi-way plans for {', '.join(tasks)} ({plans[0].mode} mode; predicted mean kept "
-        "fraction of each task's expert)",
+        f"multi-way plans for {', '.join(tasks)} ({plans[0].mode} mode, {plans[0].ranked_by} "
+        "scores; predicted mean kept fraction of each task's expert)",
         f"{'#':>3} {'pred':>6} {'±':>6}  " + " ".join(f"{t[:8]:>8}" for t in tasks) + "  plan",
     ]
     for p in plans:

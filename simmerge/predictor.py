@@ -196,7 +196,7 @@ class MergePredictor:
         self.card = {
             "format_version": FORMAT_VERSION,
             "features": list(self.columns),
-            "target": "normalized score (merge score / the task's expert score)",
+            "target": self.target_description(),
             "decompose": self.decompose,
             "n_models": self.n_models,
             "num_boost_round": self.num_boost_round,
@@ -207,6 +207,15 @@ class MergePredictor:
             "versions": _versions(),
         }
         return self
+
+    @classmethod
+    def expected_columns(cls) -> tuple[str, ...]:
+        """The columns a saved model of this class must list (its card is checked on load)."""
+        return predictor_columns()
+
+    @classmethod
+    def target_description(cls) -> str:
+        return "normalized score (merge score / the task's expert score)"
 
     def _level_index(self) -> list[int]:
         """Positions of the level model's columns in the input matrix."""
@@ -291,7 +300,7 @@ class MergePredictor:
                 f"Predictor card {str(folder / CARD)!r} is not JSON ({exc}).",
                 "restore the folder from the shipped predictor or retrain (simmerge train).",
             ) from exc
-        expected = list(predictor_columns())
+        expected = list(cls.expected_columns())
         if card.get("format_version") not in READABLE_FORMATS or card.get("features") != expected:
             got = card.get("features") or []
             diff = sorted(set(got) ^ set(expected))[:5]

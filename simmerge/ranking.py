@@ -250,6 +250,7 @@ def run_rank_cli(args: Any) -> int:
         predictor=args.predictor,
         options=FeatureOptions(device=args.device, cache_dir=args.cache_dir),
         progress=not args.json,
+        plan_model=False if args.plan_model == "none" else args.plan_model,
     )
     if args.json:
         print(json.dumps([c.to_dict() for c in ranked], indent=2))
@@ -277,6 +278,7 @@ def _run_multiway(catalog: Catalog, args: Any) -> int:
         experts=args.models.split(",") if args.models else None,
         options=FeatureOptions(device=args.device, cache_dir=args.cache_dir),
         progress=not args.json,
+        plan_model=False if args.plan_model == "none" else args.plan_model,
     )
     if args.json:
         print(json.dumps([p.to_dict() for p in plans], indent=2))

@@ -131,6 +131,9 @@ class ScanSettings:
     # candidates per pair whose top feature contributions are computed (LightGBM pred_contrib
     # is most of the ranking stage's time: ~35 ms per candidate on the tiny zoo)
     explain: int = 1
+    # multi-way plan model: a folder or shipped name; None: the shipped one; "none": rank
+    # plans by the analytic score alone (simmerge.plan_model)
+    plan_model: str | None = None
 
     def __post_init__(self) -> None:
         from simmerge.multiway import MODES
@@ -183,9 +186,14 @@ def _features_key(catalog: Catalog, options: FeatureOptions, sets: dict[str, Pro
     )
 
 
-def _ranking_key(features_key: str, predictor: Any, settings: ScanSettings) -> str:
+def _ranking_key(features_key: str, predictor: Any, settings: ScanSettings, plan_model: Any) -> str:
     return cache_key(
-        {"features": features_key, "predictor": predictor.card, "settings": asdict(settings)}
+        {
+            "features": features_key,
+            "predictor": predictor.card,
+            "plan_model": plan_model.card if plan_model is not None else None,
+            "settings": asdict(settings),
+        }
     )
 
 
@@ -233,6 +241,7 @@ def scan(
     predictions. The cache defaults to ``options.cache_dir`` or the user cache; on a Ray
     cluster it must be a folder every worker can reach at the same path.
     """
+    from simmerge.plan_model import load_plan_model
     from simmerge.ranking import load_predictor
 
     if not isinstance(catalog, Catalog):
@@ -259,9 +268,10 @@ def scan(
     cache_dir = (Path(options.cache_dir) if options.cache_dir else default_cache_dir()).resolve()
     options = replace(options, cache_dir=cache_dir)
     model = load_predictor(predictor)
+    plan_model = load_plan_model(False if settings.plan_model == "none" else settings.plan_model)
     sets = catalog_probe_sets(catalog, options)
     f_key = _features_key(catalog, options, sets)
-    r_key = _ranking_key(f_key, model, settings)
+    r_key = _ranking_key(f_key, model, settings, plan_model)
     result = ScanResult(out, out / FEATURES_FILE, out / RANKING_FILE, None)
 
     @contextlib.contextmanager
@@ -305,7 +315,9 @@ def scan(
             result.skipped.append("ranking")
         else:
             with timer("ranking"):
-                ranking = rank_catalog(catalog, profiles, model, settings, options, progress)
+                ranking = rank_catalog(
+                    catalog, profiles, model, settings, options, progress, plan_model
+                )
                 ranking.update(key=r_key, features_key=f_key)
                 for part, seconds in ranking["seconds"].items():
                     result.seconds[f"ranking_{part}"] = seconds
@@ -366,6 +378,7 @@ def rank_catalog(
     settings: ScanSettings,
     options: FeatureOptions,
     progress: bool = False,
+    plan_model: Any = None,
 ) -> dict[str, Any]:
     """The ``ranking.json`` document (without its keys): every unordered pair of experts in
     catalog order, ranked on the union of its two experts' tasks, and the multi-way plans."""
@@ -400,7 +413,9 @@ def rank_catalog(
         )
     seconds = {"pairs": time.perf_counter() - start}
     start = time.perf_counter()
-    plans, plan_tasks, plan_note = _multiway(catalog, profiles, model, settings, options, progress)
+    plans, plan_tasks, plan_note = _multiway(
+        catalog, profiles, model, plan_model, settings, options, progress
+    )
     seconds["plans"] = time.perf_counter() - start
     rule = model.card.get("selection") or {}
     return {
@@ -418,6 +433,9 @@ def rank_catalog(
             "margin": rule.get("margin"),
             "cv": model.card.get("cv"),
         },
+        "plan_model": (
+            {"trained_on": plan_model.card.get("training_sources")} if plan_model else None
+        ),
         "settings": asdict(settings),
         "pairs": pairs,
         "plan_tasks": plan_tasks,
@@ -431,6 +449,7 @@ def _multiway(
     catalog: Catalog,
     profiles: dict[str, Any],
     model: Any,
+    plan_model: Any,
     settings: ScanSettings,
     options: FeatureOptions,
     progress: bool,
@@ -456,6 +475,7 @@ def _multiway(
         options=options,
         profiles=profiles,
         progress=progress,
+        plan_model=plan_model if plan_model is not None else False,
     )
     return [p.to_dict() for p in planned], tasks, None
 
@@ -503,6 +523,7 @@ def run_scan_cli(args: Any) -> int:
             beam=args.beam,
             mode=args.mode,
             tasks=tuple(args.tasks.split(",")) if args.tasks else (),
+            plan_model=args.plan_model,
         ),
         store=args.store,
         report=not args.no_report,

@@ -101,6 +101,7 @@ def fast_plans(trained):
         top=None,
         predictor=trained["predictor"],
         options=trained["options"],
+        plan_model=False,  # the analytic search (the plan model's tests: test_plan_model.py)
     )
 
 
@@ -132,6 +133,7 @@ def test_beam_width_one_is_greedy(trained, fast_plans):
         predictor=trained["predictor"],
         options=trained["options"],
         oneshot_grid=(),
+        plan_model=False,
     )
     chains = sorted((p for p in greedy if not p.plan.oneshot), key=lambda p: len(p.plan.members))
     assert [len(p.plan.members) for p in chains] == [2, 3]
@@ -162,17 +164,18 @@ def test_exact_mode_profiles_the_materialized_intermediate(trained, tmp_path):
         torch.testing.assert_close(sig.token_ids, fresh.token_ids)
 
 
-def test_exact_mode_ranks_plans_too(trained):
-    plans = plan_merge(
-        trained["catalog"],
-        TASKS,
-        max_models=3,
-        beam=2,
-        mode="exact",
-        predictor=trained["predictor"],
-        options=trained["options"],
-    )
-    assert plans and all(p.mode == "exact" for p in plans)
+def test_exact_mode_ranks_plans_too_with_the_shipped_plan_model(trained):
+    with pytest.warns(UserWarning, match="2-way predictor"):  # the micro zoo's own predictor
+        plans = plan_merge(
+            trained["catalog"],
+            TASKS,
+            max_models=3,
+            beam=2,
+            mode="exact",
+            predictor=trained["predictor"],
+            options=trained["options"],
+        )
+    assert plans and all(p.mode == "exact" and p.ranked_by == "plan model" for p in plans)
 
 
 def test_plan_merge_input_errors(trained):
@@ -190,10 +193,12 @@ def test_rank_cli_multiway_json(trained, capsys):
 
     argv = ["rank", str(trained["catalog_path"]), "--tasks", ",".join(TASKS), "--max-models"]
     argv += ["3", "--top", "4", "--json", "--predictor", str(trained["predictor"])]
+    argv += ["--plan-model", "none"]
     argv += ["--cache-dir", str(trained["options"].cache_dir)]
     assert main(argv) == 0
     out = json.loads(capsys.readouterr().out)
     assert len(out) == 4 and out[0]["rank"] == 1 and set(out[0]["per_task"]) == set(TASKS)
+    assert {p["ranked_by"] for p in out} == {"analytic"}
     assert main(["rank", str(trained["catalog_path"])]) == 2
     assert "needs target tasks" in capsys.readouterr().err
 
@@ -201,7 +206,7 @@ def test_rank_cli_multiway_json(trained, capsys):
 def test_evaluate_multiway_script_compares_with_exhaustive_search(trained, tmp_path, capsys):
     script = _evaluate_multiway_script()
     argv = [str(trained["catalog_path"]), "--sizes", "2", "--max-models", "3", "--quiet"]
-    argv += ["--predictor", str(trained["predictor"]), "--modes", "fast"]
+    argv += ["--predictor", str(trained["predictor"]), "--modes", "fast", "--rankers", "analytic"]
     argv += ["--cache", str(tmp_path / "scores.jsonl"), "--json", str(tmp_path / "r.json")]
     assert script.main(argv) == 0
     report = json.loads((tmp_path / "r.json").read_text())
@@ -225,6 +230,7 @@ def test_evaluate_multiway_shards_share_one_cache(trained, tmp_path, capsys):
     cache = tmp_path / "scores.jsonl"
     argv = [str(trained["catalog_path"]), "--sizes", "1,2", "--max-models", "2", "--quiet"]
     argv += ["--predictor", str(trained["predictor"]), "--modes", "fast", "--cache", str(cache)]
+    argv += ["--rankers", "analytic"]
     argv += ["--json", str(tmp_path / "r.json")]
     for k in range(2):
         assert script.main([*argv, "--shard", f"{k}/2"]) == 0
@@ -273,6 +279,7 @@ class _StubPlanner:
             for b in names
         }
         self.model = _StubModel()
+        self.table = {}  # no plan model: one-shot scoring builds its own table
 
     def expert_tasks(self, name):
         return self._tasks[name]

@@ -64,6 +64,9 @@ def test_scan_writes_features_ranking_report_and_figures(scanned):
         assert pair["best"]["top_features"]  # the chosen merge is explained
     assert 1 <= len(ranking["plans"]) <= SETTINGS.plans
     assert all(len(p["members"]) <= SETTINGS.max_models for p in ranking["plans"])
+    # plans re-scored by the shipped plan model, which the ranking names
+    assert {p["ranked_by"] for p in ranking["plans"]} == {"plan model"}
+    assert ranking["plan_model"]["trained_on"] == ["tiny-zoo-s1", "tiny-zoo-s2"]
     for fig in ("heatmap", "clusters", "features"):
         assert (out / f"report_{fig}.png").read_bytes()[:4] == b"\x89PNG"
     assert set(scanned["result"].seconds) == {*STAGES, "ranking_pairs", "ranking_plans"}
@@ -101,6 +104,25 @@ def test_changed_settings_redo_only_the_ranking_and_report(scanned, tmp_path):
     ranking = load_ranking(out)
     assert ranking["plans"] == [] and "switched off" in ranking["plans_note"]
     assert all(len(p["candidates"]) == 2 for p in ranking["pairs"])
+
+
+def test_scanning_without_the_plan_model_redoes_the_plans_analytically(scanned, tmp_path):
+    import dataclasses
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(scanned["root"] / "out", out)
+    result = scan(
+        scanned["zoo"] / "catalog.yaml",
+        out,
+        options=scanned["options"],
+        settings=dataclasses.replace(SETTINGS, plan_model="none"),
+        progress=False,
+    )
+    assert "ranking" in result.seconds  # the plan model is part of the ranking's key
+    ranking = load_ranking(out)
+    assert ranking["plan_model"] is None and ranking["plans"]
+    assert {p["ranked_by"] for p in ranking["plans"]} == {"analytic"}
 
 
 def test_report_is_self_contained_html(scanned):
