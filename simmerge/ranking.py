@@ -250,7 +250,6 @@ def run_rank_cli(args: Any) -> int:
         predictor=args.predictor,
         options=FeatureOptions(device=args.device, cache_dir=args.cache_dir),
         progress=not args.json,
-        plan_model=False if args.plan_model == "none" else args.plan_model,
     )
     if args.json:
         print(json.dumps([c.to_dict() for c in ranked], indent=2))
