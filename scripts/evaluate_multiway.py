@@ -200,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--rankers takes analytic and/or model, got {args.rankers!r}.")
     methods = [(m, s) for m in modes for s in rankers]
     plan_model = load_plan_model(args.plan_model) if "model" in rankers else None
+    if "model" in rankers and plan_model is None:
+        raise SystemExit("--plan-model none leaves nothing to rank with: use --rankers analytic.")
     data_rows: dict[tuple[str, str], dict] = {}
 
     records = []

@@ -208,10 +208,11 @@ DEFAULT_PLAN_MODEL = "multiway"
 
 def load_plan_model(plan_model: PlanModel | str | Path | bool | None) -> PlanModel | None:
     """A plan model object, a saved folder, a shipped name (``models/<name>``), ``None`` for
-    the shipped default, or ``False`` for none (plans ranked by the analytic score alone)."""
+    the shipped default, or ``False`` / ``"none"`` (the CLIs' spelling) for no plan model:
+    plans ranked by the analytic score alone."""
     from simmerge.resources import data_dir
 
-    if plan_model is False:
+    if plan_model is False or plan_model == "none":
         return None
     if isinstance(plan_model, PlanModel):
         return plan_model

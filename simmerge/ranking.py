@@ -277,7 +277,7 @@ def _run_multiway(catalog: Catalog, args: Any) -> int:
         experts=args.models.split(",") if args.models else None,
         options=FeatureOptions(device=args.device, cache_dir=args.cache_dir),
         progress=not args.json,
-        plan_model=False if args.plan_model == "none" else args.plan_model,
+        plan_model=args.plan_model,
     )
     if args.json:
         print(json.dumps([p.to_dict() for p in plans], indent=2))

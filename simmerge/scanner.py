@@ -268,7 +268,7 @@ def scan(
     cache_dir = (Path(options.cache_dir) if options.cache_dir else default_cache_dir()).resolve()
     options = replace(options, cache_dir=cache_dir)
     model = load_predictor(predictor)
-    plan_model = load_plan_model(False if settings.plan_model == "none" else settings.plan_model)
+    plan_model = load_plan_model(settings.plan_model)
     sets = catalog_probe_sets(catalog, options)
     f_key = _features_key(catalog, options, sets)
     r_key = _ranking_key(f_key, model, settings, plan_model)

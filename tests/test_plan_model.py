@@ -106,7 +106,7 @@ def test_plan_model_round_trips_and_its_card_is_checked(tmp_path):
     assert loaded.card["target"].startswith("normalized score of the plan")
     with pytest.raises(PredictorError, match="other features"):
         MergePredictor.load(tmp_path / "plan")  # a plan model is not a pair predictor
-    assert load_plan_model(False) is None
+    assert load_plan_model(False) is None and load_plan_model("none") is None
     assert isinstance(load_plan_model(None), PlanModel)  # the shipped one
 
 
