@@ -69,6 +69,32 @@ def bounded_space(catalog, tasks, max_models: int, grid, oneshot_grid):
     return list(plans.values())
 
 
+def fixed_plans(catalog, tasks, max_models: int, nway) -> dict:
+    """Best-fixed's plans, one per N-way operator: the one-shot merge of the relevant experts
+    (capped at ``max_models``, the members with the most target tasks first); none below 3."""
+    from simmerge.multiway import MultiwayPlan
+
+    names = relevant(catalog, tasks)  # catalog order, as in the space's one-shot ids
+    by_cover = sorted(names, key=lambda n: -len(set(catalog.model(n).tasks) & set(tasks)))
+    members = tuple(n for n in names if n in by_cover[:max_models])
+    if len(members) < 3:
+        return {}
+    return {op: MultiwayPlan(members, (op,), oneshot=True) for op in nway}
+
+
+def best_fixed_ops(records: list[dict]) -> list[str | None]:
+    """Each task set's best-fixed operator: the one whose mean score on the *other* task sets
+    is best (leave one out); None where the set has no fixed plan or no other set has one."""
+    out = []
+    for i, rec in enumerate(records):
+        others = [r for j, r in enumerate(records) if j != i and r["fixed"]]
+        if not rec["fixed"] or not others:
+            out.append(None)
+            continue
+        out.append(max(rec["fixed"], key=lambda o: np.mean([r["fixed"][o] for r in others])))
+    return out
+
+
 class ScoreCache:
     """(plan id, task, eval hash) -> raw score, appended as JSON lines (a torn last line from
     a killed run is ignored)."""
@@ -139,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     from simmerge.feature_table import FeatureOptions
     from simmerge.io_utils import write_json_report
     from simmerge.merging.registry import get_operator
-    from simmerge.multiway import MultiwayPlan, canonical_plan, plan_feature_rows, plan_merge
+    from simmerge.multiway import canonical_plan, plan_feature_rows, plan_merge
     from simmerge.plan_model import load_plan_model
     from simmerge.ranking import load_predictor
 
@@ -149,7 +175,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sample", type=int, default=20, help="task sets per size (0: all)")
     p.add_argument("--max-models", type=int, default=3)
     p.add_argument("--grid", default=";".join(DEFAULT_GRID), help="operator ids, ';'-separated")
-    p.add_argument("--beam", type=int, default=4)
+    p.add_argument(
+        "--beam",
+        type=int,
+        default=None,
+        help="beam width (default: plan_merge's -- every chain in fast mode where feasible, 4)",
+    )
     p.add_argument("--predictor", default=None)
     p.add_argument("--cache", default=None, help="score cache (JSON lines)")
     p.add_argument("--cache-dir", default=None, help="signature/sketch cache")
@@ -213,14 +244,10 @@ def main(argv: list[str] | None = None) -> int:
                 pid: float(np.mean([s[t] / refs[t] if refs[t] > 0 else 0.0 for t in tasks]))
                 for pid, s in raw.items()
             }
-            names = relevant(catalog, tasks)  # catalog order, as in the space's one-shot ids
-            by_cover = sorted(names, key=lambda n: -len(set(catalog.model(n).tasks) & set(tasks)))
-            fixed_members = tuple(n for n in names if n in by_cover[: args.max_models])
-            fixed = (
-                {op: MultiwayPlan(fixed_members, (op,), oneshot=True).id for op in nway}
-                if len(fixed_members) >= 3
-                else {}
-            )
+            fixed = {
+                op: plan.id
+                for op, plan in fixed_plans(catalog, tasks, args.max_models, nway).items()
+            }
             rec = {
                 "tasks": list(tasks),
                 "space": len(space),
@@ -277,13 +304,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     # best-fixed: the N-way operator best on the *other* task sets (leave one out)
-    for i, rec in enumerate(records):
-        others = [r for j, r in enumerate(records) if j != i and r["fixed"]]
-        if not rec["fixed"] or not others:
+    for rec, op in zip(records, best_fixed_ops(records), strict=True):
+        if op is not None:
+            rec["best_fixed"] = rec["fixed"][op]
+        else:
             rec["best_fixed"] = max(rec["fixed"].values()) if rec["fixed"] else rec["random"]
-            continue
-        op = max(rec["fixed"], key=lambda o: np.mean([r["fixed"][o] for r in others]))
-        rec["best_fixed"] = rec["fixed"][op]
 
     def summary(values):
         ora = np.array([r["oracle"] for r in records])

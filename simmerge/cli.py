@@ -184,7 +184,12 @@ def _add_rank_cli(sub: argparse._SubParsersAction) -> None:
     _add_pair_arguments(p, models_required=False)
     p.add_argument("--top", type=int, default=5, help="number of candidates to show")
     p.add_argument("--max-models", type=int, default=None, help="multi-way: most experts in a plan")
-    p.add_argument("--beam", type=int, default=4, help="multi-way: beam width")
+    p.add_argument(
+        "--beam",
+        type=int,
+        default=None,
+        help="multi-way: beam width (default: every chain in fast mode where feasible, else 4)",
+    )
     p.add_argument(
         "--mode", default="fast", choices=("fast", "exact"), help="multi-way feature mode"
     )
@@ -271,7 +276,12 @@ def _add_scan_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--plans", type=int, default=5, help="multi-way plans kept (0: none)")
     p.add_argument("--tasks", default=None, help="multi-way target tasks (default: all)")
     p.add_argument("--max-models", type=int, default=4, help="multi-way: most experts in a plan")
-    p.add_argument("--beam", type=int, default=4, help="multi-way: beam width")
+    p.add_argument(
+        "--beam",
+        type=int,
+        default=None,
+        help="multi-way: beam width (default: every chain in fast mode where feasible, else 4)",
+    )
     p.add_argument(
         "--mode", default="fast", choices=("fast", "exact"), help="multi-way feature mode"
     )

@@ -7,8 +7,9 @@ intermediates go to a temporary folder), :func:`mergekit_configs` exports it (on
 a one-shot merge, a chain of configs -- each reading the previous step's output -- otherwise).
 
 :func:`plan_merge` searches plans for a set of target tasks with the 2-way predictor, as the
-SimMerge paper does: beam search over chains, each step scored by the predictor on features
-between the running merge and the next expert; one-shot candidates are ranked alongside.
+SimMerge paper does: chains grow step by step, each step scored by the predictor on features
+between the running merge and the next expert -- every chain in ``fast`` mode where there are
+few enough, a beam search otherwise; one-shot candidates are ranked alongside.
 
 **How a chain is scored.** The predictor predicts, for a pair (A, B), task t and candidate c,
 the normalized score of the merge on t when A or B is t's expert. For a running merge M that
@@ -351,7 +352,7 @@ def plan_merge(
     tasks: Sequence[str],
     *,
     max_models: int = 4,
-    beam: int = 4,
+    beam: int | None = None,
     mode: str = "fast",
     top: int | None = 5,
     predictor: MergePredictor | str | Path | None = None,
@@ -368,9 +369,16 @@ def plan_merge(
 
     Candidates are the experts that have at least one target task (or ``experts``). Chains
     grow by beam search (``beam`` states kept per depth, up to ``max_models`` members; a chain
-    may stop at any depth); one-shot candidates are every subset of 3..max_models candidates
-    x ``oneshot_grid``. ``mode`` is ``fast`` (no merges) or ``exact`` (one merge and probe
-    pass per kept intermediate: ``beam`` per depth below ``max_models``). ``profiles``
+    may stop at any depth). ``beam=None``, the default, scores *every* chain in ``fast`` mode
+    while there are at most :data:`CHAIN_EXHAUSTIVE_LIMIT` of them (nothing is merged, so
+    that costs predictions only; with the plan model it matters: the best chains often start
+    with a prefix that scores poorly as a plan of its own, which a beam drops), and is a beam
+    of :data:`DEFAULT_BEAM` otherwise and in ``exact`` mode (where, with a feasible chain
+    count, the intermediates merged are the prefixes of the chains a ``fast`` pass ranks best).
+    One-shot candidates are every
+    subset of 3..max_models candidates x ``oneshot_grid``. ``mode`` is ``fast`` (no merges)
+    or ``exact`` (one merge and probe pass per kept intermediate: ``beam`` per depth below
+    ``max_models``). ``profiles``
     (name -> :class:`~simmerge.similarity.ModelProfile`, e.g. from a scan) skips reloading
     the experts' signatures and sketches from the cache. ``plan_model`` re-scores plans with
     the learned plan model (:mod:`simmerge.plan_model`; ``None``: the shipped one, ``False``:
@@ -390,10 +398,10 @@ def plan_merge(
             f"plan_merge needs target tasks the catalog knows; unknown: {unknown or 'none given'}.",
             f"pick among: {', '.join(sorted(known))}.",
         )
-    if max_models < 2 or beam < 1:
+    if max_models < 2 or (beam is not None and beam < 1):
         raise ConfigError(
             f"plan_merge needs max_models >= 2 and beam >= 1 (got {max_models}, {beam}).",
-            "pass --max-models 2 or more and --beam 1 or more.",
+            "pass --max-models 2 or more and --beam 1 or more (or no beam: every chain).",
         )
     names = list(experts) if experts else _relevant_experts(catalog, tasks)
     if len(names) < 2:
@@ -426,6 +434,33 @@ def plan_merge(
         configs = list({c.id: c for c in (*grid, *oneshot_grid)}.values())
         planner.table = _pairwise_table(planner, names, configs, set(tasks))
     grid_ids = {c.id for c in planner.grid}
+    feasible = chain_count(len(names), max_models, len(planner.grid)) <= CHAIN_EXHAUSTIVE_LIMIT
+    if beam is None:
+        beam = None if mode == "fast" and feasible else DEFAULT_BEAM
+    lookahead: dict[tuple, float] = {}
+    if mode == "exact" and feasible and max_models > 2:
+        # which intermediates to merge: the prefixes of the chains fast mode ranks best (a
+        # prefix's own score says little of the chains it leads to)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the same warnings as this call's own
+            fast = plan_merge(
+                catalog,
+                tasks,
+                max_models=max_models,
+                mode="fast",
+                top=None,
+                predictor=model,
+                grid=planner.grid,
+                oneshot_grid=(),
+                experts=names,
+                options=options,
+                profiles=profiles,
+                plan_model=planner.plan_model or False,
+            )
+        for p in fast:
+            for k in range(2, len(p.plan.members) + 1):
+                key = (p.plan.members[:k], p.plan.steps[: k - 1])
+                lookahead[key] = max(lookahead.get(key, -math.inf), p.predicted)
     finished: list[_Beam] = []
     # depth 1: every candidate expert alone, keeping all of its own target tasks
     beams = [
@@ -461,12 +496,21 @@ def plan_merge(
                 for b, (kept, unc) in zip(expanded, learned, strict=True):
                     b.learned, b.learned_unc = kept, unc
             expanded.sort(key=lambda x: -x.score(tasks))
-            beams = _dedupe(expanded)[:beam]
+            beams = _dedupe(expanded)[:beam]  # beam None: all
             finished.extend(beams)
+            if lookahead and depth < max_models:
+                ahead = sorted(
+                    _dedupe(expanded),
+                    key=lambda x: -lookahead.get((x.members, x.steps), -math.inf),
+                )
+                beams = ahead[:beam]
+                finished.extend(beams)
             if mode == "exact" and depth < max_models:
                 for i, b in enumerate(beams):
                     _materialize(planner, b, Path(tmp) / f"d{depth}_{i}", device)
-        oneshots = _oneshot_candidates(planner, names, max_models, oneshot_grid, beam)
+        oneshots = _oneshot_candidates(
+            planner, names, max_models, oneshot_grid, beam or DEFAULT_BEAM
+        )
     if planner.plan_model is not None and oneshots:
         oneshots = sorted(oneshots, key=lambda x: -x[0])[:ONESHOT_RESCORE]
         learned = planner.learn([(x[1].members, x[1].steps, True, x[2]) for x in oneshots])
@@ -640,6 +684,18 @@ def _dedupe(beams: list[_Beam]) -> list[_Beam]:
 
 # above this many subsets, one-shot candidates come from a beam search instead of enumeration
 ONESHOT_EXHAUSTIVE_LIMIT = 20_000
+# fast mode scores every chain up to this many (plan_merge's beam=None), else a beam search;
+# each costs a predictor call per operator grid (about 4 ms per chain on the 2-core machine)
+CHAIN_EXHAUSTIVE_LIMIT = 5_000
+DEFAULT_BEAM = 4
+
+
+def chain_count(experts: int, max_models: int, operators: int) -> int:
+    """Chains of 2..max_models distinct experts in order, one operator per step (an upper
+    bound: equal merges in both orders of the first step are scored once)."""
+    return sum(math.perm(experts, k) * operators ** (k - 1) for k in range(2, max_models + 1))
+
+
 # with a plan model, the one-shot plans it re-scores: the best by the analytic score
 ONESHOT_RESCORE = 256
 

@@ -125,7 +125,7 @@ class ScanSettings:
     top: int = 5  # candidates kept per pair in ranking.json
     plans: int = 5  # multi-way plans kept
     max_models: int = 4
-    beam: int = 4
+    beam: int | None = None  # plan_merge's default: every chain in fast mode where feasible
     mode: str = "fast"
     tasks: tuple[str, ...] = ()  # multi-way target tasks; empty: every task an expert has
     # candidates per pair whose top feature contributions are computed (LightGBM pred_contrib
@@ -143,7 +143,8 @@ class ScanSettings:
             raise ConfigError(
                 f"Unknown multi-way mode {self.mode!r}.", f"use one of {', '.join(MODES)}."
             )
-        if min(self.top, self.max_models - 1, self.beam) < 1 or min(self.plans, self.explain) < 0:
+        beam = 1 if self.beam is None else self.beam
+        if min(self.top, self.max_models - 1, beam) < 1 or min(self.plans, self.explain) < 0:
             raise ConfigError(
                 f"Scan settings out of range: top={self.top}, plans={self.plans}, "
                 f"max_models={self.max_models}, beam={self.beam}, explain={self.explain}.",

@@ -145,6 +145,62 @@ def test_beam_width_one_is_greedy(trained, fast_plans):
     assert chains[0].predicted == pytest.approx(best_pair.predicted)
 
 
+def test_fast_mode_scores_every_chain_by_default_and_a_beam_past_the_limit(trained, monkeypatch):
+    from simmerge import multiway
+
+    kw = dict(
+        max_models=3,
+        top=None,
+        predictor=trained["predictor"],
+        options=trained["options"],
+        oneshot_grid=(),
+        plan_model=False,
+    )
+    every = plan_merge(trained["catalog"], TASKS, **kw)
+    relevant = [e for e in trained["catalog"].experts if set(e.tasks) & set(TASKS)]
+    grid = len(multiway.DEFAULT_GRID)
+    n = len(relevant)
+    # every ordered subset x operator sequence, the symmetric first step's mirror scored once
+    # (DEFAULT_GRID is all symmetric but slerp, whose t <-> 1-t mirror is in the grid too)
+    assert len(every) == multiway.chain_count(n, 3, grid) // 2
+    assert multiway.chain_count(n, 3, grid) <= multiway.CHAIN_EXHAUSTIVE_LIMIT
+    monkeypatch.setattr(multiway, "CHAIN_EXHAUSTIVE_LIMIT", 0)
+    beamed = plan_merge(trained["catalog"], TASKS, **kw)
+    assert [p.plan.id for p in beamed] == [
+        p.plan.id for p in plan_merge(trained["catalog"], TASKS, beam=4, **kw)
+    ]
+    assert len(beamed) < len(every)
+
+
+def test_exact_mode_merges_the_prefixes_of_the_chains_fast_mode_ranks_best(trained, monkeypatch):
+    """A prefix's own score says little of the chains it leads to: exact mode spends its
+    merges on the prefixes of the best fast-mode chains."""
+    from simmerge import multiway
+
+    merged = []
+    monkeypatch.setattr(
+        multiway, "_materialize", lambda _p, b, _f, _d: merged.append((b.members, b.steps))
+    )
+    kw = dict(
+        max_models=3,
+        top=None,
+        predictor=trained["predictor"],
+        options=trained["options"],
+        oneshot_grid=(),
+        plan_model=False,
+    )
+    plan_merge(trained["catalog"], TASKS, mode="exact", beam=2, **kw)
+    best: dict = {}
+    for p in plan_merge(trained["catalog"], TASKS, mode="fast", **kw):
+        for k in range(2, len(p.plan.members) + 1):
+            key = (p.plan.members[:k], p.plan.steps[: k - 1])
+            best[key] = max(best.get(key, -1.0), p.predicted)
+    pairs = sorted(v for k, v in best.items() if len(k[0]) == 2)
+    assert len(merged) == 2  # beam 2 at the one intermediate depth
+    assert sorted(best[m] for m in merged) == pairs[-2:]
+    assert max(best[m] for m in merged) == max(best.values())  # the best chain's prefix
+
+
 def test_exact_mode_profiles_the_materialized_intermediate(trained, tmp_path):
     from simmerge.signatures import compute_signature
 
