@@ -60,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         "training_tables": [Path(d).name for d in args.data],
         # plan_merge plans only with operators the model has seen (simmerge.plan_model)
         "operators": sorted({c for steps in train["steps"] for c in steps.split(";")}),
+        # ...and plans of at most this many experts
+        "max_members": int(train["n_members"].max()),
         # the 2-way predictor(s) whose predictions the tables hold (plan_merge warns on another)
         "predictor_hashes": sorted(train["predictor_hash"].dropna().unique()),
     }

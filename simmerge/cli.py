@@ -275,7 +275,7 @@ def _add_scan_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top", type=int, default=5, help="candidates kept per pair")
     p.add_argument("--plans", type=int, default=5, help="multi-way plans kept (0: none)")
     p.add_argument("--tasks", default=None, help="multi-way target tasks (default: all)")
-    p.add_argument("--max-models", type=int, default=4, help="multi-way: most experts in a plan")
+    p.add_argument("--max-models", type=int, default=3, help="multi-way: most experts in a plan")
     p.add_argument(
         "--beam",
         type=int,

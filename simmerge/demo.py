@@ -131,7 +131,7 @@ def demo_multiway(
     tasks = [t for t in catalog.task_names if t in scorer.tasks and catalog.experts_for(t)][:3]
     if len(tasks) < 3:
         return None
-    plans = plan_merge(catalog, tasks, max_models=4, top=3, predictor=predictor, options=options)
+    plans = plan_merge(catalog, tasks, max_models=3, top=3, predictor=predictor, options=options)
     best = plans[0]
     raw = scorer.score_state(execute_plan(best.plan, catalog, device=str(scorer.device)), tasks)
     ref = {t: max(e["expert_score"] for e in experts if e["task"] == t) for t in tasks}

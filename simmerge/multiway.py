@@ -429,6 +429,16 @@ def plan_merge(
                 "or train a plan model on your grid (scripts/evaluate_multiway.py --data-out).",
             )
         planner.grid = tuple(grid)
+    cap = planner.plan_model.max_members if planner.plan_model is not None else None
+    if cap is not None and max_models > cap:
+        warnings.warn(
+            f"The plan model was trained on plans of at most {cap} experts; planning with at "
+            f"most {cap} instead of {max_models} (plan_model=False / --plan-model none plans "
+            "larger merges with the analytic score).",
+            UserWarning,
+            stacklevel=2,
+        )
+        max_models = cap
     if planner.plan_model is not None:
         _check_predictor(planner.plan_model, model)
         configs = list({c.id: c for c in (*grid, *oneshot_grid)}.values())

@@ -36,7 +36,8 @@ level/deviation split: plans are not grouped by pair), saved and loaded the same
 checked against :func:`plan_columns`. Its card lists the operator configurations it was trained
 on (``operators``); with a plan model, ``plan_merge`` searches only those, since a tree model
 says nothing trustworthy about an operator it never saw (train on a wider ``--grid`` of
-``scripts/evaluate_multiway.py`` to plan with more).
+``scripts/evaluate_multiway.py`` to plan with more). For the same reason it plans with at most
+as many experts as its largest training plan (``max_members``).
 """
 
 from __future__ import annotations
@@ -106,6 +107,12 @@ class PlanModel(MergePredictor):
         """The operator configurations the model was trained on (None: not recorded)."""
         ops = self.card.get("operators")
         return tuple(ops) if ops else None
+
+    @property
+    def max_members(self) -> int | None:
+        """The most experts of a plan the model was trained on (None: not recorded)."""
+        n = self.card.get("max_members")
+        return int(n) if n else None
 
 
 # (s, o, operator id, t) -> (clipped 2-way prediction of s's task t when o joins, variance)

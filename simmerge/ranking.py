@@ -269,7 +269,7 @@ def _run_multiway(catalog: Catalog, args: Any) -> int:
     plans = plan_merge(
         catalog,
         args.tasks.split(","),
-        max_models=args.max_models or 4,
+        max_models=args.max_models or 3,
         beam=args.beam,
         mode=args.mode,
         top=args.top,

@@ -124,7 +124,7 @@ class ScanSettings:
 
     top: int = 5  # candidates kept per pair in ranking.json
     plans: int = 5  # multi-way plans kept
-    max_models: int = 4
+    max_models: int = 3  # the shipped plan model was trained on plans of up to 3 experts
     beam: int | None = None  # plan_merge's default: every chain in fast mode where feasible
     mode: str = "fast"
     tasks: tuple[str, ...] = ()  # multi-way target tasks; empty: every task an expert has

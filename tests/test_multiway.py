@@ -145,10 +145,9 @@ def test_beam_width_one_is_greedy(trained, fast_plans):
     assert chains[0].predicted == pytest.approx(best_pair.predicted)
 
 
-def test_fast_mode_scores_every_chain_by_default_and_a_beam_past_the_limit(trained, monkeypatch):
-    from simmerge import multiway
-
-    kw = dict(
+def _chains_only(trained) -> dict:
+    """plan_merge arguments for chains of up to 3 experts ranked by the analytic score."""
+    return dict(
         max_models=3,
         top=None,
         predictor=trained["predictor"],
@@ -156,6 +155,12 @@ def test_fast_mode_scores_every_chain_by_default_and_a_beam_past_the_limit(train
         oneshot_grid=(),
         plan_model=False,
     )
+
+
+def test_fast_mode_scores_every_chain_by_default_and_a_beam_past_the_limit(trained, monkeypatch):
+    from simmerge import multiway
+
+    kw = _chains_only(trained)
     every = plan_merge(trained["catalog"], TASKS, **kw)
     relevant = [e for e in trained["catalog"].experts if set(e.tasks) & set(TASKS)]
     grid = len(multiway.DEFAULT_GRID)
@@ -181,14 +186,7 @@ def test_exact_mode_merges_the_prefixes_of_the_chains_fast_mode_ranks_best(train
     monkeypatch.setattr(
         multiway, "_materialize", lambda _p, b, _f, _d: merged.append((b.members, b.steps))
     )
-    kw = dict(
-        max_models=3,
-        top=None,
-        predictor=trained["predictor"],
-        options=trained["options"],
-        oneshot_grid=(),
-        plan_model=False,
-    )
+    kw = _chains_only(trained)
     plan_merge(trained["catalog"], TASKS, mode="exact", beam=2, **kw)
     best: dict = {}
     for p in plan_merge(trained["catalog"], TASKS, mode="fast", **kw):

@@ -140,6 +140,11 @@ def test_plan_merge_ranks_by_the_plan_model(trained, tmp_path):
     assert top.predicted == pytest.approx(sum(mean) / len(tasks))
     # without a plan model the analytic ranking is unchanged (a chain may lead)
     assert [p.plan for p in plan_merge(cat, tasks, plan_model=False, **kwargs)] == plans
+    # a plan model plans no larger merges than it was trained on
+    model.card["max_members"] = 2
+    with pytest.warns(UserWarning, match="at most 2 experts"):
+        capped = plan_merge(cat, tasks, plan_model=model, **kwargs)
+    assert capped and all(len(p.plan.members) == 2 for p in capped)
 
 
 def _script(name):
@@ -188,6 +193,7 @@ def test_training_pipeline_writes_the_table_fits_and_evaluates_with_the_model(
     assert train.main([str(table), "--out", str(model_dir), "--test", str(table)]) == 0
     card = json.loads((model_dir / "card.json").read_text())
     assert card["training_sources"] == [trained["catalog"].name]
+    assert card["max_members"] == 3  # the largest plan of its --max-models 3 space
     assert set(card["test"]) >= {"plan_model", "analytic"}
     argv += ["--plan-model", str(model_dir)]
     assert evaluate.main(argv) == 0
