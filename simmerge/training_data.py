@@ -95,23 +95,54 @@ def pair_objective(frame: pd.DataFrame, column: str) -> pd.Series:
     return frame.groupby([*PAIR_KEYS, "candidate"], sort=True)[column].mean()
 
 
-def write_training_tables(features: pd.DataFrame, outcomes: pd.DataFrame, folder: Path) -> None:
+def write_table(df: pd.DataFrame, path: Path) -> None:
+    """One zstd parquet table, written atomically."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    folder.mkdir(parents=True, exist_ok=True)
-    for df, name in ((features, PAIR_FEATURES_FILE), (outcomes, OUTCOMES_FILE)):
-        with atomic_output_path(folder / name) as tmp:
-            pq.write_table(pa.Table.from_pandas(df, preserve_index=False), tmp, compression="zstd")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output_path(path) as tmp:
+        pq.write_table(pa.Table.from_pandas(df, preserve_index=False), tmp, compression="zstd")
+
+
+def write_training_tables(features: pd.DataFrame, outcomes: pd.DataFrame, folder: Path) -> None:
+    write_table(features, folder / PAIR_FEATURES_FILE)
+    write_table(outcomes, folder / OUTCOMES_FILE)
+
+
+REMEASURED_FOLDER = "remeasured"
+SECOND_MEASUREMENT_FILE = "second.parquet"
+
+
+def load_remeasured(
+    name_or_folder: str | Path = "zoo-large",
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame] | None:
+    """(features, outcomes, second outcomes) of a dataset's remeasured held-out-model test
+    pairs (``<dataset>/remeasured``, written by ``scripts/remeasure_outcomes.py``), or None.
+
+    The first two are tables like the dataset's own, for the test pairs of a zoo rebuilt from
+    the dataset's recipe; the third scores the same merges on a second, independent eval set."""
+    folder = dataset_folder(name_or_folder) / REMEASURED_FOLDER
+    if not (folder / SECOND_MEASUREMENT_FILE).is_file():
+        return None
+    features, outcomes = load_training_tables(folder)
+    return features, outcomes, pd.read_parquet(folder / SECOND_MEASUREMENT_FILE)
+
+
+def dataset_folder(name_or_folder: str | Path) -> Path:
+    """The folder of a dataset: ``name_or_folder`` itself when it holds the tables, else the
+    shipped ``features/<name>``."""
+    folder = Path(name_or_folder)
+    if (folder / OUTCOMES_FILE).is_file():
+        return folder
+    return data_dir("features") / str(name_or_folder)
 
 
 def load_training_tables(
     name_or_folder: str | Path = "zoo-large",
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(features, outcomes) of a shipped dataset (``features/<name>``) or a folder."""
-    folder = Path(name_or_folder)
-    if not (folder / OUTCOMES_FILE).is_file():
-        folder = data_dir("features") / str(name_or_folder)
+    folder = dataset_folder(name_or_folder)
     missing = [f for f in (PAIR_FEATURES_FILE, OUTCOMES_FILE) if not (folder / f).is_file()]
     if missing:
         raise InputNotFoundError(

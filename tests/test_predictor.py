@@ -16,8 +16,10 @@ from simmerge.predictor import MergePredictor, PredictorError, predictor_columns
 from simmerge.selection import (
     PairOutcome,
     best_fixed_candidate,
+    cross_validate,
     model_folds,
     per_pair,
+    random_outcomes,
     summarize,
     task_folds,
     with_extra,
@@ -226,6 +228,53 @@ def test_oracle_selection_closes_the_whole_gap():
     assert m["gap_closure"] == pytest.approx(1.0) and m["risk"] == 0.0
     assert summarize([])["pairs"] == 0
     assert isinstance(per_pair(actual, actual, "f")[0], PairOutcome)
+
+
+def test_gap_closure_interval_brackets_the_figure_and_collapses_without_spread():
+    from simmerge.selection import gap_closure_interval
+
+    def pair(sel):
+        return PairOutcome(oracle=1.0, best_fixed=0.5, selected=sel, top_k=1, top1=0, spearman=0)
+
+    same = [pair(0.75)] * 10  # every pair closes half its gap
+    assert gap_closure_interval(same) == pytest.approx((0.5, 0.5))
+    mixed = [pair(v) for v in (0.5, 1.0, 0.6, 0.9, 0.75, 0.55, 0.95, 0.7)]
+    lo, hi = gap_closure_interval(mixed)
+    assert lo < summarize(mixed)["gap_closure"] < hi and 0 <= lo and hi <= 1
+    assert summarize(mixed)["gap_closure_90"] == [lo, hi]
+
+
+def test_a_second_measurement_scores_the_pick_and_the_first_one_picks_among_the_verified():
+    first = _series({("p1", "f"): 0.5, ("p1", "g"): 0.9, ("p1", "h"): 0.7})
+    second = _series({("p1", "f"): 0.6, ("p1", "g"): 0.65, ("p1", "h"): 0.8})
+    pred = _series({("p1", "f"): 0.1, ("p1", "g"): 0.3, ("p1", "h"): 0.2})
+    [out] = per_pair(second, pred, "f", k_verify=2, verified=first)
+    # the pick g and best-fixed f get their second-measurement scores; the oracle is the best
+    # of the second measurement; verifying g and h picks g (0.9 > 0.7 on the first) -> 0.65
+    assert (out.selected, out.best_fixed, out.oracle, out.top_k) == (0.65, 0.6, 0.8, 0.65)
+    [same] = per_pair(second, pred, "f", k_verify=2)  # without: the best verified of the second
+    assert same.top_k == 0.8
+    [rand] = random_outcomes(second, "f", k_verify=3, verified=first)
+    assert rand.top_k == 0.65  # all three verified: the first measurement's best, g
+
+
+def test_cross_validation_on_a_remeasurement_tests_only_its_pairs_and_adds_exhaustive():
+    frame = _frame()
+    frame = pd.concat([frame.assign(candidate=c) for c in ("f", "g")], ignore_index=True)
+    frame["target"] = np.where(frame["candidate"] == "g", 0.9, 0.5)
+    folds = list(model_folds(frame, k=2, seed=0))
+    test_pairs = frame[folds[0].test].drop_duplicates(["a", "b"])[["catalog", "a", "b"]]
+    remeasured = pd.concat([test_pairs.assign(candidate=c) for c in ("f", "g")])
+    remeasured["normalized"] = np.where(remeasured["candidate"] == "g", 0.4, 0.7)
+    second = remeasured.set_index(["catalog", "a", "b", "candidate"])["normalized"]
+    cv = cross_validate(frame, iter(folds), {}, remeasured=second)
+    assert len(cv.pooled["oracle"]) == len(test_pairs)  # the other fold's pairs are not tested
+    exhaustive = summarize(cv.pooled["exhaustive"])
+    # every training pair measured g best, so best-fixed and exhaustive search both pick g,
+    # which the second measurement scores 0.4 against the oracle's 0.7
+    assert exhaustive["mean_selected"] == pytest.approx(0.4)
+    assert summarize(cv.pooled["oracle"])["mean_selected"] == pytest.approx(0.7)
+    assert summarize(cv.pooled["best_fixed"])["mean_selected"] == pytest.approx(0.4)
 
 
 def _frame() -> pd.DataFrame:

@@ -146,6 +146,38 @@ def test_eval_and_probe_files_have_their_formats(tiny_zoo):
 
 
 @pytest.mark.slow
+def test_remeasure_catalog_draws_a_disjoint_eval_set_for_the_same_models(tiny_zoo, tmp_path):
+    """A second measurement must score the same models on new examples of the same tasks."""
+    import shutil
+
+    from simmerge.catalog import Catalog
+    from simmerge.zoo.build import remeasure_catalog
+
+    for name in ("catalog.yaml", MANIFEST):
+        shutil.copy(tiny_zoo / name, tmp_path / name)
+    shutil.copytree(tiny_zoo / "eval", tmp_path / "eval")
+    for folder in ("base", "experts", "probes"):
+        (tmp_path / folder).symlink_to(tiny_zoo / folder)
+    first = Catalog.load(tmp_path / "catalog.yaml")
+    second = Catalog.load(remeasure_catalog(tmp_path, 300))
+    assert (second.name, second.expert_names) == (first.name, first.expert_names)
+    held = {t for e in first.experts for t in e.tasks}
+    for t, spec in second.tasks.items():
+        if t not in held:  # no expert to measure it for: left as it was
+            assert spec.eval == first.tasks[t].eval
+            continue
+        old, new = EvalTask.load(first.tasks[t].eval), EvalTask.load(spec.eval)
+        assert len(new.examples) == 300
+        assert not {e.prompt for e in old.examples} & {e.prompt for e in new.examples}
+        lengths = {len(e.prompt) for e in old.examples}
+        assert {len(e.prompt) for e in new.examples} == lengths  # same input lengths
+        assert new.config_hash() != old.config_hash()  # the store tells the two apart
+    again = (tmp_path / "eval-remeasure" / "reverse.jsonl").read_text()
+    remeasure_catalog(tmp_path, 300)
+    assert (tmp_path / "eval-remeasure" / "reverse.jsonl").read_text() == again
+
+
+@pytest.mark.slow
 def test_second_build_and_the_cli_reuse_the_zoo(tiny_zoo, capsys):
     from simmerge.cli import main
     from simmerge.zoo import build_zoo

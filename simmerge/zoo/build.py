@@ -148,22 +148,62 @@ def _rng(seed: int, *key: object) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
-def eval_records(task: str, lengths: tuple[int, int], n: int, seed: int) -> list[dict[str, Any]]:
-    """Held-out exact-match examples (drawn from a stream separate from training's)."""
-    rng = _rng(seed, "eval", task, *lengths)
+def eval_records(
+    task: str,
+    lengths: tuple[int, int],
+    n: int,
+    seed: int,
+    stream: str = "eval",
+    exclude: frozenset[str] = frozenset(),
+) -> list[dict[str, Any]]:
+    """Held-out exact-match examples (drawn from a stream separate from training's).
+
+    Another ``stream`` draws another, independent set of the same distribution -- a second
+    measurement of the same merges (``scripts/remeasure_outcomes.py``); prompts in
+    ``exclude`` (e.g. the zoo's own eval set) are skipped so that the two sets are disjoint."""
+    rng = _rng(seed, stream, task, *lengths)
     spec = TASKS[task]
+    prefix = task if stream == "eval" else f"{task}-{stream}"
     out = []
-    for i in range(n):
+    while len(out) < n:
         x, ans = spec.sample(rng, int(rng.integers(lengths[0], lengths[1] + 1)))
+        if spec.prompt(x) in exclude:
+            continue
         out.append(
             {
-                "id": f"{task}-{lengths[0]}-{lengths[1]}-{i}",
+                "id": f"{prefix}-{lengths[0]}-{lengths[1]}-{len(out)}",
                 "kind": "exact_match",
                 "prompt": spec.prompt(x),
                 "answer": ans,
             }
         )
     return out
+
+
+def remeasure_catalog(zoo: str | Path, examples: int, stream: str = "remeasure") -> Path:
+    """A second measurement of a built zoo's merges: fresh eval sets
+    ``<zoo>/eval-<stream>/<task>.jsonl`` for every task an expert holds (``examples`` prompts
+    from another random stream, disjoint from the zoo's own eval set) and
+    ``<zoo>/catalog-<stream>.yaml`` pointing at them. Same catalog name and models: outcome
+    rows of the two measurements are told apart by the eval sets' content hashes."""
+    import yaml
+
+    zoo = Path(zoo)
+    manifest = json.loads((zoo / "zoo_manifest.json").read_text())
+    lengths = tuple(manifest["recipe"]["eval_lengths"])
+    doc = yaml.safe_load((zoo / "catalog.yaml").read_text())
+    held = sorted({t for e in doc["experts"] for t in e["tasks"]})
+    (zoo / f"eval-{stream}").mkdir(exist_ok=True)
+    for task in held:
+        spec = doc["tasks"][task]
+        first = (zoo / spec["eval"]).read_text().splitlines()
+        exclude = frozenset(json.loads(line)["prompt"] for line in first if line.strip())
+        rows = eval_records(task, lengths, examples, manifest["seed"], stream, exclude)
+        atomic_write_text(zoo / f"eval-{stream}" / f"{task}.jsonl", _jsonl(rows))
+        spec["eval"] = f"eval-{stream}/{task}.jsonl"
+    path = zoo / f"catalog-{stream}.yaml"
+    atomic_write_text(path, yaml.safe_dump(doc, sort_keys=False))
+    return path
 
 
 def probe_records(task: str, lengths: tuple[int, int], n: int, seed: int) -> list[dict[str, Any]]:

@@ -1,0 +1,171 @@
+"""Measure the held-out-model test pairs of a dataset twice: on the zoo's eval set and on fresh
+eval examples.
+
+    python scripts/remeasure_outcomes.py runs/zoo-large [--data zoo-large] [--examples 1000]
+        [--folds 5 --seed 0] [--shard K/N] [--quiet]
+
+Why: every outcome in ``features/`` is an exact-match rate on the zoo's 200 eval examples per
+task. A pair's oracle is the best of 20 such noisy measurements, so it is biased upwards (the
+winner's curse), and a selector is marked down for noise that no feature could predict. This
+script builds a second eval set per task (``--examples`` prompts of the same distribution from
+another random stream, disjoint from the first) and, for every held-out-model test pair of
+``scripts/evaluate_selector.py`` (same ``--folds`` and ``--seed``), merges and scores every
+candidate on both sets. ``evaluate_selector.py`` then scores the held-out-model picks on the
+second measurement.
+
+The test pairs' features and both measurements come from the zoo folder given, not from the
+shipped tables: the zoo build is deterministic only for one set of library versions (the
+shipped data predates transformers 5.24, and a rebuild now gives slightly different models).
+Test models are never in a fold's training pairs, so training on the shipped rows of the
+other models stays a held-out-model evaluation. ``meta.json`` records how many of the
+experts' scores equal the shipped data's.
+
+Resumable like ``simmerge collect`` (store ``<zoo>/remeasure.sqlite``); ``--shard K/N`` runs N
+processes on one store, then one run without ``--shard`` finishes and writes
+``features/<data>/remeasured/`` (``pair_features.parquet`` and ``outcomes.parquet`` as in the
+dataset, ``second.parquet`` the fresh measurement, ``meta.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+STREAM = "remeasure"
+
+
+def eval_hashes(catalog) -> dict[str, str]:
+    """Task -> content hash of its eval set (rows of the two measurements share a store)."""
+    from simmerge.evaluate import EvalTask
+
+    return {
+        name: EvalTask.load(spec.eval, name=name).config_hash()
+        for name, spec in catalog.tasks.items()
+        if spec.eval is not None
+    }
+
+
+def test_groups(data: str, folds: int, seed: int) -> list[list[str]]:
+    """The experts of each held-out-model fold of ``evaluate_selector.py``."""
+    from simmerge.selection import model_folds
+    from simmerge.training_data import load_training_tables, training_frame
+
+    frame = training_frame(*load_training_tables(data))
+    groups = []
+    for fold in model_folds(frame, folds, seed):
+        test = frame[fold.test]
+        if not test.empty:  # a fold of one model has no test pair
+            groups.append(sorted(set(test["a"]) | set(test["b"])))
+    return groups
+
+
+def shipped_expert_scores(outcomes) -> dict[tuple[str, str], float]:
+    """(expert, task) -> the expert's score in a dataset (rows where only ``a`` has the task)."""
+    solo = outcomes[outcomes["task_of_a"] & ~outcomes["task_of_b"]]
+    return {k: float(v) for k, v in solo.groupby(["a", "task"])["expert_score"].first().items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from build_training_data import git_commit
+
+    from simmerge.catalog import Catalog
+    from simmerge.collect import collect_outcomes, expert_pairs, shard_pairs
+    from simmerge.errors import ConfigError
+    from simmerge.feature_table import FeatureOptions
+    from simmerge.io_utils import write_json_report
+    from simmerge.outcomes import OutcomeStore
+    from simmerge.training_data import (
+        REMEASURED_FOLDER,
+        SECOND_MEASUREMENT_FILE,
+        dataset_folder,
+        feature_frame,
+        load_training_tables,
+        outcome_frame,
+        write_table,
+        write_training_tables,
+    )
+    from simmerge.zoo.build import remeasure_catalog
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("zoo", help="zoo folder of the dataset's recipe (e.g. runs/zoo-large)")
+    p.add_argument("--data", default="zoo-large", help="shipped dataset (features/<data>)")
+    p.add_argument("--examples", type=int, default=1000, help="fresh eval examples per task")
+    p.add_argument("--folds", type=int, default=5, help="as in evaluate_selector.py")
+    p.add_argument("--seed", type=int, default=0, help="as in evaluate_selector.py")
+    p.add_argument("--shard", default=None, help="K/N: this process's share of the pairs")
+    p.add_argument("--cache-dir", default=None, help="signature/sketch cache")
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+
+    zoo = Path(args.zoo)
+    first_catalog = Catalog.load(zoo / "catalog.yaml")
+    second_catalog = Catalog.load(remeasure_catalog(zoo, args.examples, STREAM))
+    _, shipped = load_training_tables(args.data)
+    if not (shipped["catalog"] == first_catalog.name).any():
+        raise ConfigError(
+            f"features/{args.data} has no rows of catalog {first_catalog.name!r}.",
+            "pass a zoo folder built with the dataset's recipe and seed.",
+        )
+    groups = test_groups(args.data, args.folds, args.seed)
+    measured = {}
+    with OutcomeStore(zoo / f"{STREAM}.sqlite") as store:
+        for key, catalog in (("first", first_catalog), ("second", second_catalog)):
+            pairs = [pair for group in groups for pair in expert_pairs(catalog, group)]
+            if args.shard:
+                k, _, n = args.shard.partition("/")
+                if not (k.isdigit() and n.isdigit()):
+                    raise ConfigError(f"--shard {args.shard!r} is not K/N.", "write e.g. 0/2.")
+                pairs = shard_pairs(pairs, int(k), int(n))
+            summary = collect_outcomes(catalog, store, pairs=pairs, progress=not args.quiet)
+            print(f"{key}: {summary.merged} merged+evaluated, {summary.skipped} already stored")
+            if not args.shard:
+                rows = outcome_frame(store, catalog)
+                hashes = eval_hashes(catalog)
+                measured[key] = rows[
+                    [hashes[t] == h for t, h in zip(rows["task"], rows["eval_hash"], strict=True)]
+                ]
+    if args.shard:
+        print("run once more without --shard to write the tables")
+        return 0
+    test_pairs = set(zip(measured["first"]["a"], measured["first"]["b"], strict=True))
+    features = feature_frame(
+        first_catalog, FeatureOptions(cache_dir=args.cache_dir), progress=not args.quiet
+    )
+    features = features[[k in test_pairs for k in zip(features["a"], features["b"], strict=True)]]
+    out = dataset_folder(args.data) / REMEASURED_FOLDER
+    write_training_tables(features.reset_index(drop=True), measured["first"], out)
+    write_table(measured["second"], out / SECOND_MEASUREMENT_FILE)
+    first = measured["first"]
+    ours, theirs = shipped_expert_scores(first), shipped_expert_scores(shipped)
+    equal = sum(ours[k] == theirs.get(k) for k in ours)
+    write_json_report(
+        out / "meta.json",
+        {
+            "catalog": first_catalog.name,
+            "commit": git_commit(),
+            "examples_per_task": {"first": "the zoo's eval set", "second": args.examples},
+            "stream": STREAM,
+            "eval_hashes": {
+                key: {t: h for t, h in eval_hashes(cat).items() if t in set(first["task"])}
+                for key, cat in (("first", first_catalog), ("second", second_catalog))
+            },
+            "folds": args.folds,
+            "seed": args.seed,
+            "test_groups": groups,
+            "ordered_pairs": len(test_pairs),
+            "outcome_rows": {k: len(v) for k, v in measured.items()},
+            "expert_scores_equal_to_shipped": f"{equal} of {len(ours)}",
+            "zoo_versions": json.loads((zoo / "zoo_manifest.json").read_text())["versions"],
+        },
+    )
+    print(f"wrote {out}: {len(test_pairs)} pairs; {equal} of {len(ours)} expert scores as shipped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
