@@ -13,7 +13,14 @@ extra; group 5-fold by model and leave-one-task-out), without the anchored rule.
 * ``lambdarank`` / ``rank_xendcg`` -- a ranking objective within each (pair, task), with
   graded relevance (the range of each group cut into ``levels``), scores standardized per group
   before averaging over the pair's tasks;
-* LightGBM settings: fewer/more leaves, larger leaves.
+* LightGBM settings: fewer/more leaves, larger leaves;
+* ``catalog-relative (rank|z)`` -- the similarity columns replaced by their percentile rank
+  (or z-score) among the rows of their own catalog, so that catalogs with another base model
+  line up (the extra training catalog is transformed on its own rows; at use time this needs
+  the features of the user's whole catalog, which a scan has).
+
+``--groups`` runs some of the groups (regression, params, ranking, relative); the other rows
+of an existing output file are kept.
 
 Prints a table (gap closure and risk per split) and writes JSON (default
 ``scripts/results/explore_selector_variants.json``).
@@ -22,6 +29,7 @@ Prints a table (gap closure and risk per split) and writes JSON (default
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -30,6 +38,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 GROUP_EXTRA = "task"
+GROUPS = ("regression", "params", "ranking", "relative")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,7 +46,13 @@ def main(argv: list[str] | None = None) -> int:
     import pandas as pd
 
     from simmerge.io_utils import write_json_report
-    from simmerge.predictor import DEFAULT_PARAMS, MergePredictor, predictor_columns, to_matrix
+    from simmerge.predictor import (
+        DEFAULT_PARAMS,
+        TASK_PREFIX,
+        MergePredictor,
+        predictor_columns,
+        to_matrix,
+    )
     from simmerge.selection import (
         PAIR,
         best_fixed_candidate,
@@ -47,10 +62,12 @@ def main(argv: list[str] | None = None) -> int:
         task_folds,
         with_extra,
     )
+    from simmerge.similarity import FEATURE_COLUMNS, FUNCTIONAL_COLUMNS
     from simmerge.training_data import load_training_tables, pair_objective, training_frame
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--splits", default="models,tasks")
+    parser.add_argument("--groups", default=",".join(GROUPS), help="variant groups to run")
     parser.add_argument(
         "--out", default=str(ROOT / "scripts/results/explore_selector_variants.json")
     )
@@ -58,14 +75,29 @@ def main(argv: list[str] | None = None) -> int:
     frame = training_frame(*load_training_tables("zoo-large"))
     extra = training_frame(*load_training_tables("zoo-default"))
     cols = list(predictor_columns())
+    similarity_columns = {*FEATURE_COLUMNS, *(TASK_PREFIX + c for c in FUNCTIONAL_COLUMNS)}
     group = [*PAIR, GROUP_EXTRA]
 
     def folds(split):
         return model_folds(frame, 5, 0) if split == "models" else task_folds(frame)
 
-    def fold_data(split):
+    def relative(df, how):
+        """Similarity columns as rank or z-score within each catalog (see the module docs)."""
+        df = df.copy()
+        for c in [c for c in cols if c in similarity_columns]:
+            g = df.groupby("catalog")[c]
+            if how == "rank":
+                df[c] = g.rank(pct=True)
+            else:
+                df[c] = (df[c] - g.transform("mean")) / (g.transform("std") + 1e-12)
+        return df
+
+    def fold_data(split, how=None):
+        data, other = (
+            (frame, extra) if how is None else (relative(frame, how), relative(extra, how))
+        )
         for fold in folds(split):
-            train, test = with_extra(frame[fold.train], extra), frame[fold.test].copy()
+            train, test = with_extra(data[fold.train], other), data[fold.test].copy()
             if not test.empty and fold.train.sum():
                 yield train, test, best_fixed_candidate(pair_objective(train, "target"))
 
@@ -73,16 +105,17 @@ def main(argv: list[str] | None = None) -> int:
         r = summarize(outs)
         return {"gap_closure": round(r["gap_closure"], 3), "risk": round(r["risk"], 3)}
 
-    def regression_variants(split, params):
-        """Shipped recipe with LightGBM ``params``; also the uncertainty rules (default only)."""
+    def regression_variants(split, params, how=None):
+        """Shipped recipe with LightGBM ``params`` (on catalog-relative columns with ``how``);
+        also the uncertainty rules (default only)."""
         rules = {"regression": lambda m, s, bf: m}
-        if not params:
+        if not params and how is None:
             rules |= {f"lcb {k}": (lambda m, s, bf, k=k: m - k * s) for k in (0.5, 1, 2)}
             rules |= {
                 f"z-switch {k}": (lambda m, s, bf, k=k: z_switch(m, s, bf, k)) for k in (1, 2)
             }
         outs = {name: [] for name in rules}
-        for train, test, bf in fold_data(split):
+        for train, test, bf in fold_data(split, how):
             model = MergePredictor(n_models=5, params=params).fit(train, train["target"].to_numpy())
             test["pred"], test["sd2"] = model.predict(test)
             test["sd2"] = test["sd2"] ** 2
@@ -130,18 +163,28 @@ def main(argv: list[str] | None = None) -> int:
 
     rows: dict[str, dict[str, dict[str, float]]] = {}
     start = time.perf_counter()
+    groups = set(args.groups.split(","))
+    if groups - set(GROUPS):
+        raise SystemExit(f"--groups takes {', '.join(GROUPS)}; got {args.groups!r}.")
     for split in args.splits.split(","):
-        for name, res in regression_variants(split, {}).items():
-            rows.setdefault(name, {})[split] = res
+        if "regression" in groups:
+            for name, res in regression_variants(split, {}).items():
+                rows.setdefault(name, {})[split] = res
         for label, params in (
             ("num_leaves 15", {"num_leaves": 15}),
             ("num_leaves 63", {"num_leaves": 63}),
             ("min_data_in_leaf 60", {"min_data_in_leaf": 60}),
         ):
-            rows.setdefault(label, {})[split] = regression_variants(split, params)["regression"]
+            if "params" in groups:
+                rows.setdefault(label, {})[split] = regression_variants(split, params)["regression"]
         for objective, levels in (("lambdarank", 4), ("lambdarank", 10), ("rank_xendcg", 10)):
-            label = f"{objective} ({levels + 1} grades)"
-            rows.setdefault(label, {})[split] = ranking_variant(split, objective, levels)
+            if "ranking" in groups:
+                label = f"{objective} ({levels + 1} grades)"
+                rows.setdefault(label, {})[split] = ranking_variant(split, objective, levels)
+        for how in ("rank", "z"):
+            if "relative" in groups:
+                res = regression_variants(split, {}, how)["regression"]
+                rows.setdefault(f"catalog-relative ({how})", {})[split] = res
         print(f"{split} done ({time.perf_counter() - start:.0f} s)", flush=True)
 
     splits = args.splits.split(",")
@@ -151,7 +194,15 @@ def main(argv: list[str] | None = None) -> int:
             f"{res[s]['gap_closure']:>12.3f} {res[s]['risk']:>12.3f}" for s in splits if s in res
         )
         print(f"{name:>26} {cells}")
-    write_json_report(Path(args.out), {"splits": splits, "variants": rows})
+    out = Path(args.out)
+    if out.is_file():  # keep the rows of groups not run this time
+        kept = json.loads(out.read_text())["variants"]
+        for name, res in rows.items():
+            kept.setdefault(name, {}).update(res)
+        rows = kept
+    write_json_report(
+        out, {"splits": sorted({s for r in rows.values() for s in r}), "variants": rows}
+    )
     return 0
 
 
