@@ -87,6 +87,7 @@ def remeasure_zoo(zoo: Path, args: argparse.Namespace) -> tuple[str, list[dict],
     caches = Path(args.cache_dir or ROOT / "runs" / "multiway")
     cache = ScoreCache(caches / f"{name}-{STREAM}.jsonl")
     records = []
+    refs: dict[str, float] = {}  # task -> its best expert's score on the fresh examples
     try:
         ops = best_fixed_ops(report["task_sets"])
         for rec, op in zip(report["task_sets"], ops, strict=True):
@@ -119,19 +120,16 @@ def remeasure_zoo(zoo: Path, args: argparse.Namespace) -> tuple[str, list[dict],
                 picks["best_fixed"] = max(
                     (p.id for p in fixed.values()), key=first.get, default=None
                 )
-            wanted = sorted({p for p in picks.values() if p is not None})
-            plans = [space[p] for p in wanted]
+            if picks["best_fixed"] is None:
+                continue  # no fixed plan to compare with (never the case on the default zoo)
+            plans = [space[p] for p in sorted(set(picks.values()))]
             raw = measure(plans, tasks, catalog, scorer, cache, not args.quiet)
-            refs = {
-                t: max(scorer.score_folder(e, [t])[t] for e in catalog.experts_for(t))
-                for t in tasks
-            }
+            for t in set(tasks) - set(refs):
+                refs[t] = max(scorer.score_folder(e, [t])[t] for e in catalog.experts_for(t))
             second = {
                 p: float(np.mean([s[t] / refs[t] if refs[t] > 0 else 0.0 for t in tasks]))
                 for p, s in raw.items()
             }
-            if picks["best_fixed"] is None:
-                continue  # no fixed plan to compare with (never the case on the default zoo)
             records.append(
                 {
                     "catalog": name,

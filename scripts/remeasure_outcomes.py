@@ -50,12 +50,13 @@ def eval_hashes(catalog) -> dict[str, str]:
     }
 
 
-def test_groups(data: str, folds: int, seed: int) -> list[list[str]]:
-    """The experts of each held-out-model fold of ``evaluate_selector.py``."""
+def test_groups(features, outcomes, folds: int, seed: int) -> list[list[str]]:
+    """The experts of each held-out-model fold of ``evaluate_selector.py`` (on the dataset's
+    tables)."""
     from simmerge.selection import model_folds
-    from simmerge.training_data import load_training_tables, training_frame
+    from simmerge.training_data import training_frame
 
-    frame = training_frame(*load_training_tables(data))
+    frame = training_frame(features, outcomes)
     groups = []
     for fold in model_folds(frame, folds, seed):
         test = frame[fold.test]
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     from build_training_data import git_commit
 
     from simmerge.catalog import Catalog
-    from simmerge.collect import collect_outcomes, expert_pairs, shard_pairs
+    from simmerge.collect import collect_outcomes, expert_pairs, parse_shard, shard_pairs
     from simmerge.errors import ConfigError
     from simmerge.feature_table import FeatureOptions
     from simmerge.io_utils import write_json_report
@@ -105,31 +106,32 @@ def main(argv: list[str] | None = None) -> int:
     zoo = Path(args.zoo)
     first_catalog = Catalog.load(zoo / "catalog.yaml")
     second_catalog = Catalog.load(remeasure_catalog(zoo, args.examples, STREAM))
-    _, shipped = load_training_tables(args.data)
+    shipped_features, shipped = load_training_tables(args.data)
     if not (shipped["catalog"] == first_catalog.name).any():
         raise ConfigError(
             f"features/{args.data} has no rows of catalog {first_catalog.name!r}.",
             "pass a zoo folder built with the dataset's recipe and seed.",
         )
-    groups = test_groups(args.data, args.folds, args.seed)
+    groups = test_groups(shipped_features, shipped, args.folds, args.seed)
+    shard = parse_shard(args.shard) if args.shard else None
+    catalogs = {"first": first_catalog, "second": second_catalog}
+    hashes = {key: eval_hashes(catalog) for key, catalog in catalogs.items()}
     measured = {}
     with OutcomeStore(zoo / f"{STREAM}.sqlite") as store:
-        for key, catalog in (("first", first_catalog), ("second", second_catalog)):
+        for key, catalog in catalogs.items():
             pairs = [pair for group in groups for pair in expert_pairs(catalog, group)]
-            if args.shard:
-                k, _, n = args.shard.partition("/")
-                if not (k.isdigit() and n.isdigit()):
-                    raise ConfigError(f"--shard {args.shard!r} is not K/N.", "write e.g. 0/2.")
-                pairs = shard_pairs(pairs, int(k), int(n))
+            if shard:
+                pairs = shard_pairs(pairs, *shard)
             summary = collect_outcomes(catalog, store, pairs=pairs, progress=not args.quiet)
             print(f"{key}: {summary.merged} merged+evaluated, {summary.skipped} already stored")
-            if not args.shard:
+            if not shard:
                 rows = outcome_frame(store, catalog)
-                hashes = eval_hashes(catalog)
-                measured[key] = rows[
-                    [hashes[t] == h for t, h in zip(rows["task"], rows["eval_hash"], strict=True)]
+                own = [
+                    hashes[key][t] == h
+                    for t, h in zip(rows["task"], rows["eval_hash"], strict=True)
                 ]
-    if args.shard:
+                measured[key] = rows[own]
+    if shard:
         print("run once more without --shard to write the tables")
         return 0
     test_pairs = set(zip(measured["first"]["a"], measured["first"]["b"], strict=True))
@@ -151,8 +153,8 @@ def main(argv: list[str] | None = None) -> int:
             "examples_per_task": {"first": "the zoo's eval set", "second": args.examples},
             "stream": STREAM,
             "eval_hashes": {
-                key: {t: h for t, h in eval_hashes(cat).items() if t in set(first["task"])}
-                for key, cat in (("first", first_catalog), ("second", second_catalog))
+                key: {t: h for t, h in task_hashes.items() if t in set(first["task"])}
+                for key, task_hashes in hashes.items()
             },
             "folds": args.folds,
             "seed": args.seed,

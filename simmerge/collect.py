@@ -158,6 +158,14 @@ def shard_pairs(
     return [(a, b) for a, b in pairs if tuple(sorted((a.name, b.name))) in mine]
 
 
+def parse_shard(text: str) -> tuple[int, int]:
+    """``--shard K/N`` as (K, N); :func:`shard_pairs` checks the range."""
+    k, _, n = text.partition("/")
+    if not (k.isdigit() and n.isdigit()):
+        raise ConfigError(f"--shard {text!r} is not K/N.", "write e.g. --shard 0/2.")
+    return int(k), int(n)
+
+
 @dataclass(frozen=True)
 class CollectSummary:
     jobs: int
@@ -237,10 +245,7 @@ def run_collect_cli(args: Any) -> int:
     grid = grid_from_ids(args.candidates.split(",") if args.candidates else None)
     pairs = expert_pairs(catalog, args.models.split(",") if args.models else None)
     if args.shard:
-        k, _, n = args.shard.partition("/")
-        if not (k.isdigit() and n.isdigit()):
-            raise ConfigError(f"--shard {args.shard!r} is not K/N.", "write e.g. --shard 0/2.")
-        pairs = shard_pairs(pairs, int(k), int(n))
+        pairs = shard_pairs(pairs, *parse_shard(args.shard))
     with OutcomeStore(args.store) as store:
         summary = collect_outcomes(
             catalog, store, grid, pairs=pairs, device=args.device, progress=not args.quiet

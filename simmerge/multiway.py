@@ -375,10 +375,9 @@ def plan_merge(
     with a prefix that scores poorly as a plan of its own, which a beam drops), and is a beam
     of :data:`DEFAULT_BEAM` otherwise and in ``exact`` mode (where, with a feasible chain
     count, the intermediates merged are the prefixes of the chains a ``fast`` pass ranks best).
-    One-shot candidates are every
-    subset of 3..max_models candidates x ``oneshot_grid``. ``mode`` is ``fast`` (no merges)
-    or ``exact`` (one merge and probe pass per kept intermediate: ``beam`` per depth below
-    ``max_models``). ``profiles``
+    One-shot candidates are every subset of 3..max_models candidates x ``oneshot_grid``.
+    ``mode`` is ``fast`` (no merges) or ``exact`` (one merge and probe pass per kept
+    intermediate: ``beam`` per depth below ``max_models``). ``profiles``
     (name -> :class:`~simmerge.similarity.ModelProfile`, e.g. from a scan) skips reloading
     the experts' signatures and sketches from the cache. ``plan_model`` re-scores plans with
     the learned plan model (:mod:`simmerge.plan_model`; ``None``: the shipped one, ``False``:

@@ -245,3 +245,12 @@ def test_shards_partition_the_pairs_and_keep_both_orders_together(micro_catalog)
         assert all((b, a) in s for a, b in s)
     with pytest.raises(ConfigError, match="does not exist"):
         shard_pairs(pairs, 2, 2)
+
+
+def test_shard_argument_is_k_of_n_or_a_typed_error():
+    from simmerge.collect import parse_shard
+
+    assert parse_shard("1/2") == (1, 2)
+    for bad in ("1", "a/2", "1/2/3", "-1/2"):
+        with pytest.raises(ConfigError, match="is not K/N"):
+            parse_shard(bad)
