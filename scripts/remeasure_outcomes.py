@@ -145,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     first = measured["first"]
     ours, theirs = shipped_expert_scores(first), shipped_expert_scores(shipped)
     equal = sum(ours[k] == theirs.get(k) for k in ours)
+    moved = [abs(ours[k] - theirs[k]) for k in ours if k in theirs and ours[k] != theirs[k]]
     write_json_report(
         out / "meta.json",
         {
@@ -162,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
             "ordered_pairs": len(test_pairs),
             "outcome_rows": {k: len(v) for k, v in measured.items()},
             "expert_scores_equal_to_shipped": f"{equal} of {len(ours)}",
+            "expert_score_differences": [round(min(moved), 4), round(max(moved), 4)]
+            if moved
+            else [],
             "zoo_versions": json.loads((zoo / "zoo_manifest.json").read_text())["versions"],
         },
     )
