@@ -8,8 +8,21 @@ pick per task set is the plan with the best predicted mean over its target tasks
 closure is against the best-fixed and oracle values of ``runs/multiway/analytic_<zoo>.json``
 (written by ``scripts/evaluate_multiway.py --json``, as ``scripts/regenerate_plan_model.sh``
 does). This scores the whole space, so it measures the model, not the beam search that
-``plan_merge`` adds on top (``scripts/evaluate_multiway.py`` measures that). Prints a table
-and writes ``scripts/results/explore_plan_model_variants.json``.
+``plan_merge`` adds on top (``scripts/evaluate_multiway.py`` measures that).
+
+Two more kinds of rows, on the shipped columns: the same model with other training seeds
+(``--seeds``: does the pick move with the bagging draw, as the 2-way predictor's does?), and
+the **anchored** rule of the 2-way selector -- keep best-fixed's plan unless another plan is
+predicted to beat it by more than a margin (``--margins``, fixed here, not chosen by inner
+cross-validation). Best-fixed's plan is the one-shot plan whose measured mean equals the
+recorded best-fixed value (sets where no single one-shot plan matches keep the plain pick).
+A last pair of rows fits the target minus its mean over each task's plans (the per-task level
+is the same for every plan, so it cancels in a pick, as the 2-way predictor's level does).
+Every row also has the pooled gap closure, the risk (the share of task sets whose pick is
+worse than best-fixed by more than 0.01) and the median, over task sets, of the number of
+plans the model ranks above the best measured one.
+
+Prints a table and writes ``scripts/results/explore_plan_model_variants.json``.
 """
 
 from __future__ import annotations
@@ -37,19 +50,29 @@ def variants() -> dict[str, list[str]]:
     }
 
 
-def pick_values(test, predicted: np.ndarray, report: dict) -> tuple[np.ndarray, ...]:
-    """(picked, best-fixed, oracle) value per task set of ``report``."""
+def pick_values(
+    test, predicted: np.ndarray, report: dict, margin: float = 0.0
+) -> tuple[np.ndarray, ...]:
+    """(picked, best-fixed, oracle) value per task set of ``report``, and how many plans the
+    model ranks above the best measured one; with ``margin``, the anchored rule (module docs)."""
     test = test.assign(pred=predicted)
-    picked, fixed, oracle = [], [], []
+    picked, fixed, oracle, oracle_rank = [], [], [], []
     for rec in report["task_sets"]:
         tasks = rec["tasks"]
         rows = test[test["task"].isin(tasks)].groupby("plan")
         complete = rows["task"].count() == len(tasks)  # plans measured on every target task
         value, pred = rows["target"].mean()[complete], rows["pred"].mean()[complete]
+        if margin:
+            oneshot = value[(rows["oneshot"].first()[complete] == 1).to_numpy()]
+            anchor = oneshot.index[np.abs(oneshot.to_numpy() - rec["best_fixed"]) < 1e-9]
+            if len(anchor) == 1:
+                pred = pred.copy()
+                pred[anchor[0]] += margin
         picked.append(value[pred.idxmax()])
         fixed.append(rec["best_fixed"])
         oracle.append(rec["oracle"])
-    return tuple(np.array(v) for v in (picked, fixed, oracle))
+        oracle_rank.append(int((pred > pred[value.idxmax()]).sum()))
+    return tuple(np.array(v) for v in (picked, fixed, oracle, oracle_rank))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--zoos", default="tiny-zoo,tiny-zoo-s1,tiny-zoo-s2")
+    p.add_argument("--seeds", default="0,100,200,300", help="training seeds of the shipped columns")
+    p.add_argument("--margins", default="0.05,0.1,0.15", help="anchoring margins")
     p.add_argument("--json", default=str(ROOT / "scripts/results/explore_plan_model_variants.json"))
     args = p.parse_args(argv)
     zoos = args.zoos.split(",")
@@ -67,25 +92,44 @@ def main(argv: list[str] | None = None) -> int:
     reports = {
         z: json.loads((ROOT / "runs" / "multiway" / f"analytic_{z}.json").read_text()) for z in zoos
     }
+    shipped = variants()["shipped columns"]
+    rows = {name: (columns, 0, 0.0, False) for name, columns in variants().items()}
+    for seed in [int(s) for s in args.seeds.split(",") if s and int(s) != 0]:
+        rows[f"shipped columns, seed {seed}"] = (shipped, seed, 0.0, False)
+    for margin in [float(m) for m in args.margins.split(",") if m]:
+        rows[f"shipped columns, anchored {margin:g}"] = (shipped, 0, margin, False)
+    for seed in (0, 100):
+        rows[f"target minus its per-task mean, seed {seed}"] = (shipped, seed, 0.0, True)
     results: dict[str, dict[str, float]] = {}
-    for name, columns in variants().items():
+    for name, (columns, seed, margin, demean) in rows.items():
         results[name] = {}
+        pooled = []
         for test_zoo in zoos:
             test = tables[test_zoo]
             if columns:
                 train = pd.concat([tables[z] for z in zoos if z != test_zoo], ignore_index=True)
-                model = PlanModel(columns=tuple(columns), params={"num_threads": 1})
-                predicted = model.fit(train, train["target"]).predict(test)[0]
+                model = PlanModel(columns=tuple(columns), seed=seed, params={"num_threads": 1})
+                target = train["target"]
+                if demean:  # a task's level is the same for all its plans: it cancels in a pick
+                    target = target - train.groupby(["catalog", "task"])["target"].transform("mean")
+                predicted = model.fit(train, target).predict(test)[0]
             else:
                 predicted = test["analytic"].to_numpy()
-            picked, fixed, oracle = pick_values(test, predicted, reports[test_zoo])
+            picks = pick_values(test, predicted, reports[test_zoo], margin)
+            picked, fixed, oracle, _ = picks
             results[name][test_zoo] = float((picked - fixed).sum() / (oracle - fixed).sum())
+            pooled.append(picks)
+        picked, fixed, oracle, rank = (np.concatenate(v) for v in zip(*pooled, strict=True))
         results[name]["mean"] = float(np.mean([results[name][z] for z in zoos]))
+        results[name]["pooled"] = float((picked - fixed).sum() / (oracle - fixed).sum())
+        results[name]["risk"] = float(np.mean(picked < fixed - 0.01))
+        results[name]["median_oracle_rank"] = float(np.median(rank))
     width = max(len(n) for n in results)
+    cols = [*zoos, "mean", "pooled", "risk", "median_oracle_rank"]
     print("gap closure of the best-predicted plan per task set, model fitted on the other zoos")
-    print(f"{'variant':<{width}} " + " ".join(f"{z:>12}" for z in [*zoos, "mean"]))
+    print(f"{'variant':<{width}} " + " ".join(f"{z:>12}" for z in cols))
     for name, r in results.items():
-        print(f"{name:<{width}} " + " ".join(f"{r[z]:>12.3f}" for z in [*zoos, "mean"]))
+        print(f"{name:<{width}} " + " ".join(f"{r[z]:>{max(12, len(z))}.3f}" for z in cols))
     write_json_report(Path(args.json), {"zoos": zoos, "gap_closure": results})
     return 0
 
