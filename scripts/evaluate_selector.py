@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     import pandas as pd
 
     from simmerge.io_utils import write_json_report
-    from simmerge.predictor import MergePredictor, predictor_columns
+    from simmerge.predictor import DEFAULT_ENSEMBLE, MergePredictor, predictor_columns
     from simmerge.selection import (
         LinearBaseline,
         cross_validate,
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--folds", type=int, default=5, help="model folds")
     p.add_argument("--k", type=int, default=3, help="verifications for the top-k metric")
-    p.add_argument("--n-models", type=int, default=5, help="predictor ensemble size")
+    p.add_argument("--n-models", type=int, default=DEFAULT_ENSEMBLE, help="predictor ensemble size")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--no-remeasured",

@@ -215,7 +215,9 @@ def _add_train_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--store", default=None, help="outcome store to add (needs --catalog)")
     p.add_argument("--catalog", default=None, help="catalog of the store's outcomes")
     p.add_argument("--out", required=True, help="output predictor folder")
-    p.add_argument("--n-models", type=int, default=5, help="ensemble size")
+    p.add_argument(
+        "--n-models", type=int, default=None, help="ensemble size (default: the predictor's, 5)"
+    )
     p.add_argument("--cv-folds", type=int, default=5, help="held-out-model folds for the card")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu or cuda (for the store's features)")

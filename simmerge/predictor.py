@@ -19,11 +19,15 @@ the level and ranks the candidates of one pair poorly. Fitting the deviation sep
 held-out-model gap closure 0.35 instead of 0.20 on ``features/zoo-large`` (measured with
 ``scripts/evaluate_selector.py``; see the README).
 
-Each of the two is a seed ensemble of LightGBM regressors (bagging with different seeds); member
-i's prediction is level_i + deviation_i, the mean over members the prediction and their spread
-the uncertainty. Saved as LightGBM text files plus a
-JSON card; :meth:`MergePredictor.load` refuses a card whose feature list differs from this
-code's, because a model silently fed columns in another order predicts garbage.
+Each of the two is a seed ensemble of :data:`DEFAULT_ENSEMBLE` LightGBM regressors (bagging
+rows and columns with different seeds); member i's prediction is level_i + deviation_i, the
+mean over members the prediction and their spread the uncertainty. The pick on a close pair
+depends on the members' bagging draws, so held-out figures move with the training seed:
+held-out-model gap closure 0.25-0.41 over five seeds with 5 members, 0.33-0.45 with 20 (means
+0.35 and 0.39, a difference within that spread; ``scripts/selector_seed_spread.py``), so 5
+it stays. Saved as LightGBM text files plus a JSON card; :meth:`MergePredictor.load` refuses
+a card whose feature list differs from this code's, because a model silently fed columns in
+another order predicts garbage.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from simmerge.similarity import FEATURE_COLUMNS, FUNCTIONAL_COLUMNS
 CARD = "card.json"
 FORMAT_VERSION = 2
 READABLE_FORMATS = (1, 2)  # 1: no decomposition (no level models)
+DEFAULT_ENSEMBLE = 5  # members per model (see the module docs)
 TASK_PREFIX = "task_"
 GROUP_KEYS = ("catalog", "a", "b", "task")  # rows sharing these differ only in the candidate
 
@@ -143,7 +148,7 @@ class MergePredictor:
     """Seed ensemble of LightGBM regressors on :func:`predictor_columns` (scikit-learn-like
     contract: parameters in ``__init__``, then ``fit``, ``predict``, ``save``, ``load``)."""
 
-    n_models: int = 5
+    n_models: int = DEFAULT_ENSEMBLE
     num_boost_round: int = 300
     params: dict[str, Any] = field(default_factory=dict)
     seed: int = 0

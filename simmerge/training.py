@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from simmerge.predictor import MergePredictor
+from simmerge.predictor import DEFAULT_ENSEMBLE, MergePredictor
 from simmerge.selection import (
     best_fixed_candidate,
     choose_margin,
@@ -30,7 +30,7 @@ def fit_predictor(
     features: pd.DataFrame,
     outcomes: pd.DataFrame,
     *,
-    n_models: int = 5,
+    n_models: int = DEFAULT_ENSEMBLE,
     seed: int = 0,
     cv_folds: int = 5,
     sources: Sequence[str] = (),
@@ -93,7 +93,7 @@ def run_train_cli(args: Any) -> int:
         pd.concat(outcomes, ignore_index=True).drop_duplicates(
             subset=["catalog", "a", "b", "candidate", "task", "eval_hash"]
         ),
-        n_models=args.n_models,
+        n_models=DEFAULT_ENSEMBLE if args.n_models is None else args.n_models,
         seed=args.seed,
         cv_folds=args.cv_folds,
         sources=sources,
