@@ -19,8 +19,15 @@ extra; group 5-fold by model and leave-one-task-out), without the anchored rule.
   line up (the extra training catalog is transformed on its own rows; at use time this needs
   the features of the user's whole catalog, which a scan has).
 
-``--groups`` runs some of the groups (regression, params, ranking, relative); the other rows
-of an existing output file are kept.
+* ``derived`` -- analytic candidate features added to the deviation model: the nominal
+  coefficients of the target task's expert and of the other expert in the merged task vector
+  (:func:`merge_coefficients`), and from them and the pair's ``cos_all`` / ``norm_ratio_all``
+  the retained share of the task's own task vector, the orthogonal interference and the
+  merged norm, all relative to the own task vector's norm (a first-order picture of what a
+  linear merge keeps of each expert).
+
+``--groups`` runs some of the groups (regression, params, ranking, relative, derived); the
+other rows of an existing output file are kept.
 
 Prints a table (gap closure and risk per split) and writes JSON (default
 ``scripts/results/explore_selector_variants.json``).
@@ -38,7 +45,44 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 GROUP_EXTRA = "task"
-GROUPS = ("regression", "params", "ranking", "relative")
+GROUPS = ("regression", "params", "ranking", "relative", "derived")
+COEFFICIENTS = ("d_w_own", "d_w_other")
+DERIVED = (*COEFFICIENTS, "d_retention", "d_interference", "d_merged_norm")
+
+
+def merge_coefficients(df):
+    """(own, other): the nominal weight of the target task's expert and of the other expert in
+    the merged task vector -- linear 0.5 each, task arithmetic lambda each, slerp 1 - t for the
+    first member and t for the second, model stock t/2 each with its 2-model ratio
+    t = 2 cos / (1 + cos) (on ``cos_all``), 1 each for the sparsifying operators."""
+    cos = df["cos_all"].clip(-1, 1)
+    a = np.ones(len(df))
+    b = np.ones(len(df))
+    for op, wa, wb in (
+        ("linear", 0.5, 0.5),
+        ("task_arithmetic", df["hp_lambda"], df["hp_lambda"]),
+        ("slerp", 1 - df["hp_t"], df["hp_t"]),
+        ("model_stock", (cos / (1 + cos)).clip(0, 0.5), (cos / (1 + cos)).clip(0, 0.5)),
+    ):
+        on = (df[f"op_{op}"] == 1).to_numpy()
+        a = np.where(on, wa, a)
+        b = np.where(on, wb, b)
+    own_is_a = (df["task_of_a"] == 1).to_numpy()
+    return np.where(own_is_a, a, b), np.where(own_is_a, b, a)
+
+
+def with_derived(df):
+    """``df`` plus the :data:`DERIVED` columns (module docs)."""
+    df = df.copy()
+    own, other = merge_coefficients(df)
+    ratio = np.where(df["task_of_a"] == 1, 1 / df["norm_ratio_all"], df["norm_ratio_all"])
+    cos = df["cos_all"].clip(-1, 1).to_numpy()  # ratio: |tau_other| / |tau_own|
+    df["d_w_own"], df["d_w_other"] = own, other
+    df["d_retention"] = own + other * cos * ratio
+    df["d_interference"] = other * ratio * np.sqrt(np.clip(1 - cos**2, 0, None))
+    merged = own**2 + (other * ratio) ** 2 + 2 * own * other * cos * ratio
+    df["d_merged_norm"] = np.sqrt(np.clip(merged, 0, None))
+    return df
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,9 +137,12 @@ def main(argv: list[str] | None = None) -> int:
         return df
 
     def fold_data(split, how=None):
-        data, other = (
-            (frame, extra) if how is None else (relative(frame, how), relative(extra, how))
-        )
+        if how is None:
+            data, other = frame, extra
+        elif how == "derived":
+            data, other = with_derived(frame), with_derived(extra)
+        else:
+            data, other = relative(frame, how), relative(extra, how)
         for fold in folds(split):
             train, test = with_extra(data[fold.train], other), data[fold.test].copy()
             if not test.empty and fold.train.sum():
@@ -105,9 +152,9 @@ def main(argv: list[str] | None = None) -> int:
         r = summarize(outs)
         return {"gap_closure": round(r["gap_closure"], 3), "risk": round(r["risk"], 3)}
 
-    def regression_variants(split, params, how=None):
-        """Shipped recipe with LightGBM ``params`` (on catalog-relative columns with ``how``);
-        also the uncertainty rules (default only)."""
+    def regression_variants(split, params, how=None, added=()):
+        """Shipped recipe with LightGBM ``params`` (on catalog-relative columns with ``how``,
+        plus the derived columns ``added``); also the uncertainty rules (default only)."""
         rules = {"regression": lambda m, s, bf: m}
         if not params and how is None:
             rules |= {f"lcb {k}": (lambda m, s, bf, k=k: m - k * s) for k in (0.5, 1, 2)}
@@ -116,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
             }
         outs = {name: [] for name in rules}
         for train, test, bf in fold_data(split, how):
-            model = MergePredictor(n_models=5, params=params).fit(train, train["target"].to_numpy())
+            model = MergePredictor(n_models=5, params=params, columns=(*cols, *added))
+            model.fit(train, train["target"].to_numpy())
             test["pred"], test["sd2"] = model.predict(test)
             test["sd2"] = test["sd2"] ** 2
             actual, mean = pair_objective(test, "target"), pair_objective(test, "pred")
@@ -185,6 +233,10 @@ def main(argv: list[str] | None = None) -> int:
             if "relative" in groups:
                 res = regression_variants(split, {}, how)["regression"]
                 rows.setdefault(f"catalog-relative ({how})", {})[split] = res
+        for label, added in (("coefficients", COEFFICIENTS), ("coefficients + retention", DERIVED)):
+            if "derived" in groups:
+                res = regression_variants(split, {}, "derived", added)["regression"]
+                rows.setdefault(f"derived: {label}", {})[split] = res
         print(f"{split} done ({time.perf_counter() - start:.0f} s)", flush=True)
 
     splits = args.splits.split(",")
