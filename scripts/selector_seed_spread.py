@@ -3,8 +3,9 @@
     python scripts/selector_seed_spread.py [--sizes 5,20] [--seeds 0,100,200,300,400]
                                            [--splits models]
 
-Same data, folds and recipe as scripts/evaluate_selector.py (zoo-large, zoo-default as
-training-only extra, model folds of seed 0; plain argmax, no anchoring); only the seed of the
+Same data, folds and recipe as scripts/evaluate_selector.py, through the same
+:func:`simmerge.selection.cross_validate` (zoo-large, zoo-default as training-only extra, model
+folds of seed 0; the plain pick, no anchoring); only the seed of the
 LightGBM ensemble changes, and the ensemble size (``n_models``). Each member bags 80 % of the
 rows and 80 % of the columns with its own seed, so a 5-member ensemble's pick on a close pair
 can flip with the seed -- and every single-run figure in the README (the shipped recipe's
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -27,11 +29,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def spread(values: list[float]) -> dict[str, float]:
+def spread(values: list[float]) -> dict[str, float | None]:
+    """Mean, sample sd (None for a single seed: JSON has no NaN), min and max."""
     arr = np.asarray(values, dtype=float)
     return {
         "mean": round(float(arr.mean()), 3),
-        "sd": round(float(arr.std(ddof=1)), 3) if len(arr) > 1 else float("nan"),
+        "sd": round(float(arr.std(ddof=1)), 3) if len(arr) > 1 else None,
         "min": round(float(arr.min()), 3),
         "max": round(float(arr.max()), 3),
     }
@@ -40,15 +43,8 @@ def spread(values: list[float]) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     from simmerge.io_utils import write_json_report
     from simmerge.predictor import MergePredictor
-    from simmerge.selection import (
-        best_fixed_candidate,
-        model_folds,
-        per_pair,
-        summarize,
-        task_folds,
-        with_extra,
-    )
-    from simmerge.training_data import load_training_tables, pair_objective, training_frame
+    from simmerge.selection import cross_validate, model_folds, summarize, task_folds
+    from simmerge.training_data import load_training_tables, training_frame
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="5,20", help="ensemble sizes (n_models)")
@@ -72,18 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     for split in splits:
         for size in sizes:
             for seed in seeds:
-                outs = []
-                for fold in folds(split):
-                    train, test = with_extra(frame[fold.train], extra), frame[fold.test].copy()
-                    if test.empty or not fold.train.sum():
-                        continue
-                    best_fixed = best_fixed_candidate(pair_objective(train, "target"))
-                    model = MergePredictor(n_models=size, seed=seed)
-                    model.fit(train, train["target"].to_numpy())
-                    test["pred"] = model.predict(test)[0]
-                    actual, predicted = pair_objective(test, "target"), pair_objective(test, "pred")
-                    outs += per_pair(actual, predicted, best_fixed)
-                res = summarize(outs)
+                factory = partial(MergePredictor, n_models=size, seed=seed)
+                cv = cross_validate(frame, folds(split), {"simmerge": factory}, extra=extra)
+                res = summarize(cv.pooled["simmerge"])
                 runs.append(
                     {
                         "split": split,
@@ -108,8 +95,9 @@ def main(argv: list[str] | None = None) -> int:
             gap = spread([r["gap_closure"] for r in rows])
             risk = spread([r["risk"] for r in rows])
             summary.append({"split": split, "n_models": size, "gap_closure": gap, "risk": risk})
+            sd = "-" if gap["sd"] is None else f"{gap['sd']:.3f}"
             print(
-                f"{split:>7} {size:>8} {len(rows):>5}  {gap['mean']:.3f} / {gap['sd']:.3f} / "
+                f"{split:>7} {size:>8} {len(rows):>5}  {gap['mean']:.3f} / {sd} / "
                 f"{gap['min']:.3f}-{gap['max']:.3f}   {risk['mean']:.3f}"
             )
     write_json_report(
