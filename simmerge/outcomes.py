@@ -58,6 +58,9 @@ _KEY = ("catalog", "model_a", "model_b", "candidate", "task", "eval_hash")
 _SQL_TYPES = {"score": "REAL", "expert_score": "REAL", "normalized": "REAL", "created": "REAL"}
 
 
+_LOCK_WAIT_S = 30.0  # how long to wait for another process's lock (opening and writing)
+
+
 class OutcomeStore:
     """Append-only store of :class:`Outcome` rows and reference scores (see module docs)."""
 
@@ -69,15 +72,38 @@ class OutcomeStore:
             )
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._db = sqlite3.connect(str(self.path), timeout=30.0)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._init_schema()
+            self._db = self._open()
         except sqlite3.DatabaseError as exc:
             raise OutcomeStoreError(
                 f"{str(self.path)!r} is not a readable outcome store ({exc}).",
                 "point at a store written by simmerge, or at a new file name.",
             ) from exc
+
+    def _open(self) -> sqlite3.Connection:
+        """Connect, switch to WAL and create the schema, retrying while another process holds
+        the lock. Why: switching a fresh file to WAL needs an exclusive lock and SQLite reports
+        'database is locked' at once, without its busy timeout, when a second process opens the
+        same new store in that instant -- which is what shard collectors started together do."""
+        wait_s = _LOCK_WAIT_S
+        deadline = time.monotonic() + wait_s
+        delay = 0.01
+        while True:
+            db = sqlite3.connect(str(self.path), timeout=wait_s)
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
+                self._db = db
+                self._init_schema()
+                return db
+            except sqlite3.OperationalError as exc:
+                db.close()
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
+            except BaseException:
+                db.close()
+                raise
 
     def _init_schema(self) -> None:
         cols = ", ".join(f"{c} {_SQL_TYPES.get(c, 'TEXT')} NOT NULL" for c in _COLUMNS)

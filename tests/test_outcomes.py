@@ -148,6 +148,69 @@ def test_a_store_of_another_schema_version_is_refused(tmp_path):
         OutcomeStore(path)
 
 
+def test_opening_a_new_store_waits_out_another_process_switching_it_to_wal(tmp_path, monkeypatch):
+    """Shard collectors started together open one new store at the same instant; SQLite then
+    answers 'database is locked' to the WAL switch at once, without its busy timeout. The
+    store must retry instead of failing the collector (it did: one shard of the regeneration
+    script died this way)."""
+    import simmerge.outcomes as outcomes_module
+
+    real_connect = sqlite3.connect
+    locked_answers = [2]
+
+    class LockedOnce:
+        def __init__(self, db):
+            self._db = db
+
+        def execute(self, sql, *args):
+            if sql.startswith("PRAGMA journal_mode") and locked_answers[0] > 0:
+                locked_answers[0] -= 1
+                raise sqlite3.OperationalError("database is locked")
+            return self._db.execute(sql, *args)
+
+        def __getattr__(self, name):
+            return getattr(self._db, name)
+
+        def __enter__(self):
+            return self._db.__enter__()
+
+        def __exit__(self, *exc):
+            return self._db.__exit__(*exc)
+
+    monkeypatch.setattr(
+        outcomes_module.sqlite3, "connect", lambda *a, **k: LockedOnce(real_connect(*a, **k))
+    )
+    with OutcomeStore(tmp_path / "o.sqlite") as store:
+        assert store.add([_row()]) == 1
+    assert locked_answers == [0]
+
+
+def test_a_store_locked_for_longer_than_the_wait_is_a_typed_error(tmp_path, monkeypatch):
+    import simmerge.outcomes as outcomes_module
+
+    real_connect = sqlite3.connect
+    attempts = []
+
+    class AlwaysLocked:
+        def __init__(self, db):
+            self._db = db
+
+        def execute(self, sql, *args):
+            attempts.append(sql)
+            raise sqlite3.OperationalError("database is locked")
+
+        def close(self):
+            self._db.close()
+
+    monkeypatch.setattr(outcomes_module, "_LOCK_WAIT_S", 0.05)
+    monkeypatch.setattr(
+        outcomes_module.sqlite3, "connect", lambda *a, **k: AlwaysLocked(real_connect(*a, **k))
+    )
+    with pytest.raises(OutcomeStoreError, match="locked"):
+        OutcomeStore(tmp_path / "o.sqlite")
+    assert len(attempts) > 1  # it retried before giving up
+
+
 # --- collection --------------------------------------------------------------------------------
 
 
