@@ -1,11 +1,12 @@
 """How much the selector's held-out figures move with the predictor's training seed alone.
 
     python scripts/selector_seed_spread.py [--sizes 5,20] [--seeds 0,100,200,300,400]
-                                           [--splits models]
+                                           [--splits models] [--extra zoo-default|none]
 
 Same data, folds and recipe as scripts/evaluate_selector.py, through the same
-:func:`simmerge.selection.cross_validate` (zoo-large, zoo-default as training-only extra, model
-folds of seed 0; the plain pick, no anchoring); only the seed of the
+:func:`simmerge.selection.cross_validate` (zoo-large, zoo-default as training-only extra --
+``--extra none`` leaves it out, as the shipped predictor does --, model folds of seed 0; the
+plain pick, no anchoring); only the seed of the
 LightGBM ensemble changes, and the ensemble size (``n_models``). Each member bags 80 % of the
 rows and 80 % of the columns with its own seed, so a 5-member ensemble's pick on a close pair
 can flip with the seed -- and every single-run figure in the README (the shipped recipe's
@@ -41,6 +42,8 @@ def spread(values: list[float]) -> dict[str, float | None]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import pandas as pd
+
     from simmerge.io_utils import write_json_report
     from simmerge.predictor import MergePredictor
     from simmerge.selection import cross_validate, model_folds, summarize, task_folds
@@ -50,6 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="5,20", help="ensemble sizes (n_models)")
     parser.add_argument("--seeds", default="0,100,200,300,400", help="training seeds")
     parser.add_argument("--splits", default="models", help="models and/or tasks")
+    parser.add_argument(
+        "--extra",
+        default="zoo-default",
+        help="comma-separated training-only datasets from other catalogs ('' or 'none' = "
+        "none: the shipped predictor is fitted without any)",
+    )
     parser.add_argument("--out", default=str(ROOT / "scripts/results/selector_seed_spread.json"))
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -58,7 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     if set(splits) - {"models", "tasks"}:
         raise SystemExit(f"--splits takes models and/or tasks; got {args.splits!r}.")
     frame = training_frame(*load_training_tables("zoo-large"))
-    extra = training_frame(*load_training_tables("zoo-default"))
+    extra_names = [n for n in args.extra.split(",") if n and n != "none"]
+    extra = (
+        pd.concat([training_frame(*load_training_tables(n)) for n in extra_names])
+        if extra_names
+        else None
+    )
 
     def folds(split):
         return model_folds(frame, 5, 0) if split == "models" else task_folds(frame)
@@ -104,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.out),
         {
             "data": "zoo-large",
-            "extra": "zoo-default",
+            "extra": ",".join(extra_names) or None,
             "folds": "model folds of seed 0" if "models" in splits else "leave one task out",
             "runs": runs,
             "summary": summary,

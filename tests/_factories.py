@@ -5,14 +5,27 @@ Import the fixtures into a test module with ``from _factories import ...``.
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
 
 from simmerge.testing import VOCAB, save_model, tiny_config, tiny_tokenizer
 
-__all__ = ["VOCAB", "save_model", "tiny_config", "tiny_tokenizer", "tiny_models"]
+__all__ = ["VOCAB", "load_script", "save_model", "tiny_config", "tiny_tokenizer", "tiny_models"]
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def load_script(name: str) -> ModuleType:
+    """``scripts/<name>.py`` as a module: scripts are not part of the package, but their
+    functions are tested like the package's."""
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

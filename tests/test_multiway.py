@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+from _factories import load_script
 
 from simmerge.errors import ConfigError, PlanError
 from simmerge.merging import MergePlan, PlanMember, merge
@@ -296,15 +297,7 @@ def test_evaluate_multiway_shards_share_one_cache(trained, tmp_path, capsys):
 
 
 def _evaluate_multiway_script():
-    """scripts/evaluate_multiway.py as a module (scripts are not part of the package)."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "scripts" / "evaluate_multiway.py"
-    spec = importlib.util.spec_from_file_location("evaluate_multiway", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    return script
+    return load_script("evaluate_multiway")
 
 
 class _StubModel:

@@ -4,14 +4,13 @@ the pipeline that trains it (evaluate_multiway --data-out, then scripts/train_pl
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from _factories import load_script
 
 from simmerge.multiway import plan_feature_rows, plan_merge
 from simmerge.plan_model import (
@@ -147,12 +146,7 @@ def test_plan_merge_ranks_by_the_plan_model(trained, tmp_path):
     assert capped and all(len(p.plan.members) == 2 for p in capped)
 
 
-def _script(name):
-    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+_script = load_script
 
 
 @pytest.mark.filterwarnings("ignore::scipy.stats.ConstantInputWarning")

@@ -1,0 +1,73 @@
+"""Scripts that turn result files into the README's figures: they must compute what their
+docs say, on inputs small enough to check by hand."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from _factories import load_script
+
+
+def _report(catalog: str, sets: list[tuple[float, float, float, float]]) -> dict:
+    """An evaluate_multiway report: per task set (picked, predicted, best-fixed, oracle)."""
+    return {
+        "catalog": catalog,
+        "results": {"best_fixed": {}, "fast": {}, "oracle": {}},
+        "task_sets": [
+            {"fast": {"value": v, "predicted": p}, "best_fixed": f, "oracle": o}
+            for v, p, f, o in sets
+        ],
+    }
+
+
+def test_pooled_multiway_gap_closure_sums_gains_over_every_task_set_of_every_zoo(tmp_path):
+    script = load_script("pool_multiway")
+    # zoo a: gain 0.1 of a gap 0.2 (0.5); zoo b: gains -0.1 and 0 of gaps 0.1 and 0.3 (-0.25)
+    reports = [
+        _report("a", [(0.6, 0.9, 0.5, 0.7)]),
+        _report("b", [(0.4, 0.7, 0.5, 0.6), (0.5, 0.8, 0.5, 0.8)]),
+    ]
+    paths = []
+    for r in reports:
+        paths.append(tmp_path / f"{r['catalog']}.json")
+        paths[-1].write_text(json.dumps(r))
+    assert script.main([*map(str, paths), "--json", str(tmp_path / "p.json")]) == 0
+    fast = json.loads((tmp_path / "p.json").read_text())["pooled"]["fast"]
+    assert fast["gap_closure"] == pytest.approx(0.0 / 0.6)  # (0.1 - 0.1 + 0) / (0.2 + 0.1 + 0.3)
+    assert fast["per_zoo_gap_closure"] == pytest.approx({"a": 0.5, "b": -0.25})
+    assert fast["pct_of_oracle"] == pytest.approx(1.5 / 2.1)
+    assert fast["mean_predicted"] == pytest.approx(0.8)
+    assert fast["risk"] == pytest.approx(1 / 3)  # only zoo b's first pick loses by > 0.01
+    assert fast["task_sets"] == 3
+
+
+def test_outcome_comparison_matches_rows_on_the_outcome_key_and_counts_the_unmatched():
+    script = load_script("compare_outcome_tables")
+
+    def table(rows):
+        cols = ["a", "b", "candidate", "task", "operator", "score", "normalized"]
+        return pd.DataFrame(rows, columns=cols)
+
+    old = table(
+        [
+            ("x", "y", "linear", "t", "linear", 0.5, 0.5),
+            ("x", "y", "ties", "t", "ties", 0.8, 0.8),
+            ("x", "y", "ties", "u", "ties", 0.2, 0.2),  # only in old
+        ]
+    )
+    new = table(
+        [
+            ("x", "y", "linear", "t", "linear", 0.5, 0.5),
+            ("x", "y", "ties", "t", "ties", 0.6, 0.6),
+            ("y", "x", "ties", "t", "ties", 0.9, 0.9),  # only in new: the other order
+        ]
+    )
+    result = script.compare(old, new)
+    assert result["overall"]["rows"] == 2
+    assert result["overall"]["normalized_identical"] == pytest.approx(0.5)
+    assert result["overall"]["normalized_mean_abs_diff"] == pytest.approx(0.1)
+    assert result["only_in_old"] == 1 and result["only_in_new"] == 1
+    assert result["per_operator"]["ties"]["rows"] == 1
+    assert result["per_operator"]["ties"]["normalized_correlation"] is None  # one row
