@@ -4,7 +4,8 @@
 
 Writes ``pair_features.parquet`` (features of every ordered pair x probe set, computed from
 cached signatures and sketches) and ``outcomes.parquet`` (the store's rows for the catalog),
-plus ``meta.json`` (row counts, git commit, zoo manifest when the catalog is a zoo). The whole
+plus ``meta.json`` (row counts, git commit, and when the catalog is a zoo its recipe hash, build
+time and the library versions that built it: a rebuild is bit-exact only with those). The whole
 regeneration of the shipped data is described in ``features/DATASHEET.md``.
 """
 
@@ -65,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     manifest = Path(args.catalog).parent / "zoo_manifest.json"
     if manifest.is_file():
         zoo = json.loads(manifest.read_text())
-        meta["zoo"] = {k: zoo[k] for k in ("size", "seed", "hash", "build_seconds") if k in zoo}
+        keys = ("size", "seed", "hash", "build_seconds", "versions")
+        meta["zoo"] = {k: zoo[k] for k in keys if k in zoo}
     atomic_write_text(out / "meta.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
     print(json.dumps(meta, indent=2, sort_keys=True))
     return 0

@@ -2,8 +2,9 @@
 
     python scripts/explore_selector_variants.py [--splits models,tasks]
 
-Same data and splits as scripts/evaluate_selector.py (zoo-large, zoo-default as training-only
-extra; group 5-fold by model and leave-one-task-out), without the anchored rule. Variants:
+Same data and splits as scripts/evaluate_selector.py (zoo-large, plus the ``--extra``
+training-only datasets if any -- none by default, as there; group 5-fold by model and
+leave-one-task-out), without the anchored rule except in the ``anchoring`` group. Variants:
 
 * ``regression`` -- the shipped recipe: level + deviation LightGBM regression, argmax of the
   mean predicted normalized score over the pair's tasks;
@@ -26,8 +27,15 @@ extra; group 5-fold by model and leave-one-task-out), without the anchored rule.
   merged norm, all relative to the own task vector's norm (a first-order picture of what a
   linear merge keeps of each expert).
 
-``--groups`` runs some of the groups (regression, params, ranking, relative, derived); the
-other rows of an existing output file are kept.
+* ``anchoring`` -- the anchored rule (keep best-fixed unless beaten by a margin), its margin
+  chosen per fold by inner cross-validation on the fold's training pairs as
+  ``evaluate_selector.py`` does (3 inner folds), or with 5 inner folds on a finer grid (the
+  3-fold inner models see fewer models than the outer ones, so they may ask for too large a
+  margin); plus fixed margins, which trace the gap-closure / risk trade-off but are tuned on
+  the test pairs if read off this table. The margins chosen per fold are kept in the JSON.
+
+``--groups`` runs some of the groups (regression, params, ranking, relative, derived,
+anchoring); the other rows of an existing output file are kept.
 
 Prints a table (gap closure and risk per split) and writes JSON (default
 ``scripts/results/explore_selector_variants.json``).
@@ -39,13 +47,16 @@ import argparse
 import json
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 GROUP_EXTRA = "task"
-GROUPS = ("regression", "params", "ranking", "relative", "derived")
+GROUPS = ("regression", "params", "ranking", "relative", "derived", "anchoring")
+FINE_MARGINS = (0.0, 0.01, 0.02, 0.03, 0.04, 0.05, 0.07, 0.1, 0.15, 0.2)
+FIXED_MARGINS = (0.01, 0.02, 0.03, 0.05)
 COEFFICIENTS = ("d_w_own", "d_w_other")
 DERIVED = (*COEFFICIENTS, "d_retention", "d_interference", "d_merged_norm")
 
@@ -98,8 +109,11 @@ def main(argv: list[str] | None = None) -> int:
         to_matrix,
     )
     from simmerge.selection import (
+        MARGINS,
         PAIR,
+        anchor,
         best_fixed_candidate,
+        choose_margin,
         model_folds,
         per_pair,
         summarize,
@@ -113,11 +127,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--splits", default="models,tasks")
     parser.add_argument("--groups", default=",".join(GROUPS), help="variant groups to run")
     parser.add_argument(
+        "--extra",
+        default="",
+        help="comma-separated training-only datasets from other catalogs, as for "
+        "evaluate_selector.py ('' = none, the default)",
+    )
+    parser.add_argument(
         "--out", default=str(ROOT / "scripts/results/explore_selector_variants.json")
     )
     args = parser.parse_args(argv)
     frame = training_frame(*load_training_tables("zoo-large"))
-    extra = training_frame(*load_training_tables("zoo-default"))
+    extra_names = [n for n in args.extra.split(",") if n]
+    extra = (
+        pd.concat([training_frame(*load_training_tables(n)) for n in extra_names])
+        if extra_names
+        else None
+    )
     cols = list(predictor_columns())
     similarity_columns = {*FEATURE_COLUMNS, *(TASK_PREFIX + c for c in FUNCTIONAL_COLUMNS)}
     group = [*PAIR, GROUP_EXTRA]
@@ -140,9 +165,11 @@ def main(argv: list[str] | None = None) -> int:
         if how is None:
             data, other = frame, extra
         elif how == "derived":
-            data, other = with_derived(frame), with_derived(extra)
+            data = with_derived(frame)
+            other = None if extra is None else with_derived(extra)
         else:
-            data, other = relative(frame, how), relative(extra, how)
+            data = relative(frame, how)
+            other = None if extra is None else relative(extra, how)
         for fold in folds(split):
             train, test = with_extra(data[fold.train], other), data[fold.test].copy()
             if not test.empty and fold.train.sum():
@@ -209,6 +236,42 @@ def main(argv: list[str] | None = None) -> int:
             outs += per_pair(pair_objective(test, "target"), pair_objective(test, "pred"), bf)
         return score(outs)
 
+    def anchoring_variants(split):
+        """The anchored rule with its margin chosen by inner cross-validation on each fold's
+        training pairs -- 3 inner folds on the shipped grid (evaluate_selector.py's rule), or
+        5 inner folds on a finer grid -- and with fixed margins. The fixed rows trace the
+        trade-off between gap closure and risk; a margin read off them is tuned on the test
+        pairs, so they are not a selection rule."""
+        factory = partial(MergePredictor, n_models=5)
+        inner = {
+            "inner CV 3 folds": (3, MARGINS),
+            "inner CV 5 folds, finer grid": (5, FINE_MARGINS),
+        }
+        names = [
+            *(f"anchored, {n}" for n in inner),
+            *(f"anchored, fixed {m}" for m in FIXED_MARGINS),
+        ]
+        outs = {name: [] for name in names}
+        chosen = {name: [] for name in inner}
+        for fold in folds(split):
+            train, test = with_extra(frame[fold.train], extra), frame[fold.test].copy()
+            if test.empty or not fold.train.sum():
+                continue
+            bf = best_fixed_candidate(pair_objective(train, "target"))
+            model = factory().fit(train, train["target"].to_numpy())
+            test["pred"] = model.predict(test)[0]
+            actual, predicted = pair_objective(test, "target"), pair_objective(test, "pred")
+            for name, (k, grid) in inner.items():
+                margin = choose_margin(frame[fold.train], factory, k=k, margins=grid, extra=extra)
+                chosen[name].append(margin)
+                outs[f"anchored, {name}"] += per_pair(actual, anchor(predicted, bf, margin), bf)
+            for m in FIXED_MARGINS:
+                outs[f"anchored, fixed {m}"] += per_pair(actual, anchor(predicted, bf, m), bf)
+        res = {name: score(o) for name, o in outs.items()}
+        for name, margins in chosen.items():
+            res[f"anchored, {name}"]["margins"] = margins
+        return res
+
     rows: dict[str, dict[str, dict[str, float]]] = {}
     start = time.perf_counter()
     groups = set(args.groups.split(","))
@@ -237,6 +300,9 @@ def main(argv: list[str] | None = None) -> int:
             if "derived" in groups:
                 res = regression_variants(split, {}, "derived", added)["regression"]
                 rows.setdefault(f"derived: {label}", {})[split] = res
+        if "anchoring" in groups:
+            for name, res in anchoring_variants(split).items():
+                rows.setdefault(name, {})[split] = res
         print(f"{split} done ({time.perf_counter() - start:.0f} s)", flush=True)
 
     splits = args.splits.split(",")
@@ -247,13 +313,19 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"{name:>26} {cells}")
     out = Path(args.out)
-    if out.is_file():  # keep the rows of groups not run this time
-        kept = json.loads(out.read_text())["variants"]
+    previous = json.loads(out.read_text()) if out.is_file() else {}
+    if previous.get("extra") == args.extra:  # keep the rows of groups not run this time
+        kept = previous["variants"]
         for name, res in rows.items():
             kept.setdefault(name, {}).update(res)
         rows = kept
     write_json_report(
-        out, {"splits": sorted({s for r in rows.values() for s in r}), "variants": rows}
+        out,
+        {
+            "extra": args.extra,
+            "splits": sorted({s for r in rows.values() for s in r}),
+            "variants": rows,
+        },
     )
     return 0
 

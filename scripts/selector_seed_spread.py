@@ -1,11 +1,11 @@
 """How much the selector's held-out figures move with the predictor's training seed alone.
 
     python scripts/selector_seed_spread.py [--sizes 5,20] [--seeds 0,100,200,300,400]
-                                           [--splits models] [--extra zoo-default|none]
+                                           [--splits models] [--extra DATASETS]
 
 Same data, folds and recipe as scripts/evaluate_selector.py, through the same
-:func:`simmerge.selection.cross_validate` (zoo-large, zoo-default as training-only extra --
-``--extra none`` leaves it out, as the shipped predictor does --, model folds of seed 0; the
+:func:`simmerge.selection.cross_validate` (zoo-large; ``--extra`` adds training-only datasets
+of other catalogs, none by default, as for the shipped predictor; model folds of seed 0; the
 plain pick, no anchoring); only the seed of the
 LightGBM ensemble changes, and the ensemble size (``n_models``). Each member bags 80 % of the
 rows and 80 % of the columns with its own seed, so a 5-member ensemble's pick on a close pair
@@ -55,9 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--splits", default="models", help="models and/or tasks")
     parser.add_argument(
         "--extra",
-        default="zoo-default",
+        default="",
         help="comma-separated training-only datasets from other catalogs ('' or 'none' = "
-        "none: the shipped predictor is fitted without any)",
+        "none, the default: the shipped predictor is fitted without any)",
     )
     parser.add_argument("--out", default=str(ROOT / "scripts/results/selector_seed_spread.json"))
     args = parser.parse_args(argv)
