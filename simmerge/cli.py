@@ -175,6 +175,12 @@ def _add_pair_arguments(p: argparse.ArgumentParser, models_required: bool = True
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
+MARGIN_HELP = (
+    "2-way: keep the predictor's best-fixed candidate first unless another is predicted to "
+    "beat it by more than this (default: the margin in the predictor's card; 0: plain argmax)"
+)
+
+
 def _add_rank_cli(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "rank",
@@ -183,6 +189,7 @@ def _add_rank_cli(sub: argparse._SubParsersAction) -> None:
     )
     _add_pair_arguments(p, models_required=False)
     p.add_argument("--top", type=int, default=5, help="number of candidates to show")
+    p.add_argument("--margin", type=float, default=None, help=MARGIN_HELP)
     p.add_argument("--max-models", type=int, default=None, help="multi-way: most experts in a plan")
     p.add_argument(
         "--beam",
@@ -201,6 +208,7 @@ def _add_verify_cli(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("verify", help="rank, then really merge and evaluate the top k")
     _add_pair_arguments(p)
     p.add_argument("--k", type=int, default=3, help="number of candidates to verify")
+    p.add_argument("--margin", type=float, default=None, help=MARGIN_HELP)
     p.add_argument("--store", default=None, help="outcome store to record the verified merges")
     p.set_defaults(func=_lazy("simmerge.verification:run_verify_cli"))
 

@@ -141,12 +141,15 @@ def rank_merges(
     progress: bool = False,
     inputs: PairInputs | None = None,
     explain: int | None = None,
+    margin: float | None = None,
 ) -> list[Candidate]:
     """Candidates for merging ``experts`` (a, b), best first (see the module docs).
 
     Order: predicted score, except that the predictor's best-fixed candidate is kept first
     unless another is predicted to beat it by more than the card's margin (the anchored rule
     of :func:`simmerge.selection.anchor`, with the margin chosen by cross-validation).
+    ``margin`` overrides the card's; 0 is the plain pick (the argmax of the prediction), which
+    closes more of the gap and takes more risk (README, "Predicting merges").
 
     ``tasks`` defaults to the union of the two experts' tasks; a task with a probe set in the
     catalog also contributes its task-specific functional features. ``inputs`` (from
@@ -154,6 +157,11 @@ def rank_merges(
     (LightGBM ``pred_contrib``, the costly part) are listed for the ``explain`` best candidates
     (default: every candidate returned).
     """
+    if margin is not None and not (math.isfinite(margin) and margin >= 0):
+        raise ConfigError(
+            f"The anchoring margin must be a number >= 0, not {margin!r}.",
+            "pass 0 for the plain pick, or leave it out for the predictor card's margin.",
+        )
     model = load_predictor(predictor)
     inputs = inputs or pair_inputs(catalog, experts, tasks, options=options, progress=progress)
     a, b, tasks = inputs.a, inputs.b, list(inputs.tasks)
@@ -183,7 +191,8 @@ def rank_merges(
     # the predictor's selection rule (card "selection", chosen by cross-validation): best-fixed
     # is preferred unless another candidate is predicted to beat it by more than the margin
     rule = model.card.get("selection") or {}
-    best_fixed, margin = rule.get("best_fixed"), float(rule.get("margin", 0.0))
+    best_fixed = rule.get("best_fixed")
+    margin = float(rule.get("margin", 0.0)) if margin is None else float(margin)
     scored.sort(key=lambda s: -(s[0] + (margin if s[2].id == best_fixed else 0.0)))
     kept = scored[:top]
     n_explain = len(kept) if explain is None else min(explain, len(kept))
@@ -250,6 +259,7 @@ def run_rank_cli(args: Any) -> int:
         predictor=args.predictor,
         options=FeatureOptions(device=args.device, cache_dir=args.cache_dir),
         progress=not args.json,
+        margin=args.margin,
     )
     if args.json:
         print(json.dumps([c.to_dict() for c in ranked], indent=2))

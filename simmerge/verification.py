@@ -155,6 +155,7 @@ def run_verify_cli(args: Any) -> int:
         top=None,
         predictor=args.predictor,
         options=FeatureOptions(device=args.device, cache_dir=args.cache_dir),
+        margin=args.margin,
     )
     report = verify(catalog, ranked, k=args.k, store=args.store, device=args.device)
     print(json.dumps(report.to_dict(), indent=2) if args.json else format_verify(report))

@@ -518,6 +518,29 @@ def test_ranking_flags_the_anchor_from_the_predictor_card(trained):
     assert flagged == [card["selection"]["best_fixed"]]
 
 
+def test_ranking_margin_overrides_the_card_plain_pick_at_zero_anchor_first_when_large(trained):
+    """``margin=0`` is the plain argmax (the evaluation's best row on held-out models); a margin
+    larger than any predicted difference keeps best-fixed first; a negative one is an error."""
+    from simmerge.ranking import rank_merges
+
+    def ranked(margin):
+        return rank_merges(
+            trained["catalog"],
+            ["reverse_a", "sort_a"],
+            top=None,
+            predictor=trained["predictor"],
+            options=trained["options"],
+            contributions=0,
+            margin=margin,
+        )
+
+    plain = ranked(0.0)
+    assert [c.predicted for c in plain] == sorted((c.predicted for c in plain), reverse=True)
+    assert ranked(10.0)[0].best_fixed
+    with pytest.raises(ConfigError, match="margin must be a number >= 0"):
+        ranked(-0.1)
+
+
 def test_shipped_predictor_and_training_data_load_and_agree():
     from simmerge.ranking import load_predictor
     from simmerge.training_data import load_training_tables, shipped_datasets, training_frame
