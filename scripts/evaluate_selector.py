@@ -8,7 +8,7 @@ training pairs -- plus the ``--extra`` datasets, if any, other catalogs whose ro
 ever trained on (minus pairs with a held-out task) -- and select a candidate for every test
 pair. The default is no extra data, the recipe of the shipped predictor (``simmerge train
 --data zoo-large``): on the regenerated data the default zoo as extra training data lowered
-the held-out-model figures (README, "What did not help");
+the held-out-model figures (README, "Training-seed noise, measured");
 best-fixed, random and oracle are the references. Metrics are defined in
 :mod:`simmerge.selection` (and DESIGN.md). Prints a table per scheme and writes JSON
 (default ``scripts/results/evaluate_selector_<data>.json``).

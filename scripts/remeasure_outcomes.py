@@ -14,11 +14,12 @@ candidate on both sets. ``evaluate_selector.py`` then scores the held-out-model 
 second measurement.
 
 The test pairs' features and both measurements come from the zoo folder given, not from the
-shipped tables: the zoo build is deterministic only for one set of library versions (the
-shipped data predates transformers 5.24, and a rebuild now gives slightly different models).
+shipped tables: the zoo build is deterministic only for one set of library versions (recorded
+in the dataset's ``meta.json``), so a zoo rebuilt with other versions holds other models.
 Test models are never in a fold's training pairs, so training on the shipped rows of the
-other models stays a held-out-model evaluation. ``meta.json`` records how many of the
-experts' scores equal the shipped data's.
+other models stays a held-out-model evaluation either way. ``meta.json`` records how many of
+the experts' scores equal the shipped data's (all of them when the zoo is the shipped data's
+own build, as for the shipped ``zoo-large``).
 
 Resumable like ``simmerge collect`` (store ``<zoo>/remeasure.sqlite``); ``--shard K/N`` runs N
 processes on one store, then one run without ``--shard`` finishes and writes
