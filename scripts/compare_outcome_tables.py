@@ -16,7 +16,6 @@ table has. Writes the same as JSON with ``--json``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -86,13 +85,16 @@ def main(argv: list[str] | None = None) -> int:
         "--old-label", help="what OLD is, for the JSON (e.g. 'git show COMMIT:PATH')"
     )
     args = parser.parse_args(argv)
+    for path in (args.old, args.new):
+        if not path.is_file():
+            parser.error(f"{path} is not a file; pass two outcomes.parquet files (old, new).")
     result = compare(pd.read_parquet(args.old), pd.read_parquet(args.new))
     result["old"], result["new"] = args.old_label or str(args.old), str(args.new)
     print_table(result)
     if args.json:
-        from simmerge.io_utils import atomic_write_text
+        from simmerge.io_utils import write_json_report
 
-        atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
+        write_json_report(args.json, result)
     return 0
 
 

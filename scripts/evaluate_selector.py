@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     from simmerge.training_data import (
         describe,
+        extra_training_frame,
         load_remeasured,
         load_training_tables,
         pair_objective,
@@ -112,8 +113,7 @@ def main(argv: list[str] | None = None) -> int:
 
     features, outcomes = load_training_tables(args.data)
     frame = training_frame(features, outcomes)
-    extras = [training_frame(*load_training_tables(n)) for n in args.extra.split(",") if n]
-    extra = pd.concat(extras, ignore_index=True) if extras else None
+    extra = extra_training_frame(args.extra)
     models = {
         "simmerge": partial(MergePredictor, n_models=args.n_models, seed=args.seed),
         "linear": partial(LinearBaseline, predictor_columns()),

@@ -121,7 +121,12 @@ def main(argv: list[str] | None = None) -> int:
         with_extra,
     )
     from simmerge.similarity import FEATURE_COLUMNS, FUNCTIONAL_COLUMNS
-    from simmerge.training_data import load_training_tables, pair_objective, training_frame
+    from simmerge.training_data import (
+        extra_training_frame,
+        load_training_tables,
+        pair_objective,
+        training_frame,
+    )
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--splits", default="models,tasks")
@@ -137,12 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     frame = training_frame(*load_training_tables("zoo-large"))
-    extra_names = [n for n in args.extra.split(",") if n]
-    extra = (
-        pd.concat([training_frame(*load_training_tables(n)) for n in extra_names])
-        if extra_names
-        else None
-    )
+    extra = extra_training_frame(args.extra)
     cols = list(predictor_columns())
     similarity_columns = {*FEATURE_COLUMNS, *(TASK_PREFIX + c for c in FUNCTIONAL_COLUMNS)}
     group = [*PAIR, GROUP_EXTRA]

@@ -81,6 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("reports", nargs="*", type=Path, default=DEFAULT_FILES)
     parser.add_argument("--json", type=Path, default=RESULTS / "evaluate_multiway_pooled.json")
     args = parser.parse_args(argv)
+    missing = [str(p) for p in args.reports if not p.is_file()]
+    if missing:
+        parser.error(
+            f"no report at {', '.join(missing)}; run scripts/evaluate_multiway.py for those zoos "
+            "(scripts/regenerate_plan_model.sh runs all three) or pass existing report files."
+        )
     reports = [json.loads(p.read_text()) for p in args.reports]
     pooled = pool(reports)
     zoos = [r["catalog"] for r in reports]

@@ -42,12 +42,10 @@ def spread(values: list[float]) -> dict[str, float | None]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import pandas as pd
-
     from simmerge.io_utils import write_json_report
     from simmerge.predictor import MergePredictor
     from simmerge.selection import cross_validate, model_folds, summarize, task_folds
-    from simmerge.training_data import load_training_tables, training_frame
+    from simmerge.training_data import extra_training_frame, load_training_tables, training_frame
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="5,20", help="ensemble sizes (n_models)")
@@ -56,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--extra",
         default="",
-        help="comma-separated training-only datasets from other catalogs ('' or 'none' = "
-        "none, the default: the shipped predictor is fitted without any)",
+        help="comma-separated training-only datasets from other catalogs ('' = none, the "
+        "default: the shipped predictor is fitted without any)",
     )
     parser.add_argument("--out", default=str(ROOT / "scripts/results/selector_seed_spread.json"))
     args = parser.parse_args(argv)
@@ -67,12 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     if set(splits) - {"models", "tasks"}:
         raise SystemExit(f"--splits takes models and/or tasks; got {args.splits!r}.")
     frame = training_frame(*load_training_tables("zoo-large"))
-    extra_names = [n for n in args.extra.split(",") if n and n != "none"]
-    extra = (
-        pd.concat([training_frame(*load_training_tables(n)) for n in extra_names])
-        if extra_names
-        else None
-    )
+    extra = extra_training_frame(args.extra)
 
     def folds(split):
         return model_folds(frame, 5, 0) if split == "models" else task_folds(frame)
@@ -118,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.out),
         {
             "data": "zoo-large",
-            "extra": ",".join(extra_names) or None,
+            "extra": args.extra or None,
             "folds": "model folds of seed 0" if "models" in splits else "leave one task out",
             "runs": runs,
             "summary": summary,

@@ -89,6 +89,14 @@ def training_frame(features: pd.DataFrame, outcomes: pd.DataFrame) -> pd.DataFra
     return df.reset_index(drop=True)
 
 
+def extra_training_frame(datasets: str) -> pd.DataFrame | None:
+    """The training rows of ``datasets`` (comma-separated shipped names or folders; '' for
+    none), concatenated: the training-only rows of other catalogs that cross-validation adds to
+    every fold (:func:`simmerge.selection.with_extra`). None when there are none."""
+    frames = [training_frame(*load_training_tables(n)) for n in datasets.split(",") if n]
+    return pd.concat(frames, ignore_index=True) if frames else None
+
+
 def pair_objective(frame: pd.DataFrame, column: str) -> pd.Series:
     """The quantity a user ranks candidates of a pair by: the mean of ``column`` (e.g. the
     target or a prediction) over the pair's tasks, per (catalog, a, b, candidate)."""

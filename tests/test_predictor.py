@@ -541,6 +541,15 @@ def test_ranking_margin_overrides_the_card_plain_pick_at_zero_anchor_first_when_
         ranked(-0.1)
 
 
+def test_extra_training_rows_are_the_named_datasets_concatenated_or_none():
+    from simmerge.training_data import extra_training_frame, load_training_tables, training_frame
+
+    assert extra_training_frame("") is None
+    one = training_frame(*load_training_tables("zoo-default"))
+    two = extra_training_frame("zoo-default,zoo-default")
+    assert len(two) == 2 * len(one) and two.index.is_unique  # with_extra aligns on the index
+
+
 def test_shipped_predictor_and_training_data_load_and_agree():
     from simmerge.ranking import load_predictor
     from simmerge.training_data import load_training_tables, shipped_datasets, training_frame
