@@ -13,11 +13,15 @@ over the target tasks of its normalized score (score / the best expert of that t
 simmerge's pick is the top plan of :func:`simmerge.multiway.plan_merge` restricted to the same
 space, in ``fast`` and ``exact`` mode, each ranked by the analytic score alone and by the
 learned plan model (``--plan-model``, default the shipped ``models/multiway``; rows named
-``fast+model``, ``exact+model``); **best-fixed** is the one-shot merge of all relevant
-experts (capped at ``--max-models``, the members with the most target tasks first) with the
-N-way operator whose mean score on the *other* task sets is best; **random** is the mean
-plan. Metrics as in DESIGN.md (gap closure vs best-fixed, % of oracle), plus the merges and
-evaluations each method spends. Prints a table, writes JSON
+``fast+model``, ``exact+model``), and each of those followed by verification (rows
+``...+verify<k>``, ``--verify``, default 3): of its top k plans, the one that measures best --
+what ``simmerge verify --tasks`` does, at k merges and k x |tasks| evaluations; **best-fixed**
+is the one-shot merge of all relevant experts (capped at ``--max-models``, the members with the
+most target tasks first) with the N-way operator whose mean score on the *other* task sets is
+best; **random** is the mean plan. Metrics as in DESIGN.md (gap closure vs best-fixed, % of
+oracle), plus the merges and evaluations each method spends (a plan model that reads
+single-model skills costs one evaluation per candidate expert and target task, shared by every
+task set of the catalog). Prints a table, writes JSON
 (``scripts/results/evaluate_multiway_<catalog>.json``). With ``--shard K/N`` several processes
 share the work and the cache (appends of one short line are atomic); the final run without
 ``--shard`` merges nothing new and writes the report.
@@ -147,6 +151,10 @@ def method_name(mode: str, ranker: str) -> str:
     return mode if ranker == "analytic" else f"{mode}+model"
 
 
+def verified_name(mode: str, ranker: str, k: int) -> str:
+    return f"{method_name(mode, ranker)}+verify{k}"
+
+
 def write_training_table(path: Path, rows: list[dict]) -> None:
     import pandas as pd
 
@@ -168,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     from simmerge.multiway import canonical_plan, plan_feature_rows, plan_merge
     from simmerge.plan_model import load_plan_model
     from simmerge.ranking import load_predictor
+    from simmerge.skills import measure_skills
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("catalog")
@@ -189,6 +198,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plan-model", default=None, help="plan model folder or shipped name")
     p.add_argument("--data-out", default=None, help="write the plan model's training table")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--verify",
+        type=int,
+        default=3,
+        help="k of the verified rows: each method's best measured plan among its top k",
+    )
     p.add_argument("--json", default=None)
     p.add_argument(
         "--shard",
@@ -198,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
+    if args.verify < 1:
+        p.error(f"--verify takes k >= 1 (got {args.verify}): the number of top plans to verify.")
     t0 = time.perf_counter()
 
     catalog = Catalog.load(args.catalog)
@@ -233,6 +250,17 @@ def main(argv: list[str] | None = None) -> int:
     plan_model = load_plan_model(args.plan_model) if "model" in rankers else None
     if "model" in rankers and plan_model is None:
         raise SystemExit("--plan-model none leaves nothing to rank with: use --rankers analytic.")
+    # the members' single-model skills, which the plan model reads (simmerge.skills): measured
+    # once per catalog, shared by every task set
+    skills = None
+    if args.data_out or "model" in rankers:
+        skills = measure_skills(
+            catalog,
+            [e.name for e in catalog.experts],
+            sorted({t for s in task_sets for t in s}),
+            cache_dir=args.cache_dir,
+            scorer=scorer,
+        )
     data_rows: dict[tuple[str, str], dict] = {}
 
     records = []
@@ -254,11 +282,13 @@ def main(argv: list[str] | None = None) -> int:
                 "oracle": max(value.values()),
                 "random": float(np.mean(list(value.values()))),
                 "fixed": {op: value.get(pid, float("nan")) for op, pid in fixed.items()},
+                # what a plan model reading skills evaluates: every candidate on every task
+                "skill_evaluations": len(relevant(catalog, tasks)) * len(tasks),
             }
             if args.data_out:
                 fresh = [p for p in space if any((p.id, t) not in data_rows for t in tasks)]
                 for plan, t, row in plan_feature_rows(
-                    catalog, tasks, fresh, predictor=predictor, options=options
+                    catalog, tasks, fresh, predictor=predictor, options=options, skills=skills
                 ):
                     target = raw[plan.id][t] / refs[t] if refs[t] > 0 else 0.0
                     data_rows[(plan.id, t)] = {
@@ -279,19 +309,27 @@ def main(argv: list[str] | None = None) -> int:
                     max_models=args.max_models,
                     beam=args.beam,
                     mode=mode,
-                    top=1,
+                    top=args.verify,
                     predictor=predictor,
                     options=options,
                     grid=[OperatorConfig.from_id(g) for g in grid],
                     oneshot_grid=[OperatorConfig.from_id(g) for g in nway],
                     plan_model=plan_model if ranker == "model" else False,
+                    skills=skills,
                 )
-                pick = canonical_plan(plans[0].plan, rank).id  # as the space lists it
+                top = [canonical_plan(p.plan, rank).id for p in plans]  # as the space lists it
                 rec[method_name(mode, ranker)] = {
-                    "plan": pick,
-                    "value": value[pick],
+                    "plan": top[0],
+                    "value": value[top[0]],
                     "predicted": plans[0].predicted,
                     "seconds": round(time.perf_counter() - t1, 2),
+                }
+                # verification (simmerge verify --tasks): the best measured of the top k
+                best = max(top, key=value.__getitem__)
+                rec[verified_name(mode, ranker, args.verify)] = {
+                    "plan": best,
+                    "value": value[best],
+                    "verified": top,
                 }
             records.append(rec)
     finally:
@@ -324,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.data_out:
         write_training_table(Path(args.data_out), list(data_rows.values()))
     names = [method_name(m, s) for m, s in methods]
+    names += [verified_name(m, s, args.verify) for m, s in methods]
     results = {m: summary([r[m]["value"] for r in records]) for m in names}
     results["best_fixed"] = summary([r["best_fixed"] for r in records])
     results["random"] = summary([r["random"] for r in records])
@@ -333,12 +372,15 @@ def main(argv: list[str] | None = None) -> int:
         f"\nmulti-way selection on {catalog.name}: {len(records)} task sets of size "
         f"{args.sizes}, plans of <= {args.max_models} experts, grid {list(grid)}"
     )
-    print(f"{'method':>11} {'gap clos.':>10} {'% oracle':>9} {'mean':>7}")
+    print(f"{'method':>19} {'gap clos.':>10} {'% oracle':>9} {'mean':>7}")
     for name, r in results.items():
-        print(f"{name:>11} {r['gap_closure']:>10.3f} {r['pct_of_oracle']:>9.3f} {r['mean']:>7.3f}")
+        print(f"{name:>19} {r['gap_closure']:>10.3f} {r['pct_of_oracle']:>9.3f} {r['mean']:>7.3f}")
     print(
         f"exhaustive: {np.mean(space_sizes):.0f} merges + evaluations per task set on average;"
-        f" simmerge fast: 0 merges; exact: one merge + probe pass per expanded intermediate"
+        f" simmerge fast: 0 merges; exact: one merge + probe pass per expanded intermediate;"
+        " with a plan model, one single-model evaluation per candidate expert and target task"
+        f" ({np.mean([r['skill_evaluations'] for r in records]):.0f} per task set on average,"
+        " shared by all task sets of the catalog)"
     )
     report = {
         "catalog": catalog.name,

@@ -1,6 +1,8 @@
 """Which columns should the multi-way plan model use? Leave-one-zoo-out comparison.
 
-    python scripts/explore_plan_model_variants.py [--zoos tiny-zoo,tiny-zoo-s1,tiny-zoo-s2]
+    python scripts/explore_plan_model_variants.py [--zoos tiny-zoo,tiny-zoo-s1,...]
+    python scripts/explore_plan_model_variants.py --zoos tiny-zoo,tiny-zoo-s1,tiny-zoo-s2 \
+        --holdout tiny-zoo-s3,tiny-zoo-s4
 
 For each zoo, plan model variants (column sets) are fitted on the *other* zoos' training tables
 (``features/multiway/<zoo>.parquet``) and score every plan of that zoo's bounded space; the
@@ -10,7 +12,12 @@ closure is against the best-fixed and oracle values of ``runs/multiway/analytic_
 does). This scores the whole space, so it measures the model, not the beam search that
 ``plan_merge`` adds on top (``scripts/evaluate_multiway.py`` measures that).
 
-Two more kinds of rows, on the shipped columns: the same model with other training seeds
+With ``--holdout`` every variant is instead fitted on all of ``--zoos`` and tested on the
+held-out zoos: a check of choices made on ``--zoos`` on zoos that played no part in them
+(written to ``..._holdout.json``).
+
+More rows, on the shipped columns: LightGBM's default leaf size instead of the plan model's
+(``PLAN_PARAMS``), the same model with other training seeds
 (``--seeds``: does the pick move with the bagging draw, as the 2-way predictor's does?), and
 the **anchored** rule of the 2-way selector -- keep best-fixed's plan unless another plan is
 predicted to beat it by more than a margin (``--margins``, fixed here, not chosen by inner
@@ -30,7 +37,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -38,12 +47,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def variants() -> dict[str, list[str]]:
-    from simmerge.plan_model import analysis_columns, plan_columns
+    from simmerge.plan_model import SKILL_COLUMN, analysis_columns, plan_columns
 
     shipped = list(plan_columns())
     return {
         "analytic score alone (no model)": [],
         "shipped columns": shipped,
+        "- single-model skill": [c for c in shipped if c != SKILL_COLUMN],
         "+ similarity columns": shipped + list(analysis_columns()),
         "- step predictions": [c for c in shipped if not c.startswith("step_")],
         "- analytic score": [c for c in shipped if c != "analytic"],
@@ -75,6 +85,33 @@ def pick_values(
     return tuple(np.array(v) for v in (picked, fixed, oracle, oracle_rank))
 
 
+MULTIWAY_ZOOS = "tiny-zoo,tiny-zoo-s1,tiny-zoo-s2,tiny-zoo-s3,tiny-zoo-s4"
+
+
+@dataclass(frozen=True)
+class Variant:
+    columns: tuple[str, ...]  # empty: the analytic score alone
+    seed: int = 0
+    margin: float = 0.0
+    demean: bool = False
+    params: tuple[tuple[str, Any], ...] = ()  # LightGBM parameters over the plan model's
+
+
+def variant_rows(args) -> dict[str, Variant]:
+    shipped = tuple(variants()["shipped columns"])
+    rows = {name: Variant(tuple(columns)) for name, columns in variants().items()}
+    rows["shipped columns, LightGBM's default leaves (>= 20 rows)"] = Variant(
+        shipped, params=(("min_data_in_leaf", 20),)
+    )
+    for seed in [int(s) for s in args.seeds.split(",") if s and int(s) != 0]:
+        rows[f"shipped columns, seed {seed}"] = Variant(shipped, seed)
+    for margin in [float(m) for m in args.margins.split(",") if m]:
+        rows[f"shipped columns, anchored {margin:g}"] = Variant(shipped, margin=margin)
+    for seed in (0, 100):
+        rows[f"target minus its per-task mean, seed {seed}"] = Variant(shipped, seed, demean=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     import pandas as pd
 
@@ -82,55 +119,69 @@ def main(argv: list[str] | None = None) -> int:
     from simmerge.plan_model import PlanModel
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--zoos", default="tiny-zoo,tiny-zoo-s1,tiny-zoo-s2")
+    p.add_argument("--zoos", default=MULTIWAY_ZOOS, help="zoos (leave one out over them)")
+    p.add_argument(
+        "--holdout",
+        default="",
+        help="zoos to test on instead, each with a model fitted on all of --zoos",
+    )
     p.add_argument("--seeds", default="0,100,200,300", help="training seeds of the shipped columns")
     p.add_argument("--margins", default="0.05,0.1,0.15", help="anchoring margins")
-    p.add_argument("--json", default=str(ROOT / "scripts/results/explore_plan_model_variants.json"))
+    p.add_argument(
+        "--json",
+        default=None,
+        help="default: scripts/results/explore_plan_model_"
+        "variants.json (with --holdout: ..._holdout.json)",
+    )
     args = p.parse_args(argv)
     zoos = args.zoos.split(",")
-    tables = {z: pd.read_parquet(ROOT / "features" / "multiway" / f"{z}.parquet") for z in zoos}
-    reports = {
-        z: json.loads((ROOT / "runs" / "multiway" / f"analytic_{z}.json").read_text()) for z in zoos
+    holdout = [z for z in args.holdout.split(",") if z]
+    tested = holdout or zoos
+    tables = {
+        z: pd.read_parquet(ROOT / "features" / "multiway" / f"{z}.parquet")
+        for z in dict.fromkeys([*zoos, *holdout])
     }
-    shipped = variants()["shipped columns"]
-    rows = {name: (columns, 0, 0.0, False) for name, columns in variants().items()}
-    for seed in [int(s) for s in args.seeds.split(",") if s and int(s) != 0]:
-        rows[f"shipped columns, seed {seed}"] = (shipped, seed, 0.0, False)
-    for margin in [float(m) for m in args.margins.split(",") if m]:
-        rows[f"shipped columns, anchored {margin:g}"] = (shipped, 0, margin, False)
-    for seed in (0, 100):
-        rows[f"target minus its per-task mean, seed {seed}"] = (shipped, seed, 0.0, True)
+    reports = {
+        z: json.loads((ROOT / "runs" / "multiway" / f"analytic_{z}.json").read_text())
+        for z in tested
+    }
     results: dict[str, dict[str, float]] = {}
-    for name, (columns, seed, margin, demean) in rows.items():
+    for name, v in variant_rows(args).items():
         results[name] = {}
         pooled = []
-        for test_zoo in zoos:
+        for test_zoo in tested:
             test = tables[test_zoo]
-            if columns:
+            if v.columns:
                 train = pd.concat([tables[z] for z in zoos if z != test_zoo], ignore_index=True)
-                model = PlanModel(columns=tuple(columns), seed=seed, params={"num_threads": 1})
+                params = {"num_threads": 1, **dict(v.params)}
+                model = PlanModel(columns=v.columns, seed=v.seed, params=params)
                 target = train["target"]
-                if demean:  # a task's level is the same for all its plans: it cancels in a pick
+                if v.demean:  # a task's level is the same for all its plans: it cancels
                     target = target - train.groupby(["catalog", "task"])["target"].transform("mean")
                 predicted = model.fit(train, target).predict(test)[0]
             else:
                 predicted = test["analytic"].to_numpy()
-            picks = pick_values(test, predicted, reports[test_zoo], margin)
+            picks = pick_values(test, predicted, reports[test_zoo], v.margin)
             picked, fixed, oracle, _ = picks
             results[name][test_zoo] = float((picked - fixed).sum() / (oracle - fixed).sum())
             pooled.append(picks)
-        picked, fixed, oracle, rank = (np.concatenate(v) for v in zip(*pooled, strict=True))
-        results[name]["mean"] = float(np.mean([results[name][z] for z in zoos]))
+        picked, fixed, oracle, rank = (np.concatenate(x) for x in zip(*pooled, strict=True))
+        results[name]["mean"] = float(np.mean([results[name][z] for z in tested]))
         results[name]["pooled"] = float((picked - fixed).sum() / (oracle - fixed).sum())
         results[name]["risk"] = float(np.mean(picked < fixed - 0.01))
         results[name]["median_oracle_rank"] = float(np.median(rank))
     width = max(len(n) for n in results)
-    cols = [*zoos, "mean", "pooled", "risk", "median_oracle_rank"]
-    print("gap closure of the best-predicted plan per task set, model fitted on the other zoos")
+    cols = [*tested, "mean", "pooled", "risk", "median_oracle_rank"]
+    if holdout:
+        print(f"gap closure of the best-predicted plan per task set, model fitted on {zoos}")
+    else:
+        print("gap closure of the best-predicted plan per task set, model fitted on the other zoos")
     print(f"{'variant':<{width}} " + " ".join(f"{z:>12}" for z in cols))
     for name, r in results.items():
         print(f"{name:<{width}} " + " ".join(f"{r[z]:>{max(12, len(z))}.3f}" for z in cols))
-    write_json_report(Path(args.json), {"zoos": zoos, "gap_closure": results})
+    default = "explore_plan_model_variants" + ("_holdout" if holdout else "") + ".json"
+    out = Path(args.json or ROOT / "scripts" / "results" / default)
+    write_json_report(out, {"zoos": zoos, "tested": tested, "gap_closure": results})
     return 0
 
 

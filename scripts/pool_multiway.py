@@ -1,4 +1,4 @@
-"""Pool the multi-way evaluation of several zoos into one table (the README's "all 60 sets").
+"""Pool the multi-way evaluation of several zoos into one table (the README's "all 100 sets").
 
     python scripts/pool_multiway.py [scripts/results/evaluate_multiway_tiny-zoo.json ...]
                                     [--json scripts/results/evaluate_multiway_pooled.json]
@@ -12,7 +12,7 @@ Per method, over every task set of every file: gap closure Σ(selected − best-
 selected / mean oracle, as the per-zoo reports), the mean normalized score, the mean
 *predicted* score of the picks (where the method predicts one), the share of task sets whose
 pick is worse than best-fixed by more than 0.01 (risk), and each zoo's own gap closure.
-Defaults to the three zoos of ``scripts/regenerate_plan_model.sh``.
+Defaults to the five zoos of ``scripts/regenerate_plan_model.sh``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "scripts" / "results"
 DEFAULT_FILES = [
     RESULTS / f"evaluate_multiway_{name}.json"
-    for name in ("tiny-zoo", "tiny-zoo-s1", "tiny-zoo-s2")
+    for name in ("tiny-zoo", "tiny-zoo-s1", "tiny-zoo-s2", "tiny-zoo-s3", "tiny-zoo-s4")
 ]
 RISK_TOLERANCE = 0.01
 
@@ -85,20 +85,20 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         parser.error(
             f"no report at {', '.join(missing)}; run scripts/evaluate_multiway.py for those zoos "
-            "(scripts/regenerate_plan_model.sh runs all three) or pass existing report files."
+            "(scripts/regenerate_plan_model.sh runs all five) or pass existing report files."
         )
     reports = [json.loads(p.read_text()) for p in args.reports]
     pooled = pool(reports)
     zoos = [r["catalog"] for r in reports]
     print(
-        f"{'method':<12} {'gap clos.':>9} {'% oracle':>8} {'mean':>6} {'predicted':>9} "
+        f"{'method':<19} {'gap clos.':>9} {'% oracle':>8} {'mean':>6} {'predicted':>9} "
         f"{'risk':>5}  per zoo ({', '.join(zoos)})"
     )
     for method, row in pooled.items():
         pred = "-" if row["mean_predicted"] is None else f"{row['mean_predicted']:.3f}"
         zoo = " / ".join(f"{row['per_zoo_gap_closure'][z]:.2f}" for z in zoos)
         print(
-            f"{method:<12} {row['gap_closure']:>9.3f} {row['pct_of_oracle']:>8.3f} "
+            f"{method:<19} {row['gap_closure']:>9.3f} {row['pct_of_oracle']:>8.3f} "
             f"{row['mean']:>6.3f} {pred:>9} {row['risk']:>5.2f}  {zoo}"
         )
     from simmerge.io_utils import write_json_report

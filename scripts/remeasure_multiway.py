@@ -173,12 +173,12 @@ def main(argv: list[str] | None = None) -> int:
     pooled = {k: summary(all_records, k, methods) for k in ("first", "second")}
     report["pooled"] = pooled
     print(f"\n{len(all_records)} task sets; gap closure vs exhaustive search's pick")
-    head = f"{'method':>12} {'first':>8} {'second':>8} {'% exh. (2nd)':>13} {'mean (2nd)':>11}"
+    head = f"{'method':>19} {'first':>8} {'second':>8} {'% exh. (2nd)':>13} {'mean (2nd)':>11}"
     print(head + "\n" + "-" * len(head))
     for m in [*methods, "best_fixed", "exhaustive"]:
         f, s = pooled["first"][m], pooled["second"][m]
         print(
-            f"{m:>12} {f['gap_closure']:>8.3f} {s['gap_closure']:>8.3f} "
+            f"{m:>19} {f['gap_closure']:>8.3f} {s['gap_closure']:>8.3f} "
             f"{s['pct_of_exhaustive']:>13.3f} {s['mean']:>11.3f}"
         )
     write_json_report(Path(args.json), report)

@@ -190,6 +190,11 @@ def _add_rank_cli(sub: argparse._SubParsersAction) -> None:
     _add_pair_arguments(p, models_required=False)
     p.add_argument("--top", type=int, default=5, help="number of candidates to show")
     p.add_argument("--margin", type=float, default=None, help=MARGIN_HELP)
+    _add_multiway_arguments(p)
+    p.set_defaults(func=_lazy("simmerge.ranking:run_rank_cli"))
+
+
+def _add_multiway_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-models", type=int, default=None, help="multi-way: most experts in a plan")
     p.add_argument(
         "--beam",
@@ -201,15 +206,21 @@ def _add_rank_cli(sub: argparse._SubParsersAction) -> None:
         "--mode", default="fast", choices=("fast", "exact"), help="multi-way feature mode"
     )
     p.add_argument("--plan-model", default=None, help=PLAN_MODEL_HELP)
-    p.set_defaults(func=_lazy("simmerge.ranking:run_rank_cli"))
 
 
 def _add_verify_cli(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("verify", help="rank, then really merge and evaluate the top k")
-    _add_pair_arguments(p)
+    p = sub.add_parser(
+        "verify",
+        help="rank, then really merge and evaluate the top k (of a pair: --models a,b; "
+        "multi-way plans: --tasks t1,t2,t3 --max-models K)",
+    )
+    _add_pair_arguments(p, models_required=False)
     p.add_argument("--k", type=int, default=3, help="number of candidates to verify")
     p.add_argument("--margin", type=float, default=None, help=MARGIN_HELP)
-    p.add_argument("--store", default=None, help="outcome store to record the verified merges")
+    p.add_argument(
+        "--store", default=None, help="2-way: outcome store to record the verified merges"
+    )
+    _add_multiway_arguments(p)
     p.set_defaults(func=_lazy("simmerge.verification:run_verify_cli"))
 
 

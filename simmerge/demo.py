@@ -1,13 +1,13 @@
 """The main job on the embedded default: build the tiny zoo, rank merges, verify the top 3.
 
 For a few expert pairs (experts of different tasks) the shipped predictor ranks every candidate
-of :data:`~simmerge.candidates.DEFAULT_GRID` from similarity features alone; the top
-``k`` are then really merged and evaluated (what a user pays: k merges). For comparison the demo
-also measures every other candidate of the grid (the exhaustive loop simmerge replaces), so the
-table shows how close the k-merge choice comes to the best of all 20. Finally it plans one
-multi-way merge for three tasks (:func:`~simmerge.multiway.plan_merge`, fast mode), executes the
-top plan and evaluates it. Scores are normalized: score of the merge / score of that task's
-expert, averaged over the pair's tasks.
+of :data:`~simmerge.candidates.DEFAULT_GRID` from similarity features alone; the top ``k`` are
+then really merged and evaluated (what a user pays: k merges). For comparison the demo also
+measures every other candidate of the grid (the exhaustive loop simmerge replaces), so the table
+shows how close the k-merge choice comes to the best of all 20. Finally it plans one multi-way
+merge for three tasks (:func:`~simmerge.multiway.plan_merge`, fast mode) and verifies its top 3
+plans (:func:`~simmerge.multiway_verify.verify_plans`: merged and evaluated). Scores are
+normalized: score of the merge / score of that task's expert, averaged over the pair's tasks.
 """
 
 from __future__ import annotations
@@ -125,22 +125,24 @@ def run_demo(
 def demo_multiway(
     catalog: Catalog, scorer: MergeScorer, predictor: Any, options: Any, experts: list[dict]
 ) -> dict[str, Any] | None:
-    """Plan a merge for the first three tasks with eval data, run the top plan, score it."""
-    from simmerge.multiway import execute_plan, plan_merge
+    """Plan a merge for the first three tasks with eval data, merge and score the top 3."""
+    from simmerge.multiway import plan_merge
+    from simmerge.multiway_verify import verify_plans
 
     tasks = [t for t in catalog.task_names if t in scorer.tasks and catalog.experts_for(t)][:3]
     if len(tasks) < 3:
         return None
     plans = plan_merge(catalog, tasks, max_models=3, top=3, predictor=predictor, options=options)
-    best = plans[0]
-    raw = scorer.score_state(execute_plan(best.plan, catalog, device=str(scorer.device)), tasks)
-    ref = {t: max(e["expert_score"] for e in experts if e["task"] == t) for t in tasks}
-    actual = {t: raw[t] / ref[t] if ref[t] > 0 else 0.0 for t in tasks}
+    verified = verify_plans(catalog, plans, k=3, scorer=scorer)
+    first = verified.verified[0]
     return {
         "tasks": tasks,
         "plans": [p.to_dict() for p in plans],
-        "actual_per_task": actual,
-        "actual": sum(actual.values()) / len(tasks),
+        "verified": verified.to_dict()["verified"],
+        "best_verified": verified.best.candidate,
+        # the top plan's measured scores (what a zero-evaluation pick gets)
+        "actual_per_task": first.per_task,
+        "actual": first.actual,
     }
 
 
@@ -180,9 +182,9 @@ def format_report(report: dict[str, Any]) -> str:
         top = mw["plans"][0]
         lines += [
             "",
-            f"multi-way merge for {', '.join(mw['tasks'])} (top of {len(mw['plans'])} planned, "
-            "executed; normalized by the best expert of each task):",
-            f"  plan: {top['plan']}",
+            f"multi-way merge for {', '.join(mw['tasks'])} (top {len(mw['verified'])} plans "
+            "merged and evaluated; normalized by the best expert of each task):",
+            f"  top plan: {top['plan']}",
             "  "
             + "  ".join(
                 f"{t}: predicted {top['per_task'][t]:.2f}, actual {mw['actual_per_task'][t]:.2f}"
@@ -190,6 +192,12 @@ def format_report(report: dict[str, Any]) -> str:
             ),
             f"  mean: predicted {top['predicted']:.2f}, actual {mw['actual']:.2f}",
         ]
+        for v in mw["verified"]:
+            lines.append(
+                f"  rank {v['rank']}: predicted {v['predicted']:.2f}, actual {v['actual']:.2f}  "
+                f"{v['candidate']}"
+            )
+        lines.append(f"  best verified: {mw['best_verified']}")
     return "\n".join(lines)
 
 

@@ -4,7 +4,8 @@ A :class:`MultiwayPlan` is either a **chain** of 2-way merges (members in order;
 the running result with member i + 1 using ``steps[i]``) or a **one-shot** N-way merge (one
 operator over all members at once). :func:`execute_plan` runs it with the merge engine (chain
 intermediates go to a temporary folder), :func:`mergekit_configs` exports it (one config for
-a one-shot merge, a chain of configs -- each reading the previous step's output -- otherwise).
+a one-shot merge, a chain of configs -- each reading the previous step's output -- otherwise),
+and :func:`simmerge.multiway_verify.verify_plans` merges and evaluates the top k.
 
 :func:`plan_merge` searches plans for a set of target tasks with the 2-way predictor, as the
 SimMerge paper does: chains grow step by step, each step scored by the predictor on features
@@ -58,6 +59,7 @@ from simmerge.merging.registry import get_operator
 from simmerge.plan_model import PlanModel, _nanmean, plan_rows
 from simmerge.predictor import MergePredictor, design_row
 from simmerge.similarity import FEATURE_COLUMNS, functional_features, pair_features
+from simmerge.skills import Skills
 
 MODES = ("fast", "exact")
 # operators that can merge more than two models at once, for one-shot candidates
@@ -254,6 +256,7 @@ class _Planner:
     cache: dict[tuple[str, str], tuple[dict, dict]] = field(default_factory=dict)
     plan_model: PlanModel | None = None
     table: dict[tuple[str, str, str, str], tuple[float, float]] = field(default_factory=dict)
+    skills: Skills | None = None  # (model, task) -> single-model skill, for the plan model
 
     def expert_tasks(self, name: str) -> set[str]:
         return set(self.catalog.model(name).tasks)
@@ -282,7 +285,14 @@ class _Planner:
         rows, index = [], []
         for i, (members, steps, oneshot, kept) in enumerate(items):
             for t, row in plan_rows(
-                members, steps, oneshot, kept, self.tasks, self.expert_tasks, self.table
+                members,
+                steps,
+                oneshot,
+                kept,
+                self.tasks,
+                self.expert_tasks,
+                self.table,
+                skills=self.skills,
             ):
                 rows.append(row)
                 index.append((i, t))
@@ -364,6 +374,7 @@ def plan_merge(
     progress: bool = False,
     profiles: dict[str, Any] | None = None,
     plan_model: PlanModel | str | Path | bool | None = None,
+    skills: Skills | None = None,
 ) -> list[PlannedMerge]:
     """Rank multi-way plans that cover ``tasks`` (see the module docs).
 
@@ -383,7 +394,11 @@ def plan_merge(
     the learned plan model (:mod:`simmerge.plan_model`; ``None``: the shipped one, ``False``:
     the analytic score alone): every chain the beam expands, and the
     :data:`ONESHOT_RESCORE` one-shot plans the analytic score ranks first; ``grid`` and
-    ``oneshot_grid`` are then cut to the operators its card says it was trained on."""
+    ``oneshot_grid`` are then cut to the operators its card says it was trained on. A plan
+    model that reads single-model skills (the shipped one does) gets ``skills`` ((model,
+    task) -> normalized score), or they are measured: one evaluation per candidate expert and
+    target task, cached (:func:`simmerge.skills.measure_skills`; the catalog's tasks need eval
+    data), never a merge."""
     from simmerge.plan_model import load_plan_model
     from simmerge.ranking import load_predictor
 
@@ -440,6 +455,12 @@ def plan_merge(
         max_models = cap
     if planner.plan_model is not None:
         _check_predictor(planner.plan_model, model)
+        if planner.plan_model.needs_skills:
+            planner.skills = (
+                skills
+                if skills is not None
+                else _measure_skills(catalog, names, tasks, options, progress)
+            )
         configs = list({c.id: c for c in (*grid, *oneshot_grid)}.values())
         planner.table = _pairwise_table(planner, names, configs, set(tasks))
     grid_ids = {c.id for c in planner.grid}
@@ -465,6 +486,7 @@ def plan_merge(
                 options=options,
                 profiles=profiles,
                 plan_model=planner.plan_model or False,
+                skills=planner.skills,
             )
         for p in fast:
             for k in range(2, len(p.plan.members) + 1):
@@ -580,10 +602,12 @@ def plan_feature_rows(
     predictor: MergePredictor | str | Path | None = None,
     options: FeatureOptions | None = None,
     profiles: dict[str, Any] | None = None,
+    skills: Skills | None = None,
 ) -> list[tuple[MultiwayPlan, str, dict[str, float]]]:
     """(plan, task, plan model row) for every plan and target task, with the analytic kept
     fractions of ``fast`` mode: the training rows of the plan model
-    (``scripts/evaluate_multiway.py --data-out``) and what it sees at planning time."""
+    (``scripts/evaluate_multiway.py --data-out``) and what it sees at planning time.
+    ``skills`` as in :func:`plan_merge` (measured when not given)."""
     from simmerge.ranking import load_predictor
 
     tasks = tuple(dict.fromkeys(tasks))
@@ -595,6 +619,8 @@ def plan_feature_rows(
     configs = {s: OperatorConfig.from_id(s) for p in plans for s in p.steps}
     planner = _Planner(catalog, tasks, model, tuple(configs.values()), options, profiles)
     planner.table = _pairwise_table(planner, names, list(configs.values()), set(tasks))
+    if skills is None:
+        skills = _measure_skills(catalog, names, tasks, options, False)
     out = []
     for plan in plans:
         kept = _analytic_kept(planner, plan, configs)
@@ -607,9 +633,29 @@ def plan_feature_rows(
             planner.expert_tasks,
             planner.table,
             planner.pair,
+            skills=skills,
         )
         out += [(plan, t, row) for t, row in rows]
     return out
+
+
+def _measure_skills(
+    catalog: Catalog,
+    names: Sequence[str],
+    tasks: Sequence[str],
+    options: FeatureOptions,
+    progress: bool,
+) -> dict[tuple[str, str], float]:
+    from simmerge.skills import measure_skills
+
+    return measure_skills(
+        catalog,
+        names,
+        tasks,
+        device=options.device,
+        cache_dir=options.cache_dir,
+        progress=progress,
+    )
 
 
 def _analytic_kept(

@@ -21,7 +21,14 @@ cannot say how much. Its columns (:func:`plan_columns`):
   without a holder);
 * ``n_members``, ``oneshot``, ``holders`` (members that have t) and ``passes`` (merge steps the
   holder's weights go through: 1 for a one-shot merge, ``n - max(i, 1)`` for chain position i);
-* the operators of those steps: ``op_<name>`` fractions and ``hp_<name>`` means (NaN if none).
+* the operators of those steps: ``op_<name>`` fractions and ``hp_<name>`` means (NaN if none);
+* ``others_skill``: the mean single-model skill on t of the members that do not have t (all
+  members for a task nobody has; NaN when every member has t or skills are not given), from
+  :mod:`simmerge.skills` -- one evaluation per (member, target task), no merge. What a merge
+  keeps of a task left to non-experts is mostly their own skill on it, which varies from one
+  catalog to the next; without this column the model could only learn an average of it from
+  its training catalogs (leave-one-zoo-out gap closure 0.32 without it;
+  ``scripts/explore_plan_model_variants.py``).
 
 No similarity features: they reach the model only through the 2-way predictions. Training
 tables also record :func:`analysis_columns` -- the mean over the other members of a few general
@@ -58,6 +65,12 @@ from simmerge.predictor import MergePredictor
 # pair features and task functional features, averaged over the other members
 SIMILARITY_KEYS = ("js_mean", "top1_agreement", "cka_mean", "cos_all", "sign_conflict_d20_all")
 TASK_SIMILARITY_KEYS = ("js_mean", "top1_agreement", "kl_p90")
+SKILL_COLUMN = "others_skill"  # the members' single-model skill (module docs)
+# Leaves of at least 200 rows: the rows come from a handful of catalogs (the tiny zoos), and a
+# leaf that averages over several of them learns what transfers to a catalog not among them
+# rather than one zoo's quirks (chosen on three zoos, then checked on two it never saw:
+# scripts/explore_plan_model_variants.py --holdout; README "Multi-way merges")
+PLAN_PARAMS = {"min_data_in_leaf": 200}
 TARGET = "normalized score of the plan on the task (score / the task's best expert score)"
 
 
@@ -73,6 +86,7 @@ def plan_columns() -> tuple[str, ...]:
         "passes",
         *(f"op_{name}" for name in OPERATORS),
         *(f"hp_{h}" for h in HYPERPARAMETERS),
+        SKILL_COLUMN,
     )
 
 
@@ -94,6 +108,10 @@ class PlanModel(MergePredictor):
     n_models: int = 5
     num_boost_round: int = 200
 
+    def __post_init__(self) -> None:
+        self.params = {**PLAN_PARAMS, **self.params}
+        super().__post_init__()
+
     @classmethod
     def expected_columns(cls) -> tuple[str, ...]:
         return plan_columns()
@@ -107,6 +125,11 @@ class PlanModel(MergePredictor):
         """The operator configurations the model was trained on (None: not recorded)."""
         ops = self.card.get("operators")
         return tuple(ops) if ops else None
+
+    @property
+    def needs_skills(self) -> bool:
+        """Whether the model reads single-model skills (:mod:`simmerge.skills`)."""
+        return SKILL_COLUMN in self.columns
 
     @property
     def max_members(self) -> int | None:
@@ -151,11 +174,14 @@ def plan_rows(
     tasks_of: Callable[[str], set[str]],
     table: StepTable,
     pair: PairFeatures | None = None,
+    skills: Mapping[tuple[str, str], float] | None = None,
 ) -> list[tuple[str, dict[str, float]]]:
     """(task, plan model row) for every task of ``tasks`` (module docs). ``kept`` is the
     analytic kept fraction per task; ``table`` must hold every (member, other member, step
-    operator, task) the plan uses. With ``pair(a, b)`` (the general and per-task features of
-    an ordered pair) the rows also hold :func:`analysis_columns`."""
+    operator, task) the plan uses; ``skills`` maps (model, task) to its normalized
+    single-model score (:func:`simmerge.skills.measure_skills`; None: ``others_skill`` is
+    NaN). With ``pair(a, b)`` (the general and per-task features of an ordered pair) the rows
+    also hold :func:`analysis_columns`."""
     out = []
     n = len(members)
     for t in tasks:
@@ -187,6 +213,8 @@ def plan_rows(
             values = [c.hyperparameters()[hp] for c in configs]
             values = [v for v in values if not math.isnan(v)]
             row[f"hp_{hp}"] = float(np.mean(values)) if values else math.nan
+        others = [m for m in members if t not in tasks_of(m)]
+        row[SKILL_COLUMN] = _nanmean([(skills or {}).get((m, t), math.nan) for m in others])
         if pair is not None:
             row.update(_similarity(pairs, t, pair))
         out.append((t, row))

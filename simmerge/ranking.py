@@ -249,7 +249,7 @@ def format_ranking(candidates: Sequence[Candidate]) -> str:
 
 def run_rank_cli(args: Any) -> int:
     catalog = Catalog.load(args.catalog)
-    if args.max_models is not None or not args.models:
+    if is_multiway(args):
         return _run_multiway(catalog, args)
     ranked = rank_merges(
         catalog,
@@ -268,27 +268,39 @@ def run_rank_cli(args: Any) -> int:
     return 0
 
 
-def _run_multiway(catalog: Catalog, args: Any) -> int:
-    from simmerge.multiway import format_plans, plan_merge
+def is_multiway(args: Any) -> bool:
+    """Whether a ``rank`` / ``verify`` command line asks for multi-way plans."""
+    return args.max_models is not None or not args.models
+
+
+def plans_from_args(catalog: Catalog, args: Any, top: int | None) -> list[Any]:
+    """The multi-way plans a ``rank`` / ``verify`` command line asks for."""
+    from simmerge.multiway import plan_merge
 
     if not args.tasks:
         raise ConfigError(
             "Multi-way ranking needs target tasks.",
             "pass --tasks t1,t2,t3 (or --models a,b for a 2-way ranking).",
         )
-    plans = plan_merge(
+    return plan_merge(
         catalog,
         args.tasks.split(","),
         max_models=args.max_models or 3,
         beam=args.beam,
         mode=args.mode,
-        top=args.top,
+        top=top,
         predictor=args.predictor,
         experts=args.models.split(",") if args.models else None,
         options=FeatureOptions(device=args.device, cache_dir=args.cache_dir),
         progress=not args.json,
         plan_model=args.plan_model,
     )
+
+
+def _run_multiway(catalog: Catalog, args: Any) -> int:
+    from simmerge.multiway import format_plans
+
+    plans = plans_from_args(catalog, args, args.top)
     if args.json:
         print(json.dumps([p.to_dict() for p in plans], indent=2))
     else:

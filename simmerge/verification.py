@@ -131,23 +131,32 @@ def verify(
 
 
 def format_verify(report: VerifyReport) -> str:
-    lines = [
-        f"verified merges of {' + '.join(report.models)} on {', '.join(report.tasks)}",
-        f"{'rank':>4} {'candidate':<38} {'predicted':>9} {'actual':>7} {'error':>7}",
-    ]
-    for v in report.verified:
-        lines.append(
-            f"{v.rank:>4} {v.candidate:<38} {v.predicted:>9.3f} {v.actual:>7.3f} {v.error:>+7.3f}"
-        )
-    lines.append(f"best verified: {report.best.candidate} (actual {report.best.actual:.3f})")
+    title = f"verified merges of {' + '.join(report.models)} on {', '.join(report.tasks)}"
+    rows = [(v.rank, v.candidate, v.predicted, v.actual) for v in report.verified]
+    return format_verified(title, "candidate", 38, rows)
+
+
+def format_verified(
+    title: str, label: str, width: int, rows: list[tuple[int, str, float, float]]
+) -> str:
+    """A table of verified (rank, name, predicted, actual) rows and the best of them (2-way
+    candidates and multi-way plans alike)."""
+    lines = [title, f"{'rank':>4} {label:<{width}} {'predicted':>9} {'actual':>7} {'error':>7}"]
+    for rank, name, predicted, actual in rows:
+        error = predicted - actual
+        lines.append(f"{rank:>4} {name:<{width}} {predicted:>9.3f} {actual:>7.3f} {error:>+7.3f}")
+    _, best, _, actual = max(rows, key=lambda r: r[3])
+    lines.append(f"best verified: {best} (actual {actual:.3f})")
     return "\n".join(lines)
 
 
 def run_verify_cli(args: Any) -> int:
     from simmerge.feature_table import FeatureOptions
-    from simmerge.ranking import rank_merges
+    from simmerge.ranking import is_multiway, rank_merges
 
     catalog = Catalog.load(args.catalog)
+    if is_multiway(args):
+        return _verify_multiway(catalog, args)
     ranked = rank_merges(
         catalog,
         args.models.split(","),
@@ -159,4 +168,21 @@ def run_verify_cli(args: Any) -> int:
     )
     report = verify(catalog, ranked, k=args.k, store=args.store, device=args.device)
     print(json.dumps(report.to_dict(), indent=2) if args.json else format_verify(report))
+    return 0
+
+
+def _verify_multiway(catalog: Catalog, args: Any) -> int:
+    from simmerge.multiway_verify import format_plan_verify, verify_plans
+    from simmerge.ranking import plans_from_args
+
+    if args.store is not None:
+        raise ConfigError(
+            "--store records 2-way outcomes (a pair, a candidate); a multi-way plan is not one.",
+            "drop --store and keep the report with --json (it lists every verified plan).",
+        )
+    if args.k < 1:
+        raise ConfigError(f"verify needs k >= 1, got {args.k}.", "verify at least one plan.")
+    plans = plans_from_args(catalog, args, args.k)
+    report = verify_plans(catalog, plans, k=args.k, device=args.device)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else format_plan_verify(report))
     return 0

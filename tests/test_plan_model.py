@@ -90,6 +90,26 @@ def test_oneshot_rows_meet_every_member_in_one_step_and_pick_the_best_holder():
     assert (z["oneshot"], z["passes"], z["holders"], z["op_ties"]) == (1, 1, 2, 1.0)
 
 
+def test_others_skill_is_the_mean_skill_of_the_members_without_the_task():
+    skills = {(m, t): 0.1 * i + 0.01 * j for i, m in enumerate("abc") for j, t in enumerate("xyzw")}
+    rows = dict(
+        plan_rows(("a", "b", "c"), (TIES,), True, {}, "xyzw", TASKS_OF.get, _table(), skills=skills)
+    )
+    # x: a has it -> b and c; y: c has it -> a and b; z: a and c have it -> b alone
+    assert rows["x"]["others_skill"] == pytest.approx((0.1 + 0.2) / 2)
+    assert rows["y"]["others_skill"] == pytest.approx((0.0 + 0.1) / 2 + 0.01)
+    assert rows["z"]["others_skill"] == pytest.approx(0.1 + 0.02)
+    # w: nobody has it -> every member
+    assert rows["w"]["others_skill"] == pytest.approx((0.0 + 0.1 + 0.2) / 3 + 0.03)
+    # every member has the task, or no skills given: missing (NaN), not 0
+    both = dict(
+        plan_rows(("a", "c"), (TIES,), True, {}, "z", TASKS_OF.get, _table(), skills=skills)
+    )
+    assert math.isnan(both["z"]["others_skill"])
+    plain = dict(plan_rows(("a", "b", "c"), (TIES,), True, {}, "x", TASKS_OF.get, _table()))
+    assert math.isnan(plain["x"]["others_skill"])
+
+
 def _random_frame(n=200, seed=0):
     rng = np.random.default_rng(seed)
     frame = pd.DataFrame(rng.uniform(0, 1, (n, len(plan_columns()))), columns=plan_columns())
@@ -158,6 +178,7 @@ def test_training_pipeline_writes_the_table_fits_and_evaluates_with_the_model(
     argv = [str(trained["catalog_path"]), "--sizes", "2", "--max-models", "3", "--quiet"]
     argv += ["--predictor", str(trained["predictor"]), "--modes", "fast"]
     argv += ["--cache", str(tmp_path / "scores.jsonl"), "--json", str(tmp_path / "r.json")]
+    argv += ["--cache-dir", str(tmp_path / "cache")]  # signatures and single-model skills
     assert evaluate.main([*argv, "--rankers", "analytic"]) == 0  # fills the score cache
     # the micro zoo's experts score 0: give every cached plan score and the experts' scores
     # known values, so the table's target (score / best expert score) is checkable
@@ -183,6 +204,8 @@ def test_training_pipeline_writes_the_table_fits_and_evaluates_with_the_model(
     for e in entries:
         assert targets[(e["plan"], e["task"])] == pytest.approx(e["score"] / 0.5)
     assert set(frame.columns) >= {"catalog", "plan", "task", "target", *plan_columns()}
+    # every expert scores 0.5, so every non-expert has a skill of 1 where it is measured
+    assert set(frame["others_skill"].dropna()) == {1.0}
     model_dir = tmp_path / "plan_model"
     assert train.main([str(table), "--out", str(model_dir), "--test", str(table)]) == 0
     card = json.loads((model_dir / "card.json").read_text())

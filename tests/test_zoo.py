@@ -264,9 +264,13 @@ def test_demo_ranks_verifies_the_top_k_and_compares_with_the_whole_grid(tiny_zoo
     assert pair["chosen_actual"] == max(c["actual"] for c in pair["top"])
     for c in pair["top"]:
         assert c["actual"] == pair["all"][c["candidate"]]
-    mw = report["multiway"]  # one 3-task merge, planned, executed and evaluated
+    mw = report["multiway"]  # one 3-task merge, planned, its top 3 merged and evaluated
     assert len(mw["tasks"]) == 3 and mw["plans"][0]["rank"] == 1
     assert set(mw["actual_per_task"]) == set(mw["tasks"])
     assert 0 <= mw["actual"] <= 2
+    assert [v["candidate"] for v in mw["verified"]] == [p["plan"] for p in mw["plans"]]
+    assert mw["verified"][0]["actual"] == mw["actual"]
+    best = max(mw["verified"], key=lambda v: v["actual"])
+    assert mw["best_verified"] == best["candidate"]
     text = format_report(report)
     assert "exhaustive best" in text and "multi-way merge for" in text
