@@ -118,12 +118,12 @@ def run_demo(
         "k": k,
         "experts": experts,
         "pairs": out_pairs,
-        "multiway": demo_multiway(catalog, scorer, predictor, options, experts),
+        "multiway": demo_multiway(catalog, scorer, predictor, options),
     }
 
 
 def demo_multiway(
-    catalog: Catalog, scorer: MergeScorer, predictor: Any, options: Any, experts: list[dict]
+    catalog: Catalog, scorer: MergeScorer, predictor: Any, options: Any
 ) -> dict[str, Any] | None:
     """Plan a merge for the first three tasks with eval data, merge and score the top 3."""
     from simmerge.multiway import plan_merge
@@ -133,7 +133,7 @@ def demo_multiway(
     if len(tasks) < 3:
         return None
     plans = plan_merge(catalog, tasks, max_models=3, top=3, predictor=predictor, options=options)
-    verified = verify_plans(catalog, plans, k=3, scorer=scorer)
+    verified = verify_plans(catalog, plans, k=3, scorer=scorer, cache_dir=options.cache_dir)
     first = verified.verified[0]
     return {
         "tasks": tasks,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from simmerge.catalog import Catalog
@@ -50,12 +51,16 @@ def verify_plans(
     *,
     device: Any | None = None,
     scorer: Any | None = None,
+    cache_dir: str | Path | None = None,
 ) -> PlanVerifyReport:
     """Merge and evaluate the ``k`` best of ``plans`` (the ranked
     :class:`~simmerge.multiway.PlannedMerge` list of :func:`~simmerge.multiway.plan_merge`)
-    on their target tasks."""
+    on their target tasks. The experts' scores that normalize them come from the
+    single-model score cache under ``cache_dir`` (:mod:`simmerge.skills`; filled by planning
+    with the shipped plan model), evaluated only where missing."""
     from simmerge.collect import MergeScorer
     from simmerge.multiway import execute_plan
+    from simmerge.skills import single_model_scores
 
     if k < 1:
         raise ConfigError(f"verify needs k >= 1, got {k}.", "verify at least one plan.")
@@ -76,7 +81,9 @@ def verify_plans(
             "for them (an expert's score is what a score is normalized by).",
             "add `tasks: {NAME: {eval: FILE}}` and an expert of each target task to the catalog.",
         )
-    refs = {t: max(scorer.score_folder(e, [t])[t] for e in catalog.experts_for(t)) for t in tasks}
+    experts = list(dict.fromkeys(e.name for t in tasks for e in catalog.experts_for(t)))
+    expert_scores = single_model_scores(catalog, experts, tasks, scorer, cache_dir=cache_dir)
+    refs = {t: max(expert_scores[(e.name, t)] for e in catalog.experts_for(t)) for t in tasks}
     verified = []
     for planned in sorted(plans, key=lambda p: p.rank)[:k]:
         state = execute_plan(planned.plan, catalog, device=str(scorer.device))

@@ -66,6 +66,22 @@ def measure_skills(
     tasks = [t for t in tasks if t in scorer.tasks]
     # the experts of each task normalize it, so they are scored too
     names = list(dict.fromkeys([*models, *(e.name for t in tasks for e in catalog.experts_for(t))]))
+    raw = single_model_scores(catalog, names, tasks, scorer, cache_dir=cache_dir, progress=progress)
+    return normalize_skills(catalog, raw, models, tasks)
+
+
+def single_model_scores(
+    catalog: Catalog,
+    names: Sequence[str],
+    tasks: Sequence[str],
+    scorer: Any,
+    *,
+    cache_dir: str | Path | None = None,
+    progress: bool = False,
+) -> dict[tuple[str, str], float]:
+    """Raw score of each catalog model of ``names`` on each task of ``tasks`` (which need eval
+    data in ``scorer``), from the cache or evaluated once and cached (module docs); also what
+    multi-way verification normalizes by."""
     cache = TensorCache(cache_dir, "skills")
     raw: dict[tuple[str, str], float] = {}
     for name in tqdm(names, desc="single-model skills", disable=not progress):
@@ -82,7 +98,7 @@ def measure_skills(
                 raw[(name, t)] = float(score)
                 material = _material(fingerprint, scorer.eval_hash(t))
                 cache.store(material, {"score": torch.tensor(float(score), dtype=torch.float64)})
-    return normalize_skills(catalog, raw, models, tasks)
+    return raw
 
 
 def normalize_skills(

@@ -183,6 +183,6 @@ def _verify_multiway(catalog: Catalog, args: Any) -> int:
     if args.k < 1:
         raise ConfigError(f"verify needs k >= 1, got {args.k}.", "verify at least one plan.")
     plans = plans_from_args(catalog, args, args.k)
-    report = verify_plans(catalog, plans, k=args.k, device=args.device)
+    report = verify_plans(catalog, plans, k=args.k, device=args.device, cache_dir=args.cache_dir)
     print(json.dumps(report.to_dict(), indent=2) if args.json else format_plan_verify(report))
     return 0

@@ -30,8 +30,9 @@ def planned(tiny_zoo, tmp_path_factory):
 def test_verified_plans_are_scored_like_the_same_merge_evaluated_from_a_folder(planned, tmp_path):
     from simmerge.evaluate import EvalTask, evaluate, load_model, load_tokenizer
 
-    catalog, plans, _ = planned
-    report = verify_plans(catalog, plans, k=2)
+    catalog, plans, options = planned
+    # the experts' scores were cached by planning (the plan model reads skills): reused
+    report = verify_plans(catalog, plans, k=2, cache_dir=options.cache_dir)
     assert [v.rank for v in report.verified] == [1, 2]
     assert [v.candidate for v in report.verified] == [p.plan.id for p in plans[:2]]
     assert [v.plan_id for v in report.verified] == [p.plan.plan_id for p in plans[:2]]
