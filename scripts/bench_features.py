@@ -56,7 +56,7 @@ def _row(what: str, seconds: float, baseline: str, base_seconds: float, goal: fl
 
 
 def bare_forward(model_dir: Path, probes, batch_size: int, max_length: int, device) -> None:
-    from simmerge.evaluate import load_model, load_tokenizer, pad_token_id, right_padded
+    from simmerge.io.models import load_model, load_tokenizer, pad_token_id, right_padded
 
     net = load_model(model_dir, device)
     tok = load_tokenizer(model_dir)
@@ -72,7 +72,7 @@ def bare_forward(model_dir: Path, probes, batch_size: int, max_length: int, devi
 
 
 def read_weights(expert: Path, base: Path) -> None:
-    from simmerge.checkpoint import open_checkpoint
+    from simmerge.io.checkpoint import open_checkpoint
 
     e, b = open_checkpoint(expert), open_checkpoint(base)
     for name in b.names:
@@ -81,8 +81,8 @@ def read_weights(expert: Path, base: Path) -> None:
 
 
 def bench_signatures(zoo: Path, repeats: int, device) -> list[dict]:
-    from simmerge.probes import ProbeSet
-    from simmerge.signatures import SignatureConfig, compute_signature
+    from simmerge.signals.probes import ProbeSet
+    from simmerge.signals.signatures import SignatureConfig, compute_signature
 
     cfg = SignatureConfig()
     model = zoo / "experts" / "reverse_a"
@@ -122,7 +122,7 @@ def synthetic_pair(folder: Path, total_mb: float) -> tuple[Path, Path]:
 
 
 def bench_sketches(zoo: Path, workdir: Path, synthetic_mb: float, repeats: int) -> list[dict]:
-    from simmerge.sketch import sketch_task_vector
+    from simmerge.signals.sketch import sketch_task_vector
 
     cases = [("zoo expert", zoo / "experts" / "reverse_a", zoo / "base")]
     if synthetic_mb > 0:
@@ -161,10 +161,10 @@ def sixteen_models(zoo: Path, workdir: Path) -> list[Path]:
 
 
 def bench_pairs(zoo: Path, workdir: Path, repeats: int, device) -> list[dict]:
-    from simmerge.probes import ProbeSet
-    from simmerge.signatures import compute_signature
-    from simmerge.similarity import ModelProfile
-    from simmerge.sketch import sketch_task_vector
+    from simmerge.signals.probes import ProbeSet
+    from simmerge.signals.signatures import compute_signature
+    from simmerge.signals.similarity import ModelProfile
+    from simmerge.signals.sketch import sketch_task_vector
 
     cache = workdir / "cache"
     sets = {"general": ProbeSet.load("general")}
@@ -194,8 +194,8 @@ def bench_pairs(zoo: Path, workdir: Path, repeats: int, device) -> list[dict]:
 
 
 def _all_pairs(profiles, keys) -> None:
-    from simmerge.feature_table import feature_rows
-    from simmerge.similarity import ModelProfile
+    from simmerge.signals.profiles import feature_rows
+    from simmerge.signals.similarity import ModelProfile
 
     # fresh profiles: the per-model precomputations (probabilities, bit planes) are part of
     # the measured cost
@@ -211,14 +211,14 @@ def _all_pairs(profiles, keys) -> None:
 
 
 def _reload_signature(sig):
-    from simmerge.signatures import Signature
+    from simmerge.signals.signatures import Signature
 
     t = {k: v for k, v in sig.tensors().items() if k != "vocab_size"}
     return Signature(sig.model, sig.probe_name, sig.probe_hash, sig.vocab_size, **t)
 
 
 def _reload_sketch(sk):
-    from simmerge.sketch import TaskVectorSketch
+    from simmerge.signals.sketch import TaskVectorSketch
 
     return TaskVectorSketch(sk.model, sk.base, sk.layout_hash, sk.config, **sk.tensors())
 

@@ -39,8 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def make_model(folder: Path, names, shape, shard_bytes: int, base: Path | None, seed: int):
     """Write a sharded checkpoint; an expert is base + 1% Gaussian noise per tensor."""
-    from simmerge.checkpoint import open_checkpoint
-    from simmerge.safetensors_io import SafetensorsStreamWriter
+    from simmerge.io.checkpoint import open_checkpoint
+    from simmerge.io.safetensors_format import SafetensorsStreamWriter
 
     folder.mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps({"model_type": "synthetic"}))
@@ -68,9 +68,9 @@ WORKER = r"""
 import json, resource, sys, time
 import psutil, torch
 torch.set_num_threads(int(sys.argv[5]))
-from simmerge.checkpoint import open_checkpoint
+from simmerge.io.checkpoint import open_checkpoint
 from simmerge.merging import MergePlan, PlanMember, merge
-from simmerge.safetensors_io import SafetensorsStreamWriter
+from simmerge.io.safetensors_format import SafetensorsStreamWriter
 mode, base, members, out = sys.argv[1], sys.argv[2], sys.argv[3].split(","), sys.argv[4]
 device, shard_bytes = sys.argv[6], int(sys.argv[7])
 params = json.loads(sys.argv[8])

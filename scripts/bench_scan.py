@@ -37,11 +37,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main(argv: list[str] | None = None) -> int:
     from simmerge.catalog import Catalog
-    from simmerge.feature_table import FeatureOptions
-    from simmerge.io_utils import write_json_report
-    from simmerge.scanner import scan
-    from simmerge.testing import sub_catalog
+    from simmerge.infra.files import write_json_report
+    from simmerge.scan.pipeline import scan
+    from simmerge.signals.profiles import FeatureOptions
     from simmerge.zoo import build_zoo
+    from simmerge.zoo.micro import sub_catalog
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--zoo", default=str(ROOT / "runs" / "zoo-large"))

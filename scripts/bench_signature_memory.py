@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CHILD = r"""
 import gc, json, random, resource, sys
 import torch
-from simmerge.probes import ProbeSet
-from simmerge.signatures import SignatureConfig, compute_signature
+from simmerge.signals.probes import ProbeSet
+from simmerge.signals.signatures import SignatureConfig, compute_signature
 torch.set_num_threads(2)
 model, n = sys.argv[1], int(sys.argv[2])
 config = SignatureConfig(max_length=64, batch_size=16)
@@ -52,8 +52,8 @@ print(json.dumps({"n": n, "baseline_mb": base, "peak_mb": peak, "signature_mb": 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from simmerge.io_utils import write_json_report
-    from simmerge.testing import save_model, tiny_config
+    from simmerge.infra.files import write_json_report
+    from simmerge.zoo.micro import save_model, tiny_config
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="64,256,1024,4096")

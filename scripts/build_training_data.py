@@ -33,15 +33,15 @@ def git_commit() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from simmerge.catalog import Catalog
-    from simmerge.feature_table import FeatureOptions
-    from simmerge.io_utils import atomic_write_text
-    from simmerge.outcomes import OutcomeStore
-    from simmerge.training_data import (
+    from simmerge.infra.files import atomic_write_text
+    from simmerge.learn.datasets import (
         describe,
         feature_frame,
         outcome_frame,
         write_training_tables,
     )
+    from simmerge.outcomes.store import OutcomeStore
+    from simmerge.signals.profiles import FeatureOptions
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("catalog")

@@ -12,9 +12,9 @@ For every deterministic operator (DARE/DELLA draw their own random masks, so the
 at density 1 only) it exports a plan with ``to_mergekit_yaml(strict=True)``, runs mergekit's CLI
 on it, merges the same plan with simmerge, and reports the largest absolute difference per
 operator (fp32 tiny Llama base + 3 experts). Multi-way plans go through ``simmerge export``'s
-code path (:func:`simmerge.export.mergekit_documents`): a 3-expert chain runs with
+code path (:func:`simmerge.scan.export.mergekit_documents`): a 3-expert chain runs with
 ``mergekit-multi`` (found beside ``--mergekit``), a one-shot merge with ``mergekit-yaml``, and
-both are compared with :func:`simmerge.multiway.execute_plan`. Prints a table and writes JSON
+both are compared with :func:`simmerge.multiway.search.execute_plan`. Prints a table and writes JSON
 (``--out``, default scripts/results/mergekit_parity.json). Exits 1 if any difference exceeds
 ``--tol``.
 """
@@ -30,9 +30,9 @@ from pathlib import Path
 
 import torch
 
-from simmerge.checkpoint import open_checkpoint
+from simmerge.io.checkpoint import open_checkpoint
 from simmerge.merging import MergePlan, PlanMember, merge
-from simmerge.testing import save_model, tiny_config
+from simmerge.zoo.micro import save_model, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -157,8 +157,8 @@ def multiway_rows(mergekit: Path, work: Path, base: Path, experts: list[Path]) -
     import yaml
 
     from simmerge.catalog import Catalog
-    from simmerge.export import mergekit_documents
-    from simmerge.multiway import MultiwayPlan, execute_plan
+    from simmerge.multiway.search import MultiwayPlan, execute_plan
+    from simmerge.scan.export import mergekit_documents
 
     catalog = Catalog.from_dict(
         {

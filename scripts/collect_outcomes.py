@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from simmerge.cli import main
+from simmerge.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main(["collect", *sys.argv[1:]]))

@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     result["old"], result["new"] = args.old_label or str(args.old), str(args.new)
     print_table(result)
     if args.json:
-        from simmerge.io_utils import write_json_report
+        from simmerge.infra.files import write_json_report
 
         write_json_report(args.json, result)
     return 0

@@ -10,8 +10,8 @@ plan in it is merged and evaluated on the target tasks (the exhaustive oracle; s
 in ``--cache``, a JSON-lines file, so an interrupted run resumes). A plan's score is the mean
 over the target tasks of its normalized score (score / the best expert of that task).
 
-simmerge's pick is the top plan of :func:`simmerge.multiway.plan_merge` restricted to the same
-space, in ``fast`` and ``exact`` mode, each ranked by the analytic score alone and by the
+simmerge's pick is the top plan of :func:`simmerge.multiway.search.plan_merge` restricted to the
+same space, in ``fast`` and ``exact`` mode, each ranked by the analytic score alone and by the
 learned plan model (``--plan-model``, default the shipped ``models/multiway``; rows named
 ``fast+model``, ``exact+model``), and each of those followed by verification (rows
 ``...+verify<k>``, ``--verify``, default 3): of its top k plans, the one that measures best --
@@ -27,7 +27,7 @@ share the work and the cache (appends of one short line are atomic); the final r
 ``--shard`` merges nothing new and writes the report.
 
 ``--data-out FILE.parquet`` also writes the plan model's training table: one row per measured
-(plan, target task a member has) with the columns of :func:`simmerge.plan_model.plan_columns`,
+(plan, target task a member has) with the columns of :func:`simmerge.learn.plan_model.plan_columns`,
 ``target`` (the normalized score), and ``catalog``, ``plan``, ``task``, ``steps`` (the plan's
 operator ids, ``;``-separated). ``--rankers analytic``
 evaluates without a plan model (e.g. before one is trained).
@@ -54,7 +54,7 @@ def relevant(catalog, tasks) -> list[str]:
 
 def bounded_space(catalog, tasks, max_models: int, grid, oneshot_grid):
     """Every distinct plan of the bounded space (see the module docs)."""
-    from simmerge.multiway import MultiwayPlan, canonical_plan
+    from simmerge.multiway.search import MultiwayPlan, canonical_plan
 
     names = relevant(catalog, tasks)
     rank = {name: i for i, name in enumerate(catalog.expert_names)}
@@ -76,7 +76,7 @@ def bounded_space(catalog, tasks, max_models: int, grid, oneshot_grid):
 def fixed_plans(catalog, tasks, max_models: int, nway) -> dict:
     """Best-fixed's plans, one per N-way operator: the one-shot merge of the relevant experts
     (capped at ``max_models``, the members with the most target tasks first); none below 3."""
-    from simmerge.multiway import MultiwayPlan
+    from simmerge.multiway.search import MultiwayPlan
 
     names = relevant(catalog, tasks)  # catalog order, as in the space's one-shot ids
     by_cover = sorted(names, key=lambda n: -len(set(catalog.model(n).tasks) & set(tasks)))
@@ -131,7 +131,7 @@ def measure(plans, tasks, catalog, scorer, cache, progress: bool) -> dict[str, d
     """Raw score of every plan on every task, merging only what the cache lacks."""
     from tqdm.auto import tqdm
 
-    from simmerge.multiway import execute_plan
+    from simmerge.multiway.search import execute_plan
 
     hashes = {t: scorer.eval_hash(t) for t in tasks}
     out = {}
@@ -158,7 +158,7 @@ def verified_name(mode: str, ranker: str, k: int) -> str:
 def write_training_table(path: Path, rows: list[dict]) -> None:
     import pandas as pd
 
-    from simmerge.io_utils import atomic_write_bytes
+    from simmerge.infra.files import atomic_write_bytes
 
     path.parent.mkdir(parents=True, exist_ok=True)
     frame = pd.DataFrame(rows).sort_values(["plan", "task"], kind="stable")
@@ -167,16 +167,16 @@ def write_training_table(path: Path, rows: list[dict]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from simmerge.candidates import OperatorConfig
     from simmerge.catalog import Catalog
-    from simmerge.collect import MergeScorer
-    from simmerge.feature_table import FeatureOptions
-    from simmerge.io_utils import write_json_report
+    from simmerge.evaluation.scorer import MergeScorer
+    from simmerge.evaluation.skills import measure_skills
+    from simmerge.infra.files import write_json_report
+    from simmerge.learn.plan_model import load_plan_model
+    from simmerge.merging.grid import OperatorConfig
     from simmerge.merging.registry import get_operator
-    from simmerge.multiway import canonical_plan, plan_feature_rows, plan_merge
-    from simmerge.plan_model import load_plan_model
-    from simmerge.ranking import load_predictor
-    from simmerge.skills import measure_skills
+    from simmerge.multiway.search import canonical_plan, plan_feature_rows, plan_merge
+    from simmerge.pairwise.rank import load_predictor
+    from simmerge.signals.profiles import FeatureOptions
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("catalog")
@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     plan_model = load_plan_model(args.plan_model) if "model" in rankers else None
     if "model" in rankers and plan_model is None:
         raise SystemExit("--plan-model none leaves nothing to rank with: use --rankers analytic.")
-    # the members' single-model skills, which the plan model reads (simmerge.skills): measured
+    # the members' single-model skills, which the plan model reads (evaluation.skills): measured
     # once per catalog, shared by every task set
     skills = None
     if args.data_out or "model" in rankers:

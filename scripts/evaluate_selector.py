@@ -10,7 +10,7 @@ pair. The default is no extra data, the recipe of the shipped predictor (``simme
 --data zoo-large``): on the regenerated data the default zoo as extra training data lowered
 the held-out-model figures (README, "Training-seed noise, measured");
 best-fixed, random and oracle are the references. Metrics are defined in
-:mod:`simmerge.selection` (and DESIGN.md). Prints a table per scheme and writes JSON
+:mod:`simmerge.learn.validation` (and DESIGN.md). Prints a table per scheme and writes JSON
 (default ``scripts/results/evaluate_selector_<data>.json``).
 
 Where the dataset has remeasured test pairs (``features/<data>/remeasured``,
@@ -73,22 +73,22 @@ def replace_pairs(frame, test):
 def main(argv: list[str] | None = None) -> int:
     import pandas as pd
 
-    from simmerge.io_utils import write_json_report
-    from simmerge.predictor import DEFAULT_ENSEMBLE, MergePredictor, predictor_columns
-    from simmerge.selection import (
-        LinearBaseline,
-        cross_validate,
-        model_folds,
-        summarize,
-        task_folds,
-    )
-    from simmerge.training_data import (
+    from simmerge.infra.files import write_json_report
+    from simmerge.learn.datasets import (
         describe,
         extra_training_frame,
         load_remeasured,
         load_training_tables,
         pair_objective,
         training_frame,
+    )
+    from simmerge.learn.predictor import DEFAULT_ENSEMBLE, MergePredictor, predictor_columns
+    from simmerge.learn.validation import (
+        LinearBaseline,
+        cross_validate,
+        model_folds,
+        summarize,
+        task_folds,
     )
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])

@@ -50,7 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def variants() -> dict[str, list[str]]:
-    from simmerge.plan_model import SKILL_COLUMN, analysis_columns, plan_columns
+    from simmerge.learn.plan_model import SKILL_COLUMN, analysis_columns, plan_columns
 
     shipped = list(plan_columns())
     return {
@@ -122,8 +122,8 @@ def variant_rows(args) -> dict[str, Variant]:
 def main(argv: list[str] | None = None) -> int:
     import pandas as pd
 
-    from simmerge.io_utils import write_json_report
-    from simmerge.plan_model import PlanModel
+    from simmerge.infra.files import write_json_report
+    from simmerge.learn.plan_model import PlanModel
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--zoos", default=MULTIWAY_ZOOS, help="zoos (leave one out over them)")

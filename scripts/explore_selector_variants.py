@@ -100,15 +100,21 @@ def main(argv: list[str] | None = None) -> int:
     import lightgbm as lgb
     import pandas as pd
 
-    from simmerge.io_utils import write_json_report
-    from simmerge.predictor import (
+    from simmerge.infra.files import write_json_report
+    from simmerge.learn.datasets import (
+        extra_training_frame,
+        load_training_tables,
+        pair_objective,
+        training_frame,
+    )
+    from simmerge.learn.predictor import (
         DEFAULT_PARAMS,
         TASK_PREFIX,
         MergePredictor,
         predictor_columns,
         to_matrix,
     )
-    from simmerge.selection import (
+    from simmerge.learn.validation import (
         MARGINS,
         PAIR,
         anchor,
@@ -120,13 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         task_folds,
         with_extra,
     )
-    from simmerge.similarity import FEATURE_COLUMNS, FUNCTIONAL_COLUMNS
-    from simmerge.training_data import (
-        extra_training_frame,
-        load_training_tables,
-        pair_objective,
-        training_frame,
-    )
+    from simmerge.signals.similarity import FEATURE_COLUMNS, FUNCTIONAL_COLUMNS
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--splits", default="models,tasks")

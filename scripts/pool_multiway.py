@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{method:<19} {row['gap_closure']:>9.3f} {row['pct_of_oracle']:>8.3f} "
             f"{row['mean']:>6.3f} {pred:>9} {row['risk']:>5.2f}  {zoo}"
         )
-    from simmerge.io_utils import write_json_report
+    from simmerge.infra.files import write_json_report
 
     write_json_report(
         args.json,

@@ -3,7 +3,7 @@
 # (features/multiway) and its evaluation: build the default zoo recipe with seeds 0 to 4,
 # merge and evaluate every plan of each zoo's bounded multi-way space
 # (scripts/evaluate_multiway.py: two shard processes sharing one resumable score cache per
-# zoo), write the training tables (with the experts' single-model skills, simmerge.skills),
+# zoo), write the training tables (with the experts' single-model skills, simmerge.evaluation.skills),
 # then for each zoo fit a plan model on the *other four* and evaluate the planner with it
 # (leave one zoo out). The shipped model is the one fitted on seeds 1 to 4, so the default zoo
 # (seed 0, the main command's demo) stays unseen.

@@ -67,10 +67,10 @@ def remeasure_zoo(zoo: Path, args: argparse.Namespace) -> tuple[str, list[dict],
     from evaluate_multiway import ScoreCache, best_fixed_ops, bounded_space, fixed_plans, measure
 
     from simmerge.catalog import Catalog
-    from simmerge.collect import MergeScorer
     from simmerge.errors import ConfigError
+    from simmerge.evaluation.scorer import MergeScorer
+    from simmerge.infra.resources import data_dir
     from simmerge.merging.registry import get_operator
-    from simmerge.resources import data_dir
     from simmerge.zoo.build import remeasure_catalog
 
     name = Catalog.load(zoo / "catalog.yaml").name
@@ -145,7 +145,7 @@ def remeasure_zoo(zoo: Path, args: argparse.Namespace) -> tuple[str, list[dict],
 
 
 def main(argv: list[str] | None = None) -> int:
-    from simmerge.io_utils import write_json_report
+    from simmerge.infra.files import write_json_report
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("zoos", nargs="+", help="zoo folders of evaluated catalogs")

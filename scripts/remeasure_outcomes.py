@@ -42,7 +42,7 @@ STREAM = "remeasure"
 
 def eval_hashes(catalog) -> dict[str, str]:
     """Task -> content hash of its eval set (rows of the two measurements share a store)."""
-    from simmerge.evaluate import EvalTask
+    from simmerge.evaluation.harness import EvalTask
 
     return {
         name: EvalTask.load(spec.eval, name=name).config_hash()
@@ -54,8 +54,8 @@ def eval_hashes(catalog) -> dict[str, str]:
 def test_groups(features, outcomes, folds: int, seed: int) -> list[list[str]]:
     """The experts of each held-out-model fold of ``evaluate_selector.py`` (on the dataset's
     tables)."""
-    from simmerge.selection import model_folds
-    from simmerge.training_data import training_frame
+    from simmerge.learn.datasets import training_frame
+    from simmerge.learn.validation import model_folds
 
     frame = training_frame(features, outcomes)
     groups = []
@@ -76,12 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     from build_training_data import git_commit
 
     from simmerge.catalog import Catalog
-    from simmerge.collect import collect_outcomes, expert_pairs, parse_shard, shard_pairs
     from simmerge.errors import ConfigError
-    from simmerge.feature_table import FeatureOptions
-    from simmerge.io_utils import write_json_report
-    from simmerge.outcomes import OutcomeStore
-    from simmerge.training_data import (
+    from simmerge.infra.files import write_json_report
+    from simmerge.learn.datasets import (
         REMEASURED_FOLDER,
         SECOND_MEASUREMENT_FILE,
         dataset_folder,
@@ -91,6 +88,14 @@ def main(argv: list[str] | None = None) -> int:
         write_table,
         write_training_tables,
     )
+    from simmerge.outcomes.collection import (
+        collect_outcomes,
+        expert_pairs,
+        parse_shard,
+        shard_pairs,
+    )
+    from simmerge.outcomes.store import OutcomeStore
+    from simmerge.signals.profiles import FeatureOptions
     from simmerge.zoo.build import remeasure_catalog
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])

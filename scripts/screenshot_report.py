@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     from matplotlib.image import imread
 
-    from simmerge.io_utils import write_json_report
+    from simmerge.infra.files import write_json_report
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("scan_dir")

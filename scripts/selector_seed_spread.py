@@ -4,7 +4,7 @@
                                            [--splits models] [--extra DATASETS]
 
 Same data, folds and recipe as scripts/evaluate_selector.py, through the same
-:func:`simmerge.selection.cross_validate` (zoo-large; ``--extra`` adds training-only datasets
+:func:`simmerge.learn.validation.cross_validate` (zoo-large; ``--extra`` adds training-only datasets
 of other catalogs, none by default, as for the shipped predictor; model folds of seed 0; the
 plain pick, no anchoring); only the seed of the
 LightGBM ensemble changes, and the ensemble size (``n_models``). Each member bags 80 % of the
@@ -42,10 +42,10 @@ def spread(values: list[float]) -> dict[str, float | None]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from simmerge.io_utils import write_json_report
-    from simmerge.predictor import MergePredictor
-    from simmerge.selection import cross_validate, model_folds, summarize, task_folds
-    from simmerge.training_data import extra_training_frame, load_training_tables, training_frame
+    from simmerge.infra.files import write_json_report
+    from simmerge.learn.datasets import extra_training_frame, load_training_tables, training_frame
+    from simmerge.learn.predictor import MergePredictor
+    from simmerge.learn.validation import cross_validate, model_folds, summarize, task_folds
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="5,20", help="ensemble sizes (n_models)")

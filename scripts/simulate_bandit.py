@@ -8,7 +8,7 @@ and three tasks the predictor never saw) one request at a time. Each request is 
 expert pair; the policy picks one of the 20 grid candidates; its reward is the recorded pair
 objective (mean normalized score over the pair's tasks, capped at 1); regret is the best
 available candidate's reward minus that. Policies: LinUCB and linear Thompson sampling
-warm-started from the predictor (:mod:`simmerge.bandit`), predictor-only, best-fixed (the best
+warm-started from the predictor (simmerge.online.bandit), predictor-only, best-fixed (the best
 candidate of the offline data), ε-greedy and random; every request stream is a fresh random
 order of all pairs, one per seed.
 
@@ -37,8 +37,8 @@ POLICIES = ("lints", "linucb", "predictor", "best_fixed", "egreedy", "random")
 
 
 def offline_predictor(frame, n_models: int, seed: int, drop_family: str | None = None):
-    from simmerge.candidates import OperatorConfig
-    from simmerge.predictor import MergePredictor
+    from simmerge.learn.predictor import MergePredictor
+    from simmerge.merging.grid import OperatorConfig
 
     if drop_family:
         family = frame["candidate"].map(lambda c: OperatorConfig.from_id(c).operator)
@@ -48,9 +48,9 @@ def offline_predictor(frame, n_models: int, seed: int, drop_family: str | None =
 
 def replay_data(features, outcomes, predictor):
     """ReplayData of every pair with all candidates measured."""
-    from simmerge.bandit import CONTEXT_FEATURES
-    from simmerge.bandit_replay import ReplayData
-    from simmerge.training_data import pair_objective, training_frame
+    from simmerge.learn.datasets import pair_objective, training_frame
+    from simmerge.online.bandit import CONTEXT_FEATURES
+    from simmerge.online.replay import ReplayData
 
     frame = training_frame(features, outcomes)
     frame["pred"] = predictor.predict(frame)[0]
@@ -68,7 +68,7 @@ def replay_data(features, outcomes, predictor):
 
 
 def scaler_for(frame, features):
-    from simmerge.bandit import Scaler
+    from simmerge.online.bandit import Scaler
 
     general = features[features["task"] == ""]
     return Scaler.fit(general, frame["target"].to_numpy())
@@ -149,10 +149,10 @@ def plot(curves: dict[str, dict[str, np.ndarray]], arrival: int, path: Path) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from simmerge.bandit_replay import replay
-    from simmerge.candidates import OperatorConfig
-    from simmerge.selection import best_fixed_candidate
-    from simmerge.training_data import load_training_tables, pair_objective, training_frame
+    from simmerge.learn.datasets import load_training_tables, pair_objective, training_frame
+    from simmerge.learn.validation import best_fixed_candidate
+    from simmerge.merging.grid import OperatorConfig
+    from simmerge.online.replay import replay
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--offline", default="zoo-default", help="dataset the predictor trains on")

@@ -1,4 +1,4 @@
-"""Fit the multi-way plan model (:mod:`simmerge.plan_model`) on measured plan outcomes.
+"""Fit the multi-way plan model (:mod:`simmerge.learn.plan_model`) on measured plan outcomes.
 
     python scripts/train_plan_model.py features/multiway/tiny-zoo-s1.parquet --out models/multiway
         [--test features/multiway/tiny-zoo.parquet]
@@ -44,7 +44,7 @@ def agreement(frame, predicted: np.ndarray) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from simmerge.plan_model import PlanModel
+    from simmerge.learn.plan_model import PlanModel
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("data", nargs="+", help="training tables (parquet)")
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     card = {
         "training_sources": sorted(train["catalog"].unique()),
         "training_tables": [Path(d).name for d in args.data],
-        # plan_merge plans only with operators the model has seen (simmerge.plan_model)
+        # plan_merge plans only with operators the model has seen (simmerge.learn.plan_model)
         "operators": sorted({c for steps in train["steps"] for c in steps.split(";")}),
         # ...and plans of at most this many experts
         "max_members": int(train["n_members"].max()),

@@ -18,9 +18,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main(argv: list[str] | None = None) -> int:
     from simmerge.catalog import Catalog
-    from simmerge.collect import MergeScorer, collect_outcomes
-    from simmerge.io_utils import write_json_report
-    from simmerge.outcomes import OutcomeStore
+    from simmerge.evaluation.scorer import MergeScorer
+    from simmerge.infra.files import write_json_report
+    from simmerge.outcomes.collection import collect_outcomes
+    from simmerge.outcomes.store import OutcomeStore
     from simmerge.zoo import build_zoo
     from simmerge.zoo.quality import quality_report
 

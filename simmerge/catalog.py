@@ -25,10 +25,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from simmerge.checkpoint import Checkpoint, open_checkpoint
-from simmerge.compat import check_compatible
 from simmerge.errors import CatalogError, DuplicateNameError, InputNotFoundError, SimmergeError
-from simmerge.io_utils import read_yaml_file
+from simmerge.infra.files import read_yaml_file
+from simmerge.io.checkpoint import Checkpoint, open_checkpoint
+from simmerge.io.compat import check_compatible
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 

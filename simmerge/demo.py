@@ -1,31 +1,29 @@
 """The main job on the embedded default: build the tiny zoo, rank merges, verify the top 3.
 
 For a few expert pairs (experts of different tasks) the shipped predictor ranks every candidate
-of :data:`~simmerge.candidates.DEFAULT_GRID` from similarity features alone; the top ``k`` are
+of :data:`~simmerge.merging.grid.DEFAULT_GRID` from similarity features alone; the top ``k`` are
 then really merged and evaluated (what a user pays: k merges). For comparison the demo also
 measures every other candidate of the grid (the exhaustive loop simmerge replaces), so the table
 shows how close the k-merge choice comes to the best of all 20. Finally it plans one multi-way
-merge for three tasks (:func:`~simmerge.multiway.plan_merge`, fast mode) and verifies its top 3
-plans (:func:`~simmerge.multiway_verify.verify_plans`: merged and evaluated). Scores are
+merge for three tasks (:func:`~simmerge.multiway.search.plan_merge`, fast mode) and verifies its
+top 3 plans (:func:`~simmerge.multiway.verify.verify_plans`: merged and evaluated). Scores are
 normalized: score of the merge / score of that task's expert, averaged over the pair's tasks.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
 from simmerge.catalog import Catalog, CatalogModel
-from simmerge.collect import MergeScorer
 from simmerge.errors import CatalogError
-from simmerge.evaluate import evaluate
-from simmerge.io_utils import atomic_write_text
-from simmerge.ranking import load_predictor, rank_merges
-from simmerge.verification import verify
+from simmerge.evaluation.harness import evaluate
+from simmerge.evaluation.scorer import MergeScorer
+from simmerge.pairwise.rank import load_predictor, rank_merges
+from simmerge.pairwise.verify import verify
 
 
 def demo_pairs(catalog: Catalog, n_pairs: int) -> list[tuple[CatalogModel, CatalogModel]]:
@@ -60,7 +58,7 @@ def run_demo(
     """Rank, verify the top ``k`` and measure the whole grid for ``n_pairs`` pairs; every
     measured merge is recorded in the outcome ``store`` when one is given (a scan's report
     plots them against the predictions)."""
-    from simmerge.feature_table import FeatureOptions
+    from simmerge.signals.profiles import FeatureOptions
 
     pairs = demo_pairs(catalog, n_pairs)
     scorer = MergeScorer(catalog, device)
@@ -126,8 +124,8 @@ def demo_multiway(
     catalog: Catalog, scorer: MergeScorer, predictor: Any, options: Any
 ) -> dict[str, Any] | None:
     """Plan a merge for the first three tasks with eval data, merge and score the top 3."""
-    from simmerge.multiway import plan_merge
-    from simmerge.multiway_verify import verify_plans
+    from simmerge.multiway.search import plan_merge
+    from simmerge.multiway.verify import verify_plans
 
     tasks = [t for t in catalog.task_names if t in scorer.tasks and catalog.experts_for(t)][:3]
     if len(tasks) < 3:
@@ -144,78 +142,3 @@ def demo_multiway(
         "actual_per_task": first.per_task,
         "actual": first.actual,
     }
-
-
-def format_report(report: dict[str, Any]) -> str:
-    lines = ["experts (own task):", f"{'expert':>14} {'task':>12} {'expert':>7} {'base':>6}"]
-    for e in report["experts"]:
-        lines.append(
-            f"{e['name']:>14} {e['task']:>12} {e['expert_score']:>7.2f} {e['base_score']:>6.2f}"
-        )
-    k = report["k"]
-    lines += [
-        "",
-        f"ranked merges, top {k} verified (normalized score = merge score / expert score, "
-        "mean over the pair's tasks):",
-        f"{'pair':>26} {'#':>2} {'candidate':<38} {'pred':>6} {'±':>5} {'actual':>6}",
-    ]
-    for p in report["pairs"]:
-        for c in p["top"]:
-            pair = f"{p['a']} + {p['b']}" if c["rank"] == 1 else ""
-            lines.append(
-                f"{pair:>26} {c['rank']:>2} {c['candidate']:<38} {c['predicted']:>6.2f} "
-                f"{c['uncertainty']:>5.2f} {c['actual']:>6.2f}"
-            )
-    lines += [
-        "",
-        f"best of the top {k} ({k} merges) vs best of the whole grid (exhaustive):",
-        f"{'pair':>26} {'chosen':<38} {'actual':>6} {'exhaustive best':<38} {'actual':>6} "
-        f"{'its rank':>8}",
-    ]
-    for p in report["pairs"]:
-        lines.append(
-            f"{p['a'] + ' + ' + p['b']:>26} {p['chosen']:<38} {p['chosen_actual']:>6.2f} "
-            f"{p['oracle']:<38} {p['oracle_actual']:>6.2f} {p['oracle_predicted_rank']:>8}"
-        )
-    mw = report.get("multiway")
-    if mw:
-        top = mw["plans"][0]
-        lines += [
-            "",
-            f"multi-way merge for {', '.join(mw['tasks'])} (top {len(mw['verified'])} plans "
-            "merged and evaluated; normalized by the best expert of each task):",
-            f"  top plan: {top['plan']}",
-            "  "
-            + "  ".join(
-                f"{t}: predicted {top['per_task'][t]:.2f}, actual {mw['actual_per_task'][t]:.2f}"
-                for t in mw["tasks"]
-            ),
-            f"  mean: predicted {top['predicted']:.2f}, actual {mw['actual']:.2f}",
-        ]
-        for v in mw["verified"]:
-            lines.append(
-                f"  rank {v['rank']}: predicted {v['predicted']:.2f}, actual {v['actual']:.2f}  "
-                f"{v['candidate']}"
-            )
-        lines.append(f"  best verified: {mw['best_verified']}")
-    return "\n".join(lines)
-
-
-def run_demo_cli(args: Any) -> int:
-    """Handler of ``simmerge demo`` (arguments declared in simmerge.cli)."""
-    from simmerge.zoo import build_zoo
-
-    zoo = build_zoo(args.zoo, device=args.device)
-    report = run_demo(
-        Catalog.load(Path(zoo) / "catalog.yaml"),
-        args.pairs,
-        args.k,
-        predictor=args.predictor,
-        device=args.device,
-        store=args.store,
-    )
-    print(format_report(report))
-    if args.json:
-        atomic_write_text(Path(args.json), json.dumps(report, indent=2) + "\n")
-        print(f"\nwrote {args.json}")
-    return 0

@@ -106,3 +106,22 @@ class OutputPathError(SimmergeError):
 
 class CacheError(SimmergeError):
     """A cache entry that is corrupt or was written by another version or configuration."""
+
+
+# --- stage data ------------------------------------------------------------------------------
+
+
+class ProbeSetError(ConfigError):
+    """A probe file that is empty, malformed or lacks the text column."""
+
+
+class OutcomeStoreError(SimmergeError):
+    """The outcome store file is not a simmerge store, or was written by another version."""
+
+
+class PredictorError(SimmergeError):
+    """A saved predictor cannot be used (missing files, or features that do not match)."""
+
+
+class BanditStateError(ConfigError):
+    """A bandit state file, choice or reward that cannot be used."""

@@ -28,15 +28,15 @@ def tiny_zoo(request) -> Path:
 def trained(tmp_path_factory):
     """A micro zoo, its outcomes and features, and a predictor fitted on them."""
     import torch
-    from test_outcomes import MICRO3, SMALL_GRID
+    from _factories import MICRO3, SMALL_GRID
 
     from simmerge.catalog import Catalog
-    from simmerge.collect import collect_outcomes
-    from simmerge.feature_table import FeatureOptions
-    from simmerge.outcomes import OutcomeStore
-    from simmerge.signatures import SignatureConfig
-    from simmerge.training import fit_predictor
-    from simmerge.training_data import feature_frame, outcome_frame
+    from simmerge.learn.datasets import feature_frame, outcome_frame
+    from simmerge.learn.fitting import fit_predictor
+    from simmerge.outcomes.collection import collect_outcomes
+    from simmerge.outcomes.store import OutcomeStore
+    from simmerge.signals.profiles import FeatureOptions
+    from simmerge.signals.signatures import SignatureConfig
     from simmerge.zoo.build import build_from_recipe
 
     torch.set_num_threads(1)
@@ -59,3 +59,19 @@ def trained(tmp_path_factory):
         "outcomes": outcomes,
         "features": features,
     }
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    import torch
+    from _factories import save_model
+
+    """A base and three experts (fp32), plus a bf16 expert and a sharded expert."""
+    root = tmp_path_factory.mktemp("tiny_models")
+    base = save_model(root / "base", seed=0)
+    out = {"base": base}
+    for i, name in enumerate(["a", "b", "c"], start=1):
+        out[name] = save_model(root / name, seed=i, base=base)
+    out["bf16"] = save_model(root / "bf16", seed=7, base=base, dtype=torch.bfloat16)
+    out["sharded"] = save_model(root / "sharded", seed=8, base=base, max_shard_size="20KB")
+    return out

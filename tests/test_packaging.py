@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from simmerge.resources import DATA_FOLDERS, data_dir
+from simmerge.infra.resources import DATA_FOLDERS, data_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,7 +33,7 @@ def test_wheel_installs_into_a_fresh_venv_with_package_data(tmp_path):
         [py, "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], check=True
     )
     probe = (
-        "import json, simmerge; from simmerge.resources import data_dir, DATA_FOLDERS;"
+        "import json, simmerge; from simmerge.infra.resources import data_dir, DATA_FOLDERS;"
         "print(json.dumps({'pkg': simmerge.__file__,"
         " 'dirs': {n: str(data_dir(n)) for n in DATA_FOLDERS},"
         " 'files': {n: sorted(p.name for p in data_dir(n).iterdir()) for n in DATA_FOLDERS}}))"

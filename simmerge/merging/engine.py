@@ -22,13 +22,13 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from simmerge.checkpoint import Checkpoint, is_finite, open_checkpoint
-from simmerge.compat import TOKENIZER_FILES, check_compatible
 from simmerge.errors import NonFiniteWeightsError, OutputPathError, SimmergeError
-from simmerge.io_utils import atomic_output_dir
+from simmerge.infra.files import atomic_output_dir
+from simmerge.io.checkpoint import Checkpoint, is_finite, open_checkpoint
+from simmerge.io.compat import TOKENIZER_FILES, check_compatible
+from simmerge.io.safetensors_format import SafetensorsStreamWriter
 from simmerge.merging.plan import OUTPUT_DTYPES, MergePlan
 from simmerge.merging.registry import run_operator
-from simmerge.safetensors_io import SafetensorsStreamWriter
 
 DEFAULT_SHARD_BYTES = 2 * 1024**3
 COPIED_FILES = (

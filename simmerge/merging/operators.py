@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import torch
 
-from simmerge.merging.selection import chunks, top_k_mask
+from simmerge.merging.topk import chunks, top_k_mask
 
 _EPS = 1e-8
 

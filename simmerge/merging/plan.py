@@ -187,7 +187,7 @@ class MergePlan(BaseModel):
         """YAML text; ``strict`` drops simmerge-only settings so mergekit accepts the file."""
         text = yaml.safe_dump(self.to_mergekit_dict(include_simmerge=not strict), sort_keys=False)
         if path is not None:
-            from simmerge.io_utils import atomic_write_text
+            from simmerge.infra.files import atomic_write_text
 
             atomic_write_text(Path(path), text)
         return text
@@ -201,7 +201,7 @@ class MergePlan(BaseModel):
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> MergePlan:
-        from simmerge.io_utils import read_yaml_file
+        from simmerge.infra.files import read_yaml_file
 
         path = Path(path)
         data = read_yaml_file(path, "Plan file", PlanError, "check the path to the YAML plan.")

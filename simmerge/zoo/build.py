@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from simmerge.errors import ConfigError
-from simmerge.io_utils import atomic_output_dir, atomic_write_text, ensure_writable_dir
+from simmerge.infra.files import atomic_output_dir, atomic_write_text, ensure_writable_dir
 
 from .tasks import TASKS
 from .train import MixturePart, ModelShape, new_model, train

@@ -13,7 +13,7 @@ from collections import Counter
 from typing import Any
 
 from simmerge.catalog import Catalog
-from simmerge.outcomes import OutcomeStore
+from simmerge.outcomes.store import OutcomeStore
 
 
 def kept_shares(catalog: Catalog, store: OutcomeStore) -> dict[tuple[str, str], dict]:

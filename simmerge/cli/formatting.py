@@ -1,0 +1,145 @@
+"""Human-readable output of the commands (``--json`` prints the records' ``to_dict`` instead).
+
+Presentation only: every function takes a record a stage returned and gives text; none
+computes anything a JSON reader would miss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from simmerge.multiway.search import PlannedMerge
+    from simmerge.multiway.verify import PlanVerifyReport
+    from simmerge.pairwise.rank import Candidate
+    from simmerge.pairwise.verify import VerifyReport
+    from simmerge.scan.pipeline import ScanResult
+
+
+def format_ranking(candidates: Sequence[Candidate]) -> str:
+    if not candidates:
+        return "(no candidates)"
+    a, b = candidates[0].models
+    lines = [
+        f"merges of {a} + {b} on {', '.join(candidates[0].tasks)} (predicted normalized score)",
+        f"{'#':>3} {'candidate':<38} {'pred':>6} {'±':>6}  top features",
+    ]
+    for c in candidates:
+        feats = ", ".join(f"{f} {v:+.3f}" for f, v in c.top_features[:3])
+        name = c.candidate + (" *" if c.best_fixed else "")
+        lines.append(f"{c.rank:>3} {name:<38} {c.predicted:>6.3f} {c.uncertainty:>6.3f}  {feats}")
+    lines.append("* the best single candidate of the predictor's training data (anchor)")
+    return "\n".join(lines)
+
+
+def format_verify(report: VerifyReport) -> str:
+    title = f"verified merges of {' + '.join(report.models)} on {', '.join(report.tasks)}"
+    rows = [(v.rank, v.candidate, v.predicted, v.actual) for v in report.verified]
+    return format_verified(title, "candidate", 38, rows)
+
+
+def format_verified(
+    title: str, label: str, width: int, rows: list[tuple[int, str, float, float]]
+) -> str:
+    """A table of verified (rank, name, predicted, actual) rows and the best of them (2-way
+    candidates and multi-way plans alike)."""
+    lines = [title, f"{'rank':>4} {label:<{width}} {'predicted':>9} {'actual':>7} {'error':>7}"]
+    for rank, name, predicted, actual in rows:
+        error = predicted - actual
+        lines.append(f"{rank:>4} {name:<{width}} {predicted:>9.3f} {actual:>7.3f} {error:>+7.3f}")
+    _, best, _, actual = max(rows, key=lambda r: r[3])
+    lines.append(f"best verified: {best} (actual {actual:.3f})")
+    return "\n".join(lines)
+
+
+def format_plans(plans: Sequence[PlannedMerge]) -> str:
+    if not plans:
+        return "(no plans)"
+    tasks = list(plans[0].per_task)
+    lines = [
+        f"multi-way plans for {', '.join(tasks)} ({plans[0].mode} mode, {plans[0].ranked_by} "
+        "scores; predicted mean kept fraction of each task's expert)",
+        f"{'#':>3} {'pred':>6} {'±':>6}  " + " ".join(f"{t[:8]:>8}" for t in tasks) + "  plan",
+    ]
+    for p in plans:
+        cells = " ".join(f"{p.per_task[t]:>8.3f}" for t in tasks)
+        lines.append(f"{p.rank:>3} {p.predicted:>6.3f} {p.uncertainty:>6.3f}  {cells}  {p.plan.id}")
+    return "\n".join(lines)
+
+
+def format_plan_verify(report: PlanVerifyReport) -> str:
+    rows = [(v.rank, v.candidate, v.predicted, v.actual) for v in report.verified]
+    return format_verified(
+        f"verified multi-way plans for {', '.join(report.tasks)}", "plan", 60, rows
+    )
+
+
+def format_scan(result: ScanResult) -> str:
+    lines = [f"scan -> {result.out_dir}"]
+    from simmerge.scan.pipeline import STAGES
+
+    for stage in (*STAGES[:4], "ranking_pairs", "ranking_plans", *STAGES[4:]):
+        if stage in result.seconds:
+            lines.append(f"  {stage:<14} {result.seconds[stage]:8.2f} s")
+        elif stage in result.skipped:
+            lines.append(f"  {stage:<14} {'(done)':>8}")
+    outputs: Sequence[Path | None] = (result.features, result.ranking, result.report)
+    lines += [f"  wrote {p.name}" for p in outputs if p is not None]
+    return "\n".join(lines)
+
+
+def format_report(report: dict[str, Any]) -> str:
+    lines = ["experts (own task):", f"{'expert':>14} {'task':>12} {'expert':>7} {'base':>6}"]
+    for e in report["experts"]:
+        lines.append(
+            f"{e['name']:>14} {e['task']:>12} {e['expert_score']:>7.2f} {e['base_score']:>6.2f}"
+        )
+    k = report["k"]
+    lines += [
+        "",
+        f"ranked merges, top {k} verified (normalized score = merge score / expert score, "
+        "mean over the pair's tasks):",
+        f"{'pair':>26} {'#':>2} {'candidate':<38} {'pred':>6} {'±':>5} {'actual':>6}",
+    ]
+    for p in report["pairs"]:
+        for c in p["top"]:
+            pair = f"{p['a']} + {p['b']}" if c["rank"] == 1 else ""
+            lines.append(
+                f"{pair:>26} {c['rank']:>2} {c['candidate']:<38} {c['predicted']:>6.2f} "
+                f"{c['uncertainty']:>5.2f} {c['actual']:>6.2f}"
+            )
+    lines += [
+        "",
+        f"best of the top {k} ({k} merges) vs best of the whole grid (exhaustive):",
+        f"{'pair':>26} {'chosen':<38} {'actual':>6} {'exhaustive best':<38} {'actual':>6} "
+        f"{'its rank':>8}",
+    ]
+    for p in report["pairs"]:
+        lines.append(
+            f"{p['a'] + ' + ' + p['b']:>26} {p['chosen']:<38} {p['chosen_actual']:>6.2f} "
+            f"{p['oracle']:<38} {p['oracle_actual']:>6.2f} {p['oracle_predicted_rank']:>8}"
+        )
+    mw = report.get("multiway")
+    if mw:
+        top = mw["plans"][0]
+        lines += [
+            "",
+            f"multi-way merge for {', '.join(mw['tasks'])} (top {len(mw['verified'])} plans "
+            "merged and evaluated; normalized by the best expert of each task):",
+            f"  top plan: {top['plan']}",
+            "  "
+            + "  ".join(
+                f"{t}: predicted {top['per_task'][t]:.2f}, actual {mw['actual_per_task'][t]:.2f}"
+                for t in mw["tasks"]
+            ),
+            f"  mean: predicted {top['predicted']:.2f}, actual {mw['actual']:.2f}",
+        ]
+        for v in mw["verified"]:
+            lines.append(
+                f"  rank {v['rank']}: predicted {v['predicted']:.2f}, actual {v['actual']:.2f}  "
+                f"{v['candidate']}"
+            )
+        lines.append(f"  best verified: {mw['best_verified']}")
+    return "\n".join(lines)

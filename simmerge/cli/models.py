@@ -1,0 +1,133 @@
+"""Commands on model folders: ``merge``, ``eval``, ``zoo build`` and the main job's ``demo``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+from simmerge.cli.options import add_device, add_predictor
+from simmerge.cli.output import emit, progress
+
+
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "merge",
+        parents=[common],
+        help="execute a merge plan (mergekit-compatible YAML) into a model folder",
+    )
+    p.add_argument("plan", help="plan YAML (merge_method, base_model, models, parameters, dtype)")
+    p.add_argument("--out", required=True, help="output folder (must not exist)")
+    add_device(p)
+    p.add_argument("--shard-size-mb", type=float, default=2048, help="max shard size in MiB")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--allow-pickle", action="store_true", help="accept pytorch_model.bin inputs")
+    p.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="accept models whose config asks for custom code (auto_map); review it first",
+    )
+    p.set_defaults(func=run_merge)
+
+    p = sub.add_parser("eval", parents=[common], help="score a local model folder on a task file")
+    p.add_argument("model_dir", help="local Hugging Face model folder")
+    p.add_argument("--task", required=True, help="task file (.jsonl or .parquet)")
+    p.add_argument(
+        "--kind",
+        choices=("exact_match", "multiple_choice", "token_accuracy"),
+        default=None,
+        help="task kind (default: the file's 'kind' field, else inferred)",
+    )
+    p.add_argument("--batch-size", type=int, default=64, help="examples per forward pass")
+    add_device(p)
+    p.set_defaults(func=run_eval)
+
+    zoo = sub.add_parser("zoo", help="the embedded tiny model zoo")
+    zsub = zoo.add_subparsers(dest="zoo_command", required=True, metavar="COMMAND")
+    b = zsub.add_parser("build", parents=[common], help="build (or reuse) the tiny zoo in a folder")
+    b.add_argument("--out", required=True, help="output folder (a finished zoo there is reused)")
+    b.add_argument(
+        "--size", choices=("default", "large"), default="default", help="zoo recipe size"
+    )
+    b.add_argument("--seed", type=int, default=0, help="training seed of the recipe")
+    b.add_argument("--device", choices=("cpu", "cuda"), default=None, help="training device")
+    b.set_defaults(func=run_zoo_build)
+
+    p = sub.add_parser(
+        "demo",
+        parents=[common],
+        help="main job on the embedded default: build the tiny zoo, rank merges, verify the top k",
+    )
+    p.add_argument("--zoo", default="runs/zoo", help="zoo folder (built if missing; cached)")
+    p.add_argument("--pairs", type=int, default=3, help="number of expert pairs")
+    p.add_argument("--k", type=int, default=3, help="merges verified per pair")
+    add_predictor(p)
+    add_device(p)
+    p.add_argument("--report", default=None, help="also write the JSON report to this file")
+    p.add_argument("--store", default=None, help="outcome store to record every measured merge")
+    p.set_defaults(func=run_demo)
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    from simmerge.merging import MergePlan, merge
+
+    plan = MergePlan.from_yaml(args.plan)
+    out = merge(
+        plan,
+        Path(args.out),
+        device=args.device,
+        shard_bytes=int(args.shard_size_mb * 1024 * 1024),
+        overwrite=args.overwrite,
+        allow_pickle=args.allow_pickle,
+        allow_remote_code=args.trust_remote_code,
+        progress=progress(args),
+    )
+    payload = {"plan_id": plan.plan_id, "operator": plan.operator, "out": str(out)}
+    return emit(args, payload, f"merged ({plan.operator}, plan {plan.plan_id}) -> {out}")
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from simmerge.evaluation.harness import EvalTask, evaluate
+
+    task = EvalTask.load(args.task, kind=args.kind)
+    res = evaluate(args.model_dir, task, device=args.device, batch_size=args.batch_size)
+    payload = {**res.to_dict(), "model": str(args.model_dir)}
+    pct = 100 * res.score if math.isfinite(res.score) else float("nan")
+    return emit(
+        args, payload, f"{res.task} ({res.kind}): score {res.score:.4f} ({pct:.1f}%) on n={res.n}"
+    )
+
+
+def run_zoo_build(args: argparse.Namespace) -> int:
+    from simmerge.zoo import build_zoo
+
+    path = build_zoo(
+        args.out, size=args.size, seed=args.seed, device=args.device, progress=progress(args)
+    )
+    catalog = path / "catalog.yaml"
+    return emit(args, {"zoo": str(path), "catalog": str(catalog)}, str(catalog))
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from simmerge.catalog import Catalog
+    from simmerge.cli.formatting import format_report
+    from simmerge.demo import run_demo as demo
+    from simmerge.infra.files import atomic_write_text
+    from simmerge.zoo import build_zoo
+
+    zoo = build_zoo(args.zoo, device=args.device, progress=progress(args))
+    report = demo(
+        Catalog.load(Path(zoo) / "catalog.yaml"),
+        args.pairs,
+        args.k,
+        predictor=args.predictor,
+        device=args.device,
+        store=args.store,
+        progress=progress(args),
+    )
+    text = format_report(report)
+    if args.report:
+        atomic_write_text(Path(args.report), json.dumps(report, indent=2) + "\n")
+        text += f"\n\nwrote {args.report}"
+    return emit(args, report, text)

@@ -1,0 +1,215 @@
+"""2-way commands: ``features``, ``collect``, ``train``, ``rank`` and ``verify`` of a pair."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict
+
+from simmerge.cli.options import (
+    MARGIN_HELP,
+    add_cache,
+    add_catalog,
+    add_device,
+    add_pair,
+    comma_list,
+)
+from simmerge.cli.output import emit, progress
+
+RESUME_COLLECT = (
+    "Finished (pair, candidate) merges are kept in {store}: run the same command again to resume."
+)
+
+
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "features",
+        parents=[common],
+        help="pair similarity features for every ordered expert pair (x task)",
+    )
+    add_catalog(p)
+    p.add_argument("--out", required=True, help="output parquet file")
+    p.add_argument(
+        "--probes", default="general", help="general probe set: a shipped name or a file"
+    )
+    p.add_argument("--probe-column", default="text", help="prompt column of the probe files")
+    p.add_argument("--no-general", action="store_true", help="task probe sets only")
+    add_device(p)
+    add_cache(p)
+    p.set_defaults(func=run_features)
+
+    p = sub.add_parser(
+        "collect",
+        parents=[common],
+        help="merge + evaluate every expert pair x candidate into an outcome store (resumable)",
+    )
+    add_catalog(p)
+    p.add_argument("--store", required=True, help="outcome store (SQLite; resumed if present)")
+    p.add_argument(
+        "--candidates",
+        type=comma_list,
+        default=None,
+        help="candidate ids, comma-separated (default: the whole grid)",
+    )
+    p.add_argument("--models", type=comma_list, default=None, help="expert subset, comma-separated")
+    p.add_argument(
+        "--shard", default=None, help="K/N: only shard K of N (run N processes on one store)"
+    )
+    add_device(p)
+    p.set_defaults(func=run_collect, resume=RESUME_COLLECT)
+
+    p = sub.add_parser(
+        "train", parents=[common], help="fit a merge predictor on training data and/or a store"
+    )
+    p.add_argument(
+        "--data",
+        type=lambda s: comma_list(s) if s else (),
+        default=("zoo-large",),
+        help="shipped datasets or folders, comma-separated ('' = none; default: zoo-large)",
+    )
+    p.add_argument("--store", default=None, help="outcome store to add (needs --catalog)")
+    p.add_argument("--catalog", default=None, help="catalog of the store's outcomes")
+    p.add_argument("--out", required=True, help="output predictor folder")
+    p.add_argument(
+        "--n-models", type=int, default=None, help="ensemble size (default: the predictor's, 5)"
+    )
+    p.add_argument("--cv-folds", type=int, default=5, help="held-out-model folds for the card")
+    p.add_argument("--seed", type=int, default=0, help="LightGBM and fold seed")
+    add_device(p)
+    add_cache(p)
+    p.set_defaults(func=run_train)
+
+    p = sub.add_parser(
+        "rank",
+        parents=[common],
+        help="rank every candidate merge of two experts from similarity features (no merge run)",
+    )
+    add_pair(p)
+    p.add_argument("--top", type=int, default=5, help="number of candidates to show")
+    p.add_argument("--margin", type=float, default=None, help=MARGIN_HELP)
+    p.set_defaults(func=run_rank)
+
+    p = sub.add_parser(
+        "verify",
+        parents=[common],
+        help="rank two experts' merges, then really merge and evaluate the top k",
+    )
+    add_pair(p)
+    p.add_argument("--k", type=int, default=3, help="number of candidates to verify")
+    p.add_argument("--margin", type=float, default=None, help=MARGIN_HELP)
+    p.add_argument("--store", default=None, help="outcome store to record the verified merges")
+    p.set_defaults(func=run_verify)
+
+
+def _options(args: argparse.Namespace, **extra):
+    from simmerge.signals.profiles import FeatureOptions
+
+    return FeatureOptions(device=args.device, cache_dir=args.cache_dir, **extra)
+
+
+def run_features(args: argparse.Namespace) -> int:
+    from simmerge.catalog import Catalog
+    from simmerge.signals.profiles import build_profiles, feature_rows, write_feature_table
+
+    catalog = Catalog.load(args.catalog)
+    options = _options(
+        args,
+        general_probes=None if args.no_general else args.probes,
+        probe_column=args.probe_column,
+    )
+    rows = feature_rows(build_profiles(catalog, options, progress=progress(args)))
+    out = write_feature_table(rows, args.out)
+    n_cols = len(rows[0].names) if rows else 0
+    payload = {"rows": len(rows), "features": n_cols, "out": str(out)}
+    return emit(args, payload, f"{len(rows)} rows x {n_cols} features -> {out}")
+
+
+def run_collect(args: argparse.Namespace) -> int:
+    from simmerge.catalog import Catalog
+    from simmerge.merging.grid import grid_from_ids
+    from simmerge.outcomes.collection import (
+        collect_outcomes,
+        expert_pairs,
+        parse_shard,
+        shard_pairs,
+    )
+    from simmerge.outcomes.store import OutcomeStore
+
+    catalog = Catalog.load(args.catalog)
+    grid = grid_from_ids(list(args.candidates) if args.candidates else None)
+    pairs = expert_pairs(catalog, args.models)
+    if args.shard:
+        pairs = shard_pairs(pairs, *parse_shard(args.shard))
+    with OutcomeStore(args.store) as store:
+        summary = collect_outcomes(
+            catalog, store, grid, pairs=pairs, device=args.device, progress=progress(args)
+        )
+        total = len(store)
+    text = (
+        f"{summary.jobs} (pair, candidate) jobs: {summary.skipped} already stored, "
+        f"{summary.merged} merged+evaluated, {summary.reused} reused from an equal merge; "
+        f"{summary.rows} new rows ({total} in {args.store}) in {summary.seconds:.0f} s"
+    )
+    return emit(args, {**asdict(summary), "store": args.store, "store_rows": total}, text)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from simmerge.learn.fitting import fit_predictor, gather_training_tables
+    from simmerge.learn.predictor import DEFAULT_ENSEMBLE
+
+    features, outcomes, sources = gather_training_tables(
+        args.data, store=args.store, catalog=args.catalog, options=_options(args)
+    )
+    model = fit_predictor(
+        features,
+        outcomes,
+        n_models=DEFAULT_ENSEMBLE if args.n_models is None else args.n_models,
+        seed=args.seed,
+        cv_folds=args.cv_folds,
+        sources=sources,
+    )
+    out = model.save(args.out)
+    cv = model.card.get("cv_held_out_models", {}).get("simmerge", {})
+    text = f"trained on {model.card['training_rows']} rows ({', '.join(sources)}) -> {out}" + (
+        f"; held-out-model gap closure {cv['gap_closure']:.3f}" if cv else ""
+    )
+    payload = {
+        "out": str(out),
+        "training_rows": model.card["training_rows"],
+        "sources": sources,
+        "cv_held_out_models": cv or None,
+    }
+    return emit(args, payload, text)
+
+
+def _ranked(args: argparse.Namespace, top: int | None):
+    from simmerge.catalog import Catalog
+    from simmerge.pairwise.rank import rank_merges
+
+    catalog = Catalog.load(args.catalog)
+    ranked = rank_merges(
+        catalog,
+        args.models,
+        args.tasks,
+        top=top,
+        predictor=args.predictor,
+        options=_options(args),
+        progress=progress(args),
+        margin=args.margin,
+    )
+    return catalog, ranked
+
+
+def run_rank(args: argparse.Namespace) -> int:
+    from simmerge.cli.formatting import format_ranking
+
+    _, ranked = _ranked(args, args.top)
+    return emit(args, [c.to_dict() for c in ranked], format_ranking(ranked))
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    from simmerge.cli.formatting import format_verify
+    from simmerge.pairwise.verify import verify
+
+    catalog, ranked = _ranked(args, None)
+    report = verify(catalog, ranked, k=args.k, store=args.store, device=args.device)
+    return emit(args, report.to_dict(), format_verify(report))

@@ -1,0 +1,1 @@
+"""Infrastructure every stage uses: crash-safe files, the content-keyed cache, package data."""

@@ -1,0 +1,3 @@
+"""Checkpoint IO, below every stage: safetensors reading, lazy checkpoints, mergeability checks, HF
+model loading.
+"""

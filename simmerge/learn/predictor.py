@@ -1,0 +1,377 @@
+"""The learned merge predictor: pair features + candidate -> normalized score, with uncertainty.
+
+One training row is (ordered pair a, b; task t; candidate c) with target = normalized score of
+the merge on t (score / score of t's expert). Its features (:func:`predictor_columns`):
+
+* the pair's similarity features on the general probe set (:data:`FEATURE_COLUMNS`);
+* the functional features on t's own probe set, prefixed ``task_`` (NaN when t has none);
+* ``task_of_a`` / ``task_of_b``: whose task t is (an asymmetric merge such as slerp favours one
+  member, so the model must know which side the task sits on);
+* the candidate: operator one-hot (``op_*``) and hyper-parameters (``hp_*``, NaN when absent).
+
+The target is decomposed (``decompose=True``, the default): rows measured on the same pair and
+task form a *group* whose candidates differ, and the prediction is **level + deviation** --
+a *level* model predicts the group's mean score over its candidates from the pair columns
+alone, and a *deviation* model predicts each candidate's score minus that mean from all
+columns. Why: most of the variance of a normalized score is between pairs (how compatible the
+two experts are), but a user chooses *within* a pair; a single regressor spends its splits on
+the level and ranks the candidates of one pair poorly. Fitting the deviation separately made
+held-out-model gap closure 0.35 instead of 0.20 on ``features/zoo-large`` (measured with
+``scripts/evaluate_selector.py``; see the README).
+
+Each of the two is a seed ensemble of :data:`DEFAULT_ENSEMBLE` LightGBM regressors (bagging
+rows and columns with different seeds); member i's prediction is level_i + deviation_i, the
+mean over members the prediction and their spread the uncertainty. The pick on a close pair
+depends on the members' bagging draws, so held-out figures move with the training seed:
+held-out-model gap closure 0.25-0.41 over five seeds with 5 members, 0.33-0.45 with 20 (means
+0.35 and 0.39, a difference within that spread; ``scripts/selector_seed_spread.py``), so 5
+it stays. Saved as LightGBM text files plus a JSON card; :meth:`MergePredictor.load` refuses
+a card whose feature list differs from this code's, because a model silently fed columns in
+another order predicts garbage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import platform
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from simmerge.errors import ConfigError, InputNotFoundError, PredictorError
+from simmerge.infra.files import atomic_output_dir
+from simmerge.merging.grid import HYPERPARAMETERS, OperatorConfig
+from simmerge.merging.registry import OPERATORS
+from simmerge.signals.similarity import FEATURE_COLUMNS, FUNCTIONAL_COLUMNS
+
+CARD = "card.json"
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)  # 1: no decomposition (no level models)
+DEFAULT_ENSEMBLE = 5  # members per model (see the module docs)
+TASK_PREFIX = "task_"
+GROUP_KEYS = ("catalog", "a", "b", "task")  # rows sharing these differ only in the candidate
+
+
+def candidate_columns() -> tuple[str, ...]:
+    return tuple(f"op_{name}" for name in OPERATORS) + tuple(f"hp_{h}" for h in HYPERPARAMETERS)
+
+
+def level_columns() -> tuple[str, ...]:
+    """The columns of the level model: everything but the candidate's."""
+    cand = set(candidate_columns())
+    return tuple(c for c in predictor_columns() if c not in cand)
+
+
+def predictor_columns() -> tuple[str, ...]:
+    """Input columns of the predictor, in order (see the module docs)."""
+    return (
+        *FEATURE_COLUMNS,
+        *(TASK_PREFIX + c for c in FUNCTIONAL_COLUMNS),
+        "task_of_a",
+        "task_of_b",
+        *candidate_columns(),
+    )
+
+
+def candidate_features(config: OperatorConfig) -> dict[str, float]:
+    out = {f"op_{name}": float(name == config.operator) for name in OPERATORS}
+    out.update({f"hp_{k}": v for k, v in config.hyperparameters().items()})
+    return out
+
+
+def design_row(
+    general: Mapping[str, float],
+    task_features: Mapping[str, float] | None,
+    task_of_a: bool,
+    task_of_b: bool,
+    config: OperatorConfig,
+) -> dict[str, float]:
+    """One predictor input row from its parts (see the module docs)."""
+    row = {c: float(general[c]) for c in FEATURE_COLUMNS}
+    for c in FUNCTIONAL_COLUMNS:
+        row[TASK_PREFIX + c] = float(task_features[c]) if task_features else math.nan
+    row["task_of_a"] = float(task_of_a)
+    row["task_of_b"] = float(task_of_b)
+    row.update(candidate_features(config))
+    return row
+
+
+def to_matrix(rows: Sequence[Mapping[str, float]] | Any, columns: Sequence[str]) -> np.ndarray:
+    """Rows (mappings or a DataFrame) -> float64 matrix in ``columns`` order."""
+    if hasattr(rows, "columns"):  # a pandas DataFrame
+        missing = [c for c in columns if c not in rows.columns]
+        if missing:
+            raise ConfigError(
+                f"Predictor input lacks {len(missing)} column(s), e.g. {missing[:3]}.",
+                "build rows with simmerge.learn.predictor.design_row or the training table.",
+            )
+        return rows[list(columns)].to_numpy(dtype=np.float64)
+    return np.array([[r[c] for c in columns] for r in rows], dtype=np.float64).reshape(
+        -1, len(columns)
+    )
+
+
+def data_hash(x: np.ndarray, y: np.ndarray) -> str:
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(x, dtype=np.float64).tobytes())
+    h.update(np.ascontiguousarray(y, dtype=np.float64).tobytes())
+    return h.hexdigest()[:16]
+
+
+DEFAULT_PARAMS: dict[str, Any] = {
+    "objective": "regression",
+    "learning_rate": 0.05,
+    "num_leaves": 31,
+    "min_data_in_leaf": 20,
+    "feature_fraction": 0.8,
+    "bagging_fraction": 0.8,
+    "bagging_freq": 1,
+    "lambda_l2": 1.0,
+    "verbose": -1,
+    "deterministic": True,
+    "force_col_wise": True,
+    "num_threads": 2,
+}
+
+
+@dataclass
+class MergePredictor:
+    """Seed ensemble of LightGBM regressors on :func:`predictor_columns` (scikit-learn-like
+    contract: parameters in ``__init__``, then ``fit``, ``predict``, ``save``, ``load``)."""
+
+    n_models: int = DEFAULT_ENSEMBLE
+    num_boost_round: int = 300
+    params: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    decompose: bool = True
+    columns: tuple[str, ...] = field(default_factory=predictor_columns)
+    boosters: list[Any] = field(default_factory=list, repr=False)  # deviation (or whole) models
+    level_boosters: list[Any] = field(default_factory=list, repr=False)  # empty: no decomposition
+    card: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.n_models < 1 or self.num_boost_round < 1:
+            raise ConfigError(
+                f"MergePredictor needs n_models >= 1 and num_boost_round >= 1 "
+                f"(got {self.n_models}, {self.num_boost_round}).",
+                "pass positive values.",
+            )
+        unknown = set(self.params) - set(DEFAULT_PARAMS) - {"min_sum_hessian_in_leaf", "max_depth"}
+        if unknown:
+            raise ConfigError(
+                f"Unknown LightGBM parameter(s) for MergePredictor: {sorted(unknown)}.",
+                f"use keys among {sorted(DEFAULT_PARAMS)}.",
+            )
+
+    # --- training --------------------------------------------------------------------------
+
+    def fit(
+        self, rows: Any, y: Sequence[float], groups: Sequence[Any] | None = None
+    ) -> MergePredictor:
+        """Fit on ``rows`` (mappings or a DataFrame with :func:`predictor_columns`) and targets
+        ``y``. With ``decompose``, ``groups`` gives each row's (pair, task) group; by default
+        it is read from a DataFrame's :data:`GROUP_KEYS` columns."""
+        x = to_matrix(rows, self.columns)
+        target = np.asarray(y, dtype=np.float64)
+        if len(target) != len(x) or len(x) < 2:
+            raise ConfigError(
+                f"fit() got {len(x)} rows and {len(target)} targets.",
+                "pass one target per row and at least two rows.",
+            )
+        self.boosters, self.level_boosters = [], []
+        if self.decompose:
+            codes = _group_codes(rows, groups, len(x))
+            counts = np.bincount(codes)
+            level = np.bincount(codes, weights=target) / counts
+            first = np.unique(codes, return_index=True)[1]
+            level_x = x[:, self._level_index()][first]
+            self.level_boosters = self._train(level_x, level, level_columns())
+            self.boosters = self._train(x, target - level[codes], self.columns)
+        else:
+            self.boosters = self._train(x, target, self.columns)
+        self.card = {
+            "format_version": FORMAT_VERSION,
+            "features": list(self.columns),
+            "target": self.target_description(),
+            "decompose": self.decompose,
+            "n_models": self.n_models,
+            "num_boost_round": self.num_boost_round,
+            "params": {**DEFAULT_PARAMS, **self.params},
+            "seed": self.seed,
+            "training_rows": len(x),
+            "training_data_hash": data_hash(x, target),
+            "versions": _versions(),
+        }
+        return self
+
+    @classmethod
+    def expected_columns(cls) -> tuple[str, ...]:
+        """The columns a saved model of this class must list (its card is checked on load)."""
+        return predictor_columns()
+
+    @classmethod
+    def target_description(cls) -> str:
+        return "normalized score (merge score / the task's expert score)"
+
+    def _level_index(self) -> list[int]:
+        """Positions of the level model's columns in the input matrix."""
+        return [self.columns.index(c) for c in level_columns()]
+
+    def _train(self, x: np.ndarray, y: np.ndarray, columns: Sequence[str]) -> list[Any]:
+        import lightgbm as lgb
+
+        boosters = []
+        for i in range(self.n_models):
+            params = {**DEFAULT_PARAMS, **self.params, "seed": self.seed + i}
+            ds = lgb.Dataset(x, y, feature_name=list(columns), free_raw_data=True)
+            boosters.append(lgb.train(params, ds, num_boost_round=self.num_boost_round))
+        return boosters
+
+    # --- inference -------------------------------------------------------------------------
+
+    def _check_fitted(self) -> None:
+        if not self.boosters:
+            raise PredictorError(
+                "This MergePredictor has not been fitted.", "call fit() or MergePredictor.load()."
+            )
+
+    def predict(self, rows: Any) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, std) of the ensemble's predicted normalized score per row."""
+        self._check_fitted()
+        x = to_matrix(rows, self.columns)
+        preds = np.stack([b.predict(x) for b in self.boosters])
+        if self.level_boosters:
+            level_x = x[:, self._level_index()]
+            preds += np.stack([b.predict(level_x) for b in self.level_boosters])
+        return preds.mean(axis=0), preds.std(axis=0)
+
+    def contributions(self, rows: Any) -> np.ndarray:
+        """Per-row, per-feature SHAP contributions (LightGBM ``pred_contrib``), averaged over
+        the ensemble; the last column is the bias. Shape (rows, features + 1)."""
+        self._check_fitted()
+        x = to_matrix(rows, self.columns)
+        contrib = np.mean([b.predict(x, pred_contrib=True) for b in self.boosters], axis=0)
+        if self.level_boosters:  # SHAP values add: place the level model's in its columns
+            idx = self._level_index()
+            level = np.mean(
+                [b.predict(x[:, idx], pred_contrib=True) for b in self.level_boosters], axis=0
+            )
+            contrib[:, idx] += level[:, :-1]
+            contrib[:, -1] += level[:, -1]
+        return contrib
+
+    def top_contributions(self, row: Mapping[str, float], k: int = 5) -> list[tuple[str, float]]:
+        contrib = self.contributions([row])[0][:-1]
+        order = np.argsort(-np.abs(contrib))[:k]
+        return [(self.columns[i], float(contrib[i])) for i in order]
+
+    # --- persistence -----------------------------------------------------------------------
+
+    def save(self, folder: str | Path, *, extra_card: Mapping[str, Any] | None = None) -> Path:
+        """Write ``model_<i>.txt`` (LightGBM text) and ``card.json`` atomically."""
+        self._check_fitted()
+        folder = Path(folder)
+        card = {**self.card, **(extra_card or {})}
+        with atomic_output_dir(folder, overwrite=True) as tmp:
+            for i, booster in enumerate(self.boosters):
+                booster.save_model(str(tmp / f"model_{i}.txt"))
+            for i, booster in enumerate(self.level_boosters):
+                booster.save_model(str(tmp / f"level_{i}.txt"))
+            (tmp / CARD).write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+        self.card = card
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> MergePredictor:
+        folder = Path(folder)
+        try:
+            card = json.loads((folder / CARD).read_text())
+        except FileNotFoundError:
+            raise InputNotFoundError(
+                f"No predictor card at {str(folder / CARD)!r}.",
+                "pass a folder written by MergePredictor.save (e.g. models/default).",
+            ) from None
+        except ValueError as exc:
+            raise PredictorError(
+                f"Predictor card {str(folder / CARD)!r} is not JSON ({exc}).",
+                "restore the folder from the shipped predictor or retrain (simmerge train).",
+            ) from exc
+        expected = list(cls.expected_columns())
+        if card.get("format_version") not in READABLE_FORMATS or card.get("features") != expected:
+            got = card.get("features") or []
+            diff = sorted(set(got) ^ set(expected))[:5]
+            raise PredictorError(
+                f"Predictor in {str(folder)!r} was trained on other features than this simmerge "
+                f"computes ({len(got)} vs {len(expected)} columns; differing: {diff or 'order'}).",
+                "retrain it with `simmerge train` or use a predictor saved by this version.",
+            )
+        try:
+            n = int(card["n_models"])
+            settings = {
+                "num_boost_round": int(card["num_boost_round"]),
+                "params": {k: v for k, v in card["params"].items() if DEFAULT_PARAMS.get(k) != v},
+                "seed": int(card["seed"]),
+                "decompose": bool(card.get("decompose", False)),
+            }
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise PredictorError(
+                f"Predictor card {str(folder / CARD)!r} lacks or garbles a setting ({exc!r}).",
+                "retrain it with `simmerge train` or restore the folder.",
+            ) from None
+        boosters = _load_boosters(folder, "model", n)
+        level = _load_boosters(folder, "level", n) if settings["decompose"] else []
+        return cls(n_models=n, boosters=boosters, level_boosters=level, card=card, **settings)
+
+
+def _load_boosters(folder: Path, stem: str, n: int) -> list[Any]:
+    import lightgbm as lgb
+
+    boosters = []
+    for i in range(n):
+        path = folder / f"{stem}_{i}.txt"
+        if not path.is_file():
+            raise PredictorError(
+                f"Predictor in {str(folder)!r} lacks {path.name} (its card lists {n} models).",
+                "restore the folder or retrain.",
+            )
+        boosters.append(lgb.Booster(model_file=str(path)))
+    return boosters
+
+
+def _group_codes(rows: Any, groups: Sequence[Any] | None, n: int) -> np.ndarray:
+    """Integer group id per row, from ``groups`` or a DataFrame's :data:`GROUP_KEYS`."""
+    import pandas as pd
+
+    if groups is None:
+        missing = [k for k in GROUP_KEYS if k not in getattr(rows, "columns", ())]
+        if missing:
+            raise ConfigError(
+                f"A decomposed MergePredictor needs each row's (pair, task) group, but the rows "
+                f"lack {missing}.",
+                "pass groups=..., rows with columns catalog/a/b/task (the training frame), or "
+                "MergePredictor(decompose=False).",
+            )
+        groups = list(zip(*(rows[k] for k in GROUP_KEYS), strict=True))
+    if len(groups) != n:
+        raise ConfigError(f"fit() got {n} rows but {len(groups)} group ids.", "pass one per row.")
+    return pd.factorize(pd.Series(list(groups)), use_na_sentinel=False)[0]
+
+
+def _versions() -> dict[str, str]:
+    import lightgbm
+    import sklearn
+
+    from simmerge import __version__
+
+    return {
+        "simmerge": __version__,
+        "lightgbm": lightgbm.__version__,
+        "scikit-learn": sklearn.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }

@@ -1,0 +1,1 @@
+"""Online selection: the contextual bandit, its durable state, and the replay simulation."""

@@ -1,0 +1,179 @@
+"""Outcome collection: merge every expert pair with every candidate and evaluate it.
+
+This is the exhaustive merge-and-evaluate loop that simmerge exists to avoid at use time; it
+produces the predictor's training data (and the zoo's quality numbers). Each merge is built in
+memory, loaded into ONE reused model and scored on the union of the two experts' tasks.
+
+Resumable: a (pair, candidate) is written to the :class:`~simmerge.outcomes.store.OutcomeStore` in
+one transaction with all its task rows, and a rerun skips what the store holds, so a crash or Ctrl-C
+loses at most the merge in flight. Each distinct merge is measured once: ordered pairs that give
+the same merge (see :meth:`OperatorConfig.canonical`) share the measurement.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from simmerge.catalog import Catalog, CatalogModel
+from simmerge.errors import CatalogError, ConfigError
+from simmerge.evaluation.scorer import MergeScorer, normalized, reference_score
+from simmerge.merging import merge
+from simmerge.merging.grid import DEFAULT_GRID, OperatorConfig
+from simmerge.outcomes.store import Outcome, OutcomeStore, params_json
+
+
+def expert_pairs(catalog: Catalog, names: Sequence[str] | None = None):
+    """Ordered pairs of distinct experts (of ``names`` if given) that have eval data."""
+    experts = [catalog.model(n) for n in names] if names else list(catalog.experts)
+    if catalog.base in experts:
+        raise CatalogError(
+            f"{catalog.base.name!r} is the catalog's base model, not an expert.",
+            f"pick experts among: {', '.join(catalog.expert_names)}.",
+        )
+    with_data = {t for t, spec in catalog.tasks.items() if spec.eval is not None}
+    usable = [e for e in experts if set(e.tasks) & with_data]
+    if len(usable) < 2:
+        raise CatalogError(
+            f"Catalog {catalog.name!r}: fewer than two experts have eval data for a task.",
+            "add `tasks: {NAME: {eval: FILE}}` entries for the experts' tasks.",
+        )
+    return list(itertools.permutations(usable, 2))
+
+
+def outcome_rows(
+    catalog: Catalog,
+    a: CatalogModel,
+    b: CatalogModel,
+    config: OperatorConfig,
+    plan_id: str,
+    scores: dict[str, float],
+    eval_hashes: dict[str, str],
+    refs: dict[tuple[str, str], float],
+) -> list[Outcome]:
+    """Outcome rows of one measured merge of (a, b), each score normalized by its task's
+    reference among the experts' scores ``refs`` (:func:`~simmerge.evaluation.scorer.
+    reference_score`: the better pair member that has the task, else the catalog's best
+    expert of it)."""
+    rows = []
+    for t, score in scores.items():
+        expert = reference_score(catalog, refs, t, (a.name, b.name))
+        rows.append(
+            Outcome(
+                catalog=catalog.name,
+                model_a=a.name,
+                model_b=b.name,
+                candidate=config.id,
+                operator=config.operator,
+                params=params_json(config.params),
+                plan_id=plan_id,
+                task=t,
+                eval_hash=eval_hashes[t],
+                score=score,
+                expert_score=expert,
+                normalized=normalized(score, expert),
+            )
+        )
+    return rows
+
+
+def shard_pairs(
+    pairs: Sequence[tuple[CatalogModel, CatalogModel]], shard: int, n_shards: int
+) -> list[tuple[CatalogModel, CatalogModel]]:
+    """The ordered pairs of shard ``shard`` of ``n_shards``: unordered pairs are dealt out in
+    turn and both orders of a pair stay in one shard, so that each shard still measures every
+    distinct merge once. Shards can run as parallel processes on one store (SQLite WAL)."""
+    if not 0 <= shard < n_shards:
+        raise ConfigError(
+            f"Shard {shard} of {n_shards} does not exist.", "use --shard K/N with 0 <= K < N."
+        )
+    unordered = sorted({tuple(sorted((a.name, b.name))) for a, b in pairs})
+    mine = {p for i, p in enumerate(unordered) if i % n_shards == shard}
+    return [(a, b) for a, b in pairs if tuple(sorted((a.name, b.name))) in mine]
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``--shard K/N`` as (K, N); :func:`shard_pairs` checks the range."""
+    k, _, n = text.partition("/")
+    if not (k.isdigit() and n.isdigit()):
+        raise ConfigError(f"--shard {text!r} is not K/N.", "write e.g. --shard 0/2.")
+    return int(k), int(n)
+
+
+@dataclass(frozen=True)
+class CollectSummary:
+    jobs: int
+    skipped: int  # already in the store
+    merged: int  # merges built and evaluated in this run
+    reused: int  # written from an equal merge measured before
+    rows: int
+    seconds: float
+
+
+def collect_outcomes(
+    catalog: Catalog,
+    store: OutcomeStore,
+    grid: Sequence[OperatorConfig] = DEFAULT_GRID,
+    *,
+    pairs: Sequence[tuple[CatalogModel, CatalogModel]] | None = None,
+    device: Any | None = None,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+) -> CollectSummary:
+    """Measure every (ordered pair, candidate) not yet in ``store``; see the module docs.
+    The experts' reference scores come from the single-model score cache under ``cache_dir``."""
+    t0 = time.perf_counter()
+    scorer = MergeScorer(catalog, device)
+    refs = scorer.expert_scores(cache_dir=cache_dir)
+    pairs = list(pairs) if pairs is not None else expert_pairs(catalog)
+    order = {e.name: i for i, e in enumerate(catalog.experts)}
+    # one read of the store: what is measured (for reuse) is also what is done (for skipping)
+    measured: dict[tuple[str, str, str, str, str], tuple[float, str]] = {}
+    for o in store.outcomes(catalog.name):
+        measured[(o.model_a, o.model_b, o.candidate, o.task, o.eval_hash)] = (o.score, o.plan_id)
+    done = set(measured)
+
+    jobs = []
+    skipped = 0
+    for a, b in pairs:
+        tasks = scorer.pair_tasks(a, b)
+        for config in grid:
+            keys = [(a.name, b.name, config.id, t, scorer.eval_hash(t)) for t in tasks]
+            if all(k in done for k in keys):
+                skipped += 1
+            else:
+                jobs.append((a, b, config, tasks))
+
+    merged = reused = rows = 0
+    base_dir = str(catalog.base.path)
+    for a, b, config, tasks in tqdm(jobs, desc="merge+eval", disable=not progress):
+        first, second, canon = config.canonical(a.name, b.name, order)
+        hashes = {t: scorer.eval_hash(t) for t in tasks}
+        known = [measured.get((first, second, canon.id, t, hashes[t])) for t in tasks]
+        if all(k is not None for k in known):
+            scores = {t: k[0] for t, k in zip(tasks, known, strict=True)}
+            plan_id = known[0][1]
+            reused += 1
+        else:
+            plan = canon.plan(base_dir, catalog.model(first).path, catalog.model(second).path)
+            scores = scorer.score_state(merge(plan, device=str(scorer.device)), tasks)
+            plan_id = plan.plan_id
+            merged += 1
+            for t in tasks:
+                measured[(first, second, canon.id, t, hashes[t])] = (scores[t], plan_id)
+        batch = outcome_rows(catalog, a, b, config, plan_id, scores, hashes, refs)
+        rows += store.add(batch)
+    return CollectSummary(
+        jobs=len(jobs) + skipped,
+        skipped=skipped,
+        merged=merged,
+        reused=reused,
+        rows=rows,
+        seconds=time.perf_counter() - t0,
+    )

@@ -1,0 +1,1 @@
+"""Two-expert merges: rank every candidate from similarity features alone, then verify the top k."""

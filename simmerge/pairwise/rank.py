@@ -1,0 +1,230 @@
+"""Rank the candidate merges of a pair without merging anything, then verify the top ones.
+
+:func:`rank_merges` computes (cached) signatures and sketches of the two experts, their pair
+features, and asks the predictor for every candidate x target task; a candidate's predicted
+score is the mean over the target tasks of its predicted normalized score. :func:`verify`
+really merges and evaluates the top k, writes the outcomes to a store (they can refit the
+predictor: ``simmerge train``) and reports how far each prediction was off.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from simmerge.catalog import Catalog, CatalogModel
+from simmerge.errors import CatalogError, ConfigError
+from simmerge.infra.resources import data_dir
+from simmerge.learn.predictor import MergePredictor, design_row
+from simmerge.merging.grid import DEFAULT_GRID, OperatorConfig
+from simmerge.signals.profiles import FeatureOptions, build_profiles
+from simmerge.signals.similarity import ModelProfile, functional_features, pair_features
+
+DEFAULT_PREDICTOR = "default"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A ranked merge: the plan, its predicted score (mean predicted normalized score over the
+    target tasks) with an uncertainty (ensemble spread) and the features that drove it."""
+
+    rank: int
+    models: tuple[str, str]
+    candidate: str  # OperatorConfig id
+    plan_id: str
+    tasks: tuple[str, ...]
+    predicted: float
+    uncertainty: float
+    per_task: dict[str, float]
+    top_features: tuple[tuple[str, float], ...]
+    best_fixed: bool = False  # the predictor's training data's best single candidate
+
+    @property
+    def config(self) -> OperatorConfig:
+        return OperatorConfig.from_id(self.candidate)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["top_features"] = [{"feature": f, "contribution": c} for f, c in self.top_features]
+        return d
+
+
+def load_predictor(predictor: MergePredictor | str | Path | None) -> MergePredictor:
+    """A predictor object, a saved folder, or a shipped name (``models/<name>``)."""
+    if isinstance(predictor, MergePredictor):
+        return predictor
+    name = predictor or DEFAULT_PREDICTOR
+    path = Path(name)
+    if not (path / "card.json").is_file():
+        path = data_dir("models") / str(name)
+    return MergePredictor.load(path)
+
+
+def _pair(catalog: Catalog, experts: Sequence[str]) -> tuple[CatalogModel, CatalogModel]:
+    if len(experts) != 2 or experts[0] == experts[1]:
+        raise ConfigError(
+            f"rank_merges ranks merges of two distinct experts, got {list(experts)}.",
+            "pass exactly two expert names (multi-way plans come from plan_merge).",
+        )
+    a, b = (catalog.model(n) for n in experts)
+    for m in (a, b):
+        if m is catalog.base:
+            raise CatalogError(
+                f"{m.name!r} is the catalog's base model, not an expert.",
+                f"pick experts among: {', '.join(catalog.expert_names)}.",
+            )
+    return a, b
+
+
+@dataclass(frozen=True)
+class PairInputs:
+    """What the predictor needs about a pair: its general features and, per target task, the
+    task's functional features (None when the task has no probe set)."""
+
+    a: CatalogModel
+    b: CatalogModel
+    tasks: tuple[str, ...]
+    general: dict[str, float]
+    task_features: dict[str, dict[str, float] | None]
+
+
+def pair_inputs(
+    catalog: Catalog,
+    experts: Sequence[str],
+    tasks: Sequence[str] | None = None,
+    *,
+    options: FeatureOptions | None = None,
+    progress: bool = False,
+) -> PairInputs:
+    """Signatures and sketches of the two experts (cached) and their pair features.
+    ``tasks`` defaults to the union of the two experts' tasks."""
+    a, b = _pair(catalog, experts)
+    tasks = list(tasks) if tasks else sorted({*a.tasks, *b.tasks})
+    if not tasks:
+        raise ConfigError(
+            f"Experts {a.name!r} and {b.name!r} declare no tasks, so there is nothing to rank for.",
+            "pass tasks=[...] (CLI: --tasks t1,t2).",
+        )
+    profiles = build_profiles(catalog, options, experts=[a.name, b.name], progress=progress)
+    return inputs_from_profiles(a, b, tasks, profiles[a.name], profiles[b.name])
+
+
+def inputs_from_profiles(
+    a: CatalogModel, b: CatalogModel, tasks: Sequence[str], pa: ModelProfile, pb: ModelProfile
+) -> PairInputs:
+    """:class:`PairInputs` from already-loaded profiles (a catalog scan ranks every pair)."""
+    task_feats = {
+        t: functional_features(pa.signatures[t], pb.signatures[t])
+        if t in pa.signatures and t in pb.signatures
+        else None
+        for t in tasks
+    }
+    return PairInputs(a, b, tuple(tasks), pair_features(pa, pb).as_dict(), task_feats)
+
+
+def rank_merges(
+    catalog: Catalog,
+    experts: Sequence[str],
+    tasks: Sequence[str] | None = None,
+    top: int | None = 5,
+    *,
+    predictor: MergePredictor | str | Path | None = None,
+    grid: Sequence[OperatorConfig] = DEFAULT_GRID,
+    options: FeatureOptions | None = None,
+    contributions: int = 5,
+    progress: bool = False,
+    inputs: PairInputs | None = None,
+    explain: int | None = None,
+    margin: float | None = None,
+) -> list[Candidate]:
+    """Candidates for merging ``experts`` (a, b), best first (see the module docs).
+
+    Order: predicted score, except that the predictor's best-fixed candidate is kept first
+    unless another is predicted to beat it by more than the card's margin (the anchored rule
+    of :func:`simmerge.learn.validation.anchor`, with the margin chosen by cross-validation).
+    ``margin`` overrides the card's; 0 is the plain pick (the argmax of the prediction), which
+    closes more of the gap and takes more risk (README, "Predicting merges").
+
+    ``tasks`` defaults to the union of the two experts' tasks; a task with a probe set in the
+    catalog also contributes its task-specific functional features. ``inputs`` (from
+    :func:`pair_inputs`) skips recomputing the pair's features. ``contributions`` features
+    (LightGBM ``pred_contrib``, the costly part) are listed for the ``explain`` best candidates
+    (default: every candidate returned).
+    """
+    if margin is not None and not (math.isfinite(margin) and margin >= 0):
+        raise ConfigError(
+            f"The anchoring margin must be a number >= 0, not {margin!r}.",
+            "pass 0 for the plain pick, or leave it out for the predictor card's margin.",
+        )
+    model = load_predictor(predictor)
+    inputs = inputs or pair_inputs(catalog, experts, tasks, options=options, progress=progress)
+    a, b, tasks = inputs.a, inputs.b, list(inputs.tasks)
+    general, task_feats = inputs.general, inputs.task_features
+    rows, keys = [], []
+    for config in grid:
+        for t in tasks:
+            rows.append(design_row(general, task_feats[t], t in a.tasks, t in b.tasks, config))
+            keys.append((config, t))
+    mean, std = model.predict(rows)
+
+    scored = []
+    n_tasks = len(tasks)
+    for i, config in enumerate(grid):
+        sl = slice(i * n_tasks, (i + 1) * n_tasks)
+        plan = config.plan(str(catalog.base.path), str(a.path), str(b.path))
+        scored.append(
+            (
+                float(mean[sl].mean()),
+                float(math.sqrt(float(np.mean(std[sl] ** 2)))),
+                config,
+                plan.plan_id,
+                {t: float(v) for t, v in zip(tasks, mean[sl], strict=True)},
+                i,
+            )
+        )
+    # the predictor's selection rule (card "selection", chosen by cross-validation): best-fixed
+    # is preferred unless another candidate is predicted to beat it by more than the margin
+    rule = model.card.get("selection") or {}
+    best_fixed = rule.get("best_fixed")
+    margin = float(rule.get("margin", 0.0)) if margin is None else float(margin)
+    scored.sort(key=lambda s: -(s[0] + (margin if s[2].id == best_fixed else 0.0)))
+    kept = scored[:top]
+    n_explain = len(kept) if explain is None else min(explain, len(kept))
+    feats = _top_features(model, rows, [s[5] for s in kept[:n_explain]], n_tasks, contributions)
+    return [
+        Candidate(
+            rank=r + 1,
+            models=(a.name, b.name),
+            candidate=config.id,
+            plan_id=plan_id,
+            tasks=tuple(tasks),
+            predicted=pred,
+            uncertainty=unc,
+            per_task=per_task,
+            top_features=feats[r] if r < len(feats) else (),
+            best_fixed=config.id == best_fixed,
+        )
+        for r, (pred, unc, config, plan_id, per_task, _) in enumerate(kept)
+    ]
+
+
+def _top_features(
+    model: MergePredictor, rows: list, configs: list[int], n_tasks: int, k: int
+) -> list[tuple[tuple[str, float], ...]]:
+    """The ``k`` largest mean contributions over the tasks, for each of the grid positions
+    ``configs`` (only their rows go through pred_contrib)."""
+    if not k or not configs:
+        return []
+    picked = [rows[i * n_tasks + j] for i in configs for j in range(n_tasks)]
+    contrib = model.contributions(picked)[:, :-1]
+    out = []
+    for n in range(len(configs)):
+        c = contrib[n * n_tasks : (n + 1) * n_tasks].mean(axis=0)
+        order = np.argsort(-np.abs(c))[:k]
+        out.append(tuple((model.columns[j], float(c[j])) for j in order))
+    return out

@@ -1,0 +1,122 @@
+"""Verification: really merge and evaluate the top-k ranked candidates.
+
+The only step of simmerge's loop that costs merges and evaluations, k of them instead of the
+whole grid. Each verified merge becomes :class:`~simmerge.outcomes.store.Outcome` rows (in a store
+when given, so ``simmerge train`` can refit the predictor on them) and is compared with its
+prediction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from simmerge.catalog import Catalog
+from simmerge.errors import ConfigError
+from simmerge.evaluation.scorer import MergeScorer
+from simmerge.merging import merge
+from simmerge.outcomes.collection import outcome_rows
+from simmerge.outcomes.store import OutcomeStore
+from simmerge.pairwise.rank import Candidate
+
+
+@dataclass(frozen=True)
+class VerifiedCandidate:
+    rank: int
+    candidate: str
+    plan_id: str
+    predicted: float
+    actual: float  # mean normalized score over the candidate's tasks
+    per_task: dict[str, float]  # normalized score per task
+    raw: dict[str, float]  # raw task scores
+
+    @property
+    def error(self) -> float:
+        return self.predicted - self.actual
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    models: tuple[str, str]
+    tasks: tuple[str, ...]
+    verified: tuple[VerifiedCandidate, ...]
+
+    @property
+    def best(self) -> VerifiedCandidate:
+        return max(self.verified, key=lambda v: v.actual)
+
+    @property
+    def mean_abs_error(self) -> float:
+        return sum(abs(v.error) for v in self.verified) / len(self.verified)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "models": list(self.models),
+            "tasks": list(self.tasks),
+            "verified": [{**asdict(v), "error": v.error} for v in self.verified],
+            "best": self.best.candidate,
+            "mean_abs_error": self.mean_abs_error,
+        }
+
+
+def verify(
+    catalog: Catalog,
+    candidates: Sequence[Candidate],
+    k: int = 3,
+    *,
+    store: OutcomeStore | str | Path | None = None,
+    device: Any | None = None,
+    scorer: MergeScorer | None = None,
+    cache_dir: str | Path | None = None,
+) -> VerifyReport:
+    """Merge and evaluate the ``k`` best of ``candidates`` (ranked output of
+    :func:`~simmerge.pairwise.rank.rank_merges`); record outcomes in ``store`` when given."""
+    if k < 1:
+        raise ConfigError(f"verify needs k >= 1, got {k}.", "verify at least one candidate.")
+    if not candidates:
+        raise ConfigError("verify got no candidates.", "rank a pair first (rank_merges).")
+    pairs = {c.models for c in candidates}
+    if len(pairs) != 1:
+        raise ConfigError(
+            f"verify expects the candidates of one pair, got {sorted(pairs)}.",
+            "verify each pair's ranking separately.",
+        )
+    a, b = (catalog.model(n) for n in candidates[0].models)
+    tasks = candidates[0].tasks
+    own_store = isinstance(store, (str, Path))
+    db = OutcomeStore(store) if own_store else store
+    try:
+        scorer = scorer or MergeScorer(catalog, device)
+        missing = [t for t in tasks if t not in scorer.tasks]
+        if missing:
+            raise ConfigError(
+                f"Cannot verify on task(s) {missing}: the catalog has no eval data for them.",
+                "add `tasks: {NAME: {eval: FILE}}` to the catalog or rank for other tasks.",
+            )
+        refs = scorer.expert_scores(tasks, cache_dir=cache_dir)
+        hashes = {t: scorer.eval_hash(t) for t in tasks}
+        verified = []
+        for cand in sorted(candidates, key=lambda c: c.rank)[:k]:
+            plan = cand.config.plan(str(catalog.base.path), str(a.path), str(b.path))
+            raw = scorer.score_state(merge(plan, device=str(scorer.device)), tasks)
+            rows = outcome_rows(catalog, a, b, cand.config, plan.plan_id, raw, hashes, refs)
+            if db is not None:
+                db.add(rows)
+            per_task = {r.task: r.normalized for r in rows}
+            verified.append(
+                VerifiedCandidate(
+                    rank=cand.rank,
+                    candidate=cand.candidate,
+                    plan_id=plan.plan_id,
+                    predicted=cand.predicted,
+                    actual=sum(per_task.values()) / len(per_task),
+                    per_task=per_task,
+                    raw=raw,
+                )
+            )
+    finally:
+        if own_store and db is not None:
+            db.close()
+    return VerifyReport(models=(a.name, b.name), tasks=tuple(tasks), verified=tuple(verified))

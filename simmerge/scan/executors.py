@@ -1,0 +1,179 @@
+"""Where the O(N) work of a scan runs: this process, a local process pool, or a Ray cluster.
+
+A scan's expensive stages (one probe pass and one weight pass per checkpoint) are lists of
+independent jobs whose results land in the shared content-keyed cache
+(:mod:`simmerge.infra.cache`); the jobs return only small values (seconds spent). An executor maps a
+picklable top-level function over such a list, in order, with a progress bar:
+
+* :class:`LocalExecutor` (default): in this process, one job after the other -- the right
+  choice on one GPU, and on CPU where torch already uses every core -- or, with
+  ``workers > 1``, a pool of spawned processes that split the cores between them (helps when
+  the models are so small that one job cannot keep the cores busy).
+* :class:`RayExecutor` (extra ``simmerge[ray]``): one Ray task per job, ``num_gpus=1`` per task
+  when the cluster has GPUs, retried when a worker dies. Workers must see the checkpoints and
+  the cache folder at the same paths (shared storage); see the README's "Catalog scans".
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
+from typing import Any, Protocol, TypeVar
+
+from tqdm.auto import tqdm
+
+from simmerge.errors import ConfigError
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+EXECUTORS = ("local", "ray")
+
+
+class Executor(Protocol):
+    """Runs ``fn`` over ``items`` and returns the results in item order."""
+
+    name: str
+
+    def map(
+        self,
+        fn: Callable[[T], R],
+        items: Sequence[T],
+        *,
+        desc: str,
+        progress: bool,
+        gpu: bool = False,
+    ) -> list[R]:
+        """``gpu``: the jobs run on a GPU (a cluster executor reserves one per job)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def _limit_threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n)
+
+
+class LocalExecutor:
+    """In-process (``workers=1``) or a pool of ``workers`` spawned processes."""
+
+    name = "local"
+
+    def __init__(self, workers: int = 1) -> None:
+        if workers < 1:
+            raise ConfigError(f"workers must be >= 1, got {workers}.", "pass --workers 1 or more.")
+        self.workers = workers
+
+    def map(
+        self,
+        fn: Callable[[T], R],
+        items: Sequence[T],
+        *,
+        desc: str,
+        progress: bool,
+        gpu: bool = False,
+    ) -> list[R]:
+        if self.workers == 1 or len(items) <= 1:
+            return [fn(x) for x in tqdm(items, desc=desc, disable=not progress)]
+        threads = max(1, (os.cpu_count() or 1) // self.workers)
+        results: list[Any] = [None] * len(items)
+        # spawn, not fork: torch's thread pools do not survive a fork cleanly
+        with ProcessPoolExecutor(
+            self.workers,
+            mp_context=get_context("spawn"),
+            initializer=_limit_threads,
+            initargs=(threads,),
+        ) as pool:
+            futures = {pool.submit(fn, x): i for i, x in enumerate(items)}
+            done = as_completed(futures)
+            try:
+                for fut in tqdm(done, total=len(items), desc=desc, disable=not progress):
+                    results[futures[fut]] = fut.result()
+            except BaseException:
+                pool.shutdown(cancel_futures=True)  # report a failed job without the rest
+                raise
+        return results
+
+    def close(self) -> None:
+        pass
+
+
+class RayExecutor:
+    """One Ray task per job. Connects to ``address`` (``"auto"``: the cluster this machine
+    belongs to; ``None``: a new local instance with ``num_cpus``), unless Ray is already
+    initialized. ``num_gpus`` per GPU job defaults to 1 when the cluster has GPUs, else 0;
+    CPU jobs (``map(..., gpu=False)``) reserve none."""
+
+    name = "ray"
+
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        num_cpus: int | None = None,
+        num_gpus: float | None = None,
+        max_retries: int = 3,
+    ) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise ConfigError(
+                "The Ray executor needs Ray, which is not installed.",
+                "pip install 'simmerge[ray]' (or use the local executor).",
+            ) from None
+        self._ray = ray
+        self._owns = False
+        if not ray.is_initialized():
+            kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+            if address is None:
+                kwargs["num_cpus"] = num_cpus
+            ray.init(address=address, **kwargs)
+            self._owns = True
+        self.num_gpus = (
+            num_gpus if num_gpus is not None else (1 if ray.cluster_resources().get("GPU") else 0)
+        )
+        self.max_retries = max_retries
+
+    def map(
+        self,
+        fn: Callable[[T], R],
+        items: Sequence[T],
+        *,
+        desc: str,
+        progress: bool,
+        gpu: bool = False,
+    ) -> list[R]:
+        ray = self._ray
+        # max_retries re-runs a task whose worker process died; an exception raised by the job
+        # itself (a bad checkpoint) is not retried and reaches the caller with its own type
+        gpus = self.num_gpus if gpu else 0
+        remote = ray.remote(num_gpus=gpus, max_retries=self.max_retries)(fn)
+        refs = [remote.remote(x) for x in items]
+        pending = list(refs)
+        with tqdm(total=len(refs), desc=desc, disable=not progress) as bar:
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                bar.update(len(done))
+        return ray.get(refs)
+
+    def close(self) -> None:
+        if self._owns:
+            self._ray.shutdown()
+            self._owns = False
+
+
+def make_executor(
+    executor: str | Executor = "local", *, workers: int = 1, address: str | None = None
+) -> Executor:
+    """An executor object from its name (``local`` or ``ray``), or ``executor`` itself."""
+    if not isinstance(executor, str):
+        return executor
+    if executor == "local":
+        return LocalExecutor(workers)
+    if executor == "ray":
+        return RayExecutor(address, num_cpus=workers if address is None and workers > 1 else None)
+    raise ConfigError(f"Unknown executor {executor!r}.", f"use one of: {', '.join(EXECUTORS)}.")
