@@ -344,8 +344,8 @@ class _StubPlanner:
 
 def test_oneshot_beam_search_scores_like_enumeration_and_finds_its_best(monkeypatch):
     """Large catalogs grow one-shot subsets by beam search instead of enumerating them."""
-    from simmerge.multiway import search as multiway
     from simmerge.merging.grid import OperatorConfig
+    from simmerge.multiway import search as multiway
 
     names = [f"e{i}" for i in range(9)]
     grid = [OperatorConfig.from_id("linear"), OperatorConfig.from_id("ties[density=0.5]")]
