@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def main(argv: list[str] | None = None) -> int:
     from simmerge.catalog import Catalog
     from simmerge.infra.files import write_json_report
-    from simmerge.scan.pipeline import scan
+    from simmerge.scanning.pipeline import scan
     from simmerge.signals.profiles import FeatureOptions
     from simmerge.zoo import build_zoo
     from simmerge.zoo.micro import sub_catalog

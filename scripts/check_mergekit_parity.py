@@ -12,7 +12,7 @@ For every deterministic operator (DARE/DELLA draw their own random masks, so the
 at density 1 only) it exports a plan with ``to_mergekit_yaml(strict=True)``, runs mergekit's CLI
 on it, merges the same plan with simmerge, and reports the largest absolute difference per
 operator (fp32 tiny Llama base + 3 experts). Multi-way plans go through ``simmerge export``'s
-code path (:func:`simmerge.scan.export.mergekit_documents`): a 3-expert chain runs with
+code path (:func:`simmerge.scanning.export.mergekit_documents`): a 3-expert chain runs with
 ``mergekit-multi`` (found beside ``--mergekit``), a one-shot merge with ``mergekit-yaml``, and
 both are compared with :func:`simmerge.multiway.search.execute_plan`. Prints a table and writes JSON
 (``--out``, default scripts/results/mergekit_parity.json). Exits 1 if any difference exceeds
@@ -158,7 +158,7 @@ def multiway_rows(mergekit: Path, work: Path, base: Path, experts: list[Path]) -
 
     from simmerge.catalog import Catalog
     from simmerge.multiway.search import MultiwayPlan, execute_plan
-    from simmerge.scan.export import mergekit_documents
+    from simmerge.scanning.export import mergekit_documents
 
     catalog = Catalog.from_dict(
         {

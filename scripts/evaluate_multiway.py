@@ -18,7 +18,7 @@ learned plan model (``--plan-model``, default the shipped ``models/multiway``; r
 what ``simmerge verify --tasks`` does, at k merges and k x |tasks| evaluations; **best-fixed**
 is the one-shot merge of all relevant experts (capped at ``--max-models``, the members with the
 most target tasks first) with the N-way operator whose mean score on the *other* task sets is
-best; **random** is the mean plan. Metrics as in DESIGN.md (gap closure vs best-fixed, % of
+best; **random** is the mean plan. Metrics as in docs/design.md (gap closure vs best-fixed, % of
 oracle), plus the merges and evaluations each method spends (a plan model that reads
 single-model skills costs one evaluation per candidate expert and target task, shared by every
 task set of the catalog). Prints a table, writes JSON
@@ -171,11 +171,11 @@ def main(argv: list[str] | None = None) -> int:
     from simmerge.evaluation.scorer import MergeScorer
     from simmerge.evaluation.skills import measure_skills
     from simmerge.infra.files import write_json_report
+    from simmerge.learn.loading import load_predictor
     from simmerge.learn.plan_model import load_plan_model
     from simmerge.merging.grid import OperatorConfig
     from simmerge.merging.registry import get_operator
     from simmerge.multiway.search import canonical_plan, plan_feature_rows, plan_merge
-    from simmerge.pairwise.rank import load_predictor
     from simmerge.signals.profiles import FeatureOptions
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
                         "task": t,
                         "steps": ";".join(plan.steps),
                         # the 2-way predictor behind `analytic` and the step predictions
-                        "predictor_hash": predictor.card.get("training_data_hash"),
+                        "predictor_hash": predictor.card_.get("training_data_hash"),
                         **row,
                         "target": target,
                     }
@@ -384,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     report = {
         "catalog": catalog.name,
-        "plan_model": plan_model.card.get("training_sources") if plan_model else None,
+        "plan_model": plan_model.card_.get("training_sources") if plan_model else None,
         "task_sets": records,
         "results": results,
         "grid": list(grid),

@@ -8,9 +8,9 @@ training pairs -- plus the ``--extra`` datasets, if any, other catalogs whose ro
 ever trained on (minus pairs with a held-out task) -- and select a candidate for every test
 pair. The default is no extra data, the recipe of the shipped predictor (``simmerge train
 --data zoo-large``): on the regenerated data the default zoo as extra training data lowered
-the held-out-model figures (README, "Training-seed noise, measured");
+the held-out-model figures (docs/results/pairwise.md, "Training-seed noise");
 best-fixed, random and oracle are the references. Metrics are defined in
-:mod:`simmerge.learn.validation` (and DESIGN.md). Prints a table per scheme and writes JSON
+:mod:`simmerge.learn.metrics` (docs/design.md, "Metrics"). Prints a table per scheme and writes JSON
 (default ``scripts/results/evaluate_selector_<data>.json``).
 
 Where the dataset has remeasured test pairs (``features/<data>/remeasured``,
@@ -82,14 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         pair_objective,
         training_frame,
     )
+    from simmerge.learn.metrics import summarize
     from simmerge.learn.predictor import DEFAULT_ENSEMBLE, MergePredictor, predictor_columns
-    from simmerge.learn.validation import (
-        LinearBaseline,
-        cross_validate,
-        model_folds,
-        summarize,
-        task_folds,
-    )
+    from simmerge.learn.splits import model_folds, task_folds
+    from simmerge.learn.validation import LinearBaseline, cross_validate
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", default="zoo-large", help="shipped dataset name or folder")

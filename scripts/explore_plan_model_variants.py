@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
                 target = train["target"]
                 if v.demean:  # a task's level is the same for all its plans: it cancels
                     target = target - train.groupby(["catalog", "task"])["target"].transform("mean")
-                predicted = model.fit(train, target).predict(test)[0]
+                predicted = model.fit(train, target).predict(test)
             else:
                 predicted = test["analytic"].to_numpy()
             picks = pick_values(test, predicted, reports[test_zoo], v.margin)

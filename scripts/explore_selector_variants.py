@@ -101,12 +101,14 @@ def main(argv: list[str] | None = None) -> int:
     import pandas as pd
 
     from simmerge.infra.files import write_json_report
+    from simmerge.learn.anchoring import MARGINS, anchor, choose_margin
     from simmerge.learn.datasets import (
         extra_training_frame,
         load_training_tables,
         pair_objective,
         training_frame,
     )
+    from simmerge.learn.metrics import best_fixed_candidate, per_pair, summarize
     from simmerge.learn.predictor import (
         DEFAULT_PARAMS,
         TASK_PREFIX,
@@ -114,18 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         predictor_columns,
         to_matrix,
     )
-    from simmerge.learn.validation import (
-        MARGINS,
-        PAIR,
-        anchor,
-        best_fixed_candidate,
-        choose_margin,
-        model_folds,
-        per_pair,
-        summarize,
-        task_folds,
-        with_extra,
-    )
+    from simmerge.learn.splits import PAIR, model_folds, task_folds, with_extra
     from simmerge.signals.similarity import FEATURE_COLUMNS, FUNCTIONAL_COLUMNS
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -192,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         for train, test, bf in fold_data(split, how):
             model = MergePredictor(n_models=5, params=params, columns=(*cols, *added))
             model.fit(train, train["target"].to_numpy())
-            test["pred"], test["sd2"] = model.predict(test)
+            test["pred"], test["sd2"] = model.predict(test, return_std=True)
             test["sd2"] = test["sd2"] ** 2
             actual, mean = pair_objective(test, "target"), pair_objective(test, "pred")
             sd = np.sqrt(pair_objective(test, "sd2"))
@@ -259,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             bf = best_fixed_candidate(pair_objective(train, "target"))
             model = factory().fit(train, train["target"].to_numpy())
-            test["pred"] = model.predict(test)[0]
+            test["pred"] = model.predict(test)
             actual, predicted = pair_objective(test, "target"), pair_objective(test, "pred")
             for name, (k, grid) in inner.items():
                 margin = choose_margin(frame[fold.train], factory, k=k, margins=grid, extra=extra)

@@ -1,14 +1,15 @@
-"""Pool the multi-way evaluation of several zoos into one table (the README's "all 100 sets").
+"""Pool the multi-way evaluation of several zoos into one table (the "all 100 sets" of
+docs/results/multiway.md).
 
     python scripts/pool_multiway.py [scripts/results/evaluate_multiway_tiny-zoo.json ...]
                                     [--json scripts/results/evaluate_multiway_pooled.json]
 
 Why: ``scripts/evaluate_multiway.py`` reports each zoo on its own 20 task sets, where one pick
-moves a zoo's figure by several points; the README's headline figure pools the task sets of
-all zoos, and a pooled figure must come from a script, not from arithmetic by hand.
+moves a zoo's figure by several points; the headline figure of docs/results/multiway.md pools the
+task sets of all zoos, and a pooled figure must come from a script, not from arithmetic by hand.
 
 Per method, over every task set of every file: gap closure Σ(selected − best-fixed) /
-Σ(oracle − best-fixed) (as DESIGN.md defines it, pooled over task sets), % of oracle (mean
+Σ(oracle − best-fixed) (as docs/design.md defines it, pooled over task sets), % of oracle (mean
 selected / mean oracle, as the per-zoo reports), the mean normalized score, the mean
 *predicted* score of the picks (where the method predicts one), the share of task sets whose
 pick is worse than best-fixed by more than 0.01 (risk), and each zoo's own gap closure.

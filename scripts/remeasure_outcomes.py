@@ -55,7 +55,7 @@ def test_groups(features, outcomes, folds: int, seed: int) -> list[list[str]]:
     """The experts of each held-out-model fold of ``evaluate_selector.py`` (on the dataset's
     tables)."""
     from simmerge.learn.datasets import training_frame
-    from simmerge.learn.validation import model_folds
+    from simmerge.learn.splits import model_folds
 
     frame = training_frame(features, outcomes)
     groups = []

@@ -4,7 +4,7 @@ Chromium (Debian: ``apt-get install chromium``) loads the page from disk with th
 switched off, dumps the DOM it built and takes a screenshot. The check fails unless the DOM
 has the report's sections, every figure is an inline data URI, and the screenshot is a
 non-blank image of the expected width. Writes the screenshot (default
-``scripts/results/scan_report.png``, the one the README shows) and a JSON summary.
+``scripts/results/scan_report.png``, the one docs/benchmarks.md shows) and a JSON summary.
 
     python scripts/screenshot_report.py runs/scan [--chromium /usr/bin/chromium]
 """

@@ -9,8 +9,8 @@ of other catalogs, none by default, as for the shipped predictor; model folds of
 plain pick, no anchoring); only the seed of the
 LightGBM ensemble changes, and the ensemble size (``n_models``). Each member bags 80 % of the
 rows and 80 % of the columns with its own seed, so a 5-member ensemble's pick on a close pair
-can flip with the seed -- and every single-run figure in the README (the shipped recipe's
-and each variant's) carries that noise on top of the choice of test pairs (the bootstrap
+can flip with the seed -- and every single-run figure in docs/results/pairwise.md (the shipped
+recipe's and each variant's) carries that noise on top of the choice of test pairs (the bootstrap
 interval). This script measures it: gap closure and risk per (size, seed), with the mean,
 standard deviation and range over seeds.
 
@@ -44,8 +44,10 @@ def spread(values: list[float]) -> dict[str, float | None]:
 def main(argv: list[str] | None = None) -> int:
     from simmerge.infra.files import write_json_report
     from simmerge.learn.datasets import extra_training_frame, load_training_tables, training_frame
+    from simmerge.learn.metrics import summarize
     from simmerge.learn.predictor import MergePredictor
-    from simmerge.learn.validation import cross_validate, model_folds, summarize, task_folds
+    from simmerge.learn.splits import model_folds, task_folds
+    from simmerge.learn.validation import cross_validate
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="5,20", help="ensemble sizes (n_models)")

@@ -53,7 +53,7 @@ def replay_data(features, outcomes, predictor):
     from simmerge.online.replay import ReplayData
 
     frame = training_frame(features, outcomes)
-    frame["pred"] = predictor.predict(frame)[0]
+    frame["pred"] = predictor.predict(frame)
     actual = pair_objective(frame, "target").clip(upper=1.0).unstack("candidate").dropna()
     prior = pair_objective(frame, "pred").unstack("candidate").loc[actual.index, actual.columns]
     general = features[features["task"] == ""].set_index(["catalog", "a", "b"])
@@ -150,7 +150,7 @@ def plot(curves: dict[str, dict[str, np.ndarray]], arrival: int, path: Path) -> 
 
 def main(argv: list[str] | None = None) -> int:
     from simmerge.learn.datasets import load_training_tables, pair_objective, training_frame
-    from simmerge.learn.validation import best_fixed_candidate
+    from simmerge.learn.metrics import best_fixed_candidate
     from simmerge.merging.grid import OperatorConfig
     from simmerge.online.replay import replay
 

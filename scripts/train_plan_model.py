@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.test:
         test = load(args.test)
-        predicted = np.clip(model.predict(test)[0], 0.0, 1.0)
+        predicted = np.clip(model.predict(test), 0.0, 1.0)
         card["test"] = {
             "catalogs": sorted(test["catalog"].unique()),
             "rows": len(test),

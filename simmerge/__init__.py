@@ -39,7 +39,7 @@ _API = {
     "plan_merge": "simmerge.multiway.search",
     "verify": "simmerge.pairwise.verify",
     "MergeBandit": "simmerge.online.bandit",
-    "scan": "simmerge.scan.pipeline",
+    "scan": "simmerge.scanning.pipeline",
     "OutcomeStore": "simmerge.outcomes.store",
     "build_zoo": "simmerge.zoo",
 }

@@ -22,7 +22,8 @@ from simmerge.catalog import Catalog, CatalogModel
 from simmerge.errors import CatalogError
 from simmerge.evaluation.harness import evaluate
 from simmerge.evaluation.scorer import MergeScorer
-from simmerge.pairwise.rank import load_predictor, rank_merges
+from simmerge.learn.loading import load_predictor
+from simmerge.pairwise.rank import rank_merges
 from simmerge.pairwise.verify import verify
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from simmerge.merging.grid import OperatorConfig
-from simmerge.scan.layout import (
+from simmerge.scanning.layout import (
     FEATURES_FILE,
     RANKING_FILE,
     REPORT_FILE,

@@ -17,9 +17,9 @@ CRASH_PRELOAD = (
     "crash_jobs",
     "simmerge.merging",
     "simmerge.outcomes.collection",
-    "simmerge.scan.pipeline",
+    "simmerge.scanning.pipeline",
     "simmerge.online.bandit",
-    "simmerge.scan.report",
+    "simmerge.scanning.report",
     "matplotlib.pyplot",  # what a scan's report stage would otherwise import in every child
     "scipy.cluster.hierarchy",
 )
@@ -39,7 +39,7 @@ def exit_once(marker: str) -> str:
 
 
 def crash_scan_settings():
-    from simmerge.scan.pipeline import ScanSettings
+    from simmerge.scanning.pipeline import ScanSettings
 
     return ScanSettings(top=2, plans=2, max_models=3, beam=2)
 
@@ -70,7 +70,7 @@ def collect_job(catalog: str, store: str, grid_ids: list[str]) -> None:
 
 
 def scan_job(catalog: str, out: str, cache: str, predictor: str) -> None:
-    from simmerge.scan.pipeline import scan
+    from simmerge.scanning.pipeline import scan
 
     torch.set_num_threads(1)
     scan(

@@ -27,7 +27,7 @@ LAYERS = (
     "simmerge.multiway",
     "simmerge.online",
     "simmerge.zoo",
-    "simmerge.scan",
+    "simmerge.scanning",
     "simmerge.demo",
     "simmerge.cli",
 )
@@ -122,3 +122,12 @@ def test_contract_sees_lazy_and_relative_imports(tmp_path):
     assert "simmerge.zoo.tasks" in found  # `from .tasks import ...`
     lazy = imports_of("simmerge.cli.models", PACKAGE / "cli" / "models.py")
     assert "simmerge.zoo" in lazy  # imported inside a function
+
+
+def test_no_subpackage_or_module_shadows_a_public_name():
+    """Importing ``simmerge.X`` sets the attribute ``simmerge.X`` to that module, so a module
+    named like a public function (``scan``, ``verify``) would replace it after first use."""
+    import simmerge
+
+    direct = {m.split(".")[1] for m in modules() if m.count(".") >= 1}
+    assert not direct & set(simmerge.__all__)

@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from simmerge.multiway.search import PlannedMerge
     from simmerge.multiway.verify import PlanVerifyReport
-    from simmerge.pairwise.rank import Candidate
+    from simmerge.pairwise.rank import RankedCandidate
     from simmerge.pairwise.verify import VerifyReport
-    from simmerge.scan.pipeline import ScanResult
+    from simmerge.scanning.pipeline import ScanResult
 
 
-def format_ranking(candidates: Sequence[Candidate]) -> str:
+def format_ranking(candidates: Sequence[RankedCandidate]) -> str:
     if not candidates:
         return "(no candidates)"
     a, b = candidates[0].models
@@ -78,7 +78,7 @@ def format_plan_verify(report: PlanVerifyReport) -> str:
 
 def format_scan(result: ScanResult) -> str:
     lines = [f"scan -> {result.out_dir}"]
-    from simmerge.scan.pipeline import STAGES
+    from simmerge.scanning.pipeline import STAGES
 
     for stage in (*STAGES[:4], "ranking_pairs", "ranking_plans", *STAGES[4:]):
         if stage in result.seconds:

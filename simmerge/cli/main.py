@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from collections.abc import Sequence
 
 from simmerge import __version__
@@ -52,6 +53,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         note = f" {hint.format(**vars(args))}" if hint else ""
         print(f"\nsimmerge: interrupted.{note}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception:  # a bug: keep the traceback, so that it can be reported
+        traceback.print_exc()
+        print(
+            f"simmerge {__version__}: internal error (a bug, not a problem with your input); "
+            "please report it with the traceback above.",
+            file=sys.stderr,
+        )
+        return EXIT_BUG
 
 
 if __name__ == "__main__":

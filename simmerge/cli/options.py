@@ -2,24 +2,17 @@
 
 A flag that two commands take (``--device``, ``--predictor``, the multi-way search flags) is
 added by one function here, so its name, default and help text cannot drift between commands.
-Defaults that are rules of a stage (the most experts in a plan, the feature mode) come from
-that stage's constant, not from a second literal here. Comma lists are parsed once, by
-:func:`comma_list`, into tuples with no empty items.
+The multi-way search flags are generated from that stage's settings model
+(:class:`simmerge.multiway.settings.PlanSearch`), so their defaults and help live in one place.
+Comma lists are parsed once, by :func:`comma_list`, into tuples with no empty items.
 """
 
 from __future__ import annotations
 
 import argparse
 
-# Kept in step with simmerge.multiway.search (DEFAULT_MAX_MODELS, MODES) by
-# tests/cli/test_cli.py: importing that module here would load torch for `simmerge --help`.
-DEFAULT_MAX_MODELS = 3
-MODES = ("fast", "exact")
+from simmerge.multiway.settings import flag_specs
 
-PLAN_MODEL_HELP = (
-    "multi-way plan model: folder or shipped name (default: multiway); 'none': rank plans by "
-    "the analytic score alone"
-)
 MARGIN_HELP = (
     "keep the predictor's best-fixed candidate first unless another is predicted to beat it by "
     "more than this (default: the margin in the predictor's card; 0: plain argmax)"
@@ -96,23 +89,5 @@ def add_plan_search(p: argparse.ArgumentParser, *, tasks_required: bool) -> None
         help="target tasks, comma-separated"
         + ("" if tasks_required else " (default: every task an expert has)"),
     )
-    p.add_argument(
-        "--max-models",
-        type=int,
-        default=DEFAULT_MAX_MODELS,
-        help=f"most experts in a plan (default: {DEFAULT_MAX_MODELS})",
-    )
-    p.add_argument(
-        "--beam",
-        type=int,
-        default=None,
-        help="beam width (default: every chain in fast mode where feasible, else 4)",
-    )
-    p.add_argument(
-        "--mode",
-        default=MODES[0],
-        choices=MODES,
-        help="fast: plan from the members' pair features; exact: merge each chain's prefix and "
-        "profile it",
-    )
-    p.add_argument("--plan-model", default=None, help=PLAN_MODEL_HELP)
+    for flag, kwargs in flag_specs():
+        p.add_argument(flag, **kwargs)

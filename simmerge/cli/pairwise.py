@@ -168,13 +168,13 @@ def run_train(args: argparse.Namespace) -> int:
         sources=sources,
     )
     out = model.save(args.out)
-    cv = model.card.get("cv_held_out_models", {}).get("simmerge", {})
-    text = f"trained on {model.card['training_rows']} rows ({', '.join(sources)}) -> {out}" + (
+    cv = model.card_.get("cv_held_out_models", {}).get("simmerge", {})
+    text = f"trained on {model.card_['training_rows']} rows ({', '.join(sources)}) -> {out}" + (
         f"; held-out-model gap closure {cv['gap_closure']:.3f}" if cv else ""
     )
     payload = {
         "out": str(out),
-        "training_rows": model.card["training_rows"],
+        "training_rows": model.card_["training_rows"],
         "sources": sources,
         "cv_held_out_models": cv or None,
     }

@@ -59,7 +59,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 def run_scan(args: argparse.Namespace) -> int:
     from simmerge.catalog import Catalog
     from simmerge.cli.formatting import format_scan
-    from simmerge.scan.pipeline import ScanSettings, scan
+    from simmerge.scanning.pipeline import ScanSettings, scan
     from simmerge.signals.profiles import FeatureOptions
 
     result = scan(
@@ -89,8 +89,8 @@ def run_scan(args: argparse.Namespace) -> int:
 def run_export(args: argparse.Namespace) -> int:
     from simmerge.catalog import Catalog
     from simmerge.errors import ConfigError
-    from simmerge.scan.export import export_plan
-    from simmerge.scan.layout import load_ranking
+    from simmerge.scanning.export import export_plan
+    from simmerge.scanning.layout import load_ranking
 
     ranking = load_ranking(args.scan)
     source = args.catalog or ranking["catalog"].get("source")

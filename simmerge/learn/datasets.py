@@ -92,7 +92,7 @@ def training_frame(features: pd.DataFrame, outcomes: pd.DataFrame) -> pd.DataFra
 def extra_training_frame(datasets: str) -> pd.DataFrame | None:
     """The training rows of ``datasets`` (comma-separated shipped names or folders; '' for
     none), concatenated: the training-only rows of other catalogs that cross-validation adds to
-    every fold (:func:`simmerge.learn.validation.with_extra`). None when there are none."""
+    every fold (:func:`simmerge.learn.splits.with_extra`). None when there are none."""
     frames = [training_frame(*load_training_tables(n)) for n in datasets.split(",") if n]
     return pd.concat(frames, ignore_index=True) if frames else None
 

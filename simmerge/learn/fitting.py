@@ -16,15 +16,12 @@ from typing import Any
 
 import pandas as pd
 
+from simmerge.learn.anchoring import choose_margin
 from simmerge.learn.datasets import load_training_tables, pair_objective, training_frame
+from simmerge.learn.metrics import best_fixed_candidate, summarize
 from simmerge.learn.predictor import DEFAULT_ENSEMBLE, MergePredictor
-from simmerge.learn.validation import (
-    best_fixed_candidate,
-    choose_margin,
-    cross_validate,
-    model_folds,
-    summarize,
-)
+from simmerge.learn.splits import model_folds
+from simmerge.learn.validation import cross_validate
 
 
 def fit_predictor(
@@ -51,10 +48,10 @@ def fit_predictor(
     card["selection"] = {
         "best_fixed": best_fixed_candidate(pair_objective(frame, "target")),
         "margin": choose_margin(frame, factory, seed=seed) if cv_folds >= 2 else 0.0,
-        "rule": "predicted score; best_fixed's raised by margin (simmerge.learn.validation.anchor)",
+        "rule": "predicted score; best_fixed's raised by margin (simmerge.learn.anchoring.anchor)",
     }
     model = factory().fit(frame, frame["target"].to_numpy())
-    model.card.update(card)
+    model.card_.update(card)
     return model
 
 

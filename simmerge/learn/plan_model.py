@@ -29,14 +29,14 @@ cannot say how much. Its columns (:func:`plan_columns`):
   catalog to the next; without this column the model could only learn an average of it from
   its training catalogs (leave one zoo out over five zoos: gap closure 0.31 with it, 0.21
   without; on two zoos held out while it was chosen, with three training zoos, it did not help;
-  ``scripts/explore_plan_model_variants.py``, README "Multi-way merges").
+  ``scripts/explore_plan_model_variants.py``, docs/results/multiway.md).
 
 No similarity features: they reach the model only through the 2-way predictions. Training
 tables also record :func:`analysis_columns` -- the mean over the other members of a few general
 pair features (``sim_*``) and of t's functional features (``task_sim_*``) -- for analysis; with
 them, or without the step predictions or the analytic score, the model chose plans no better
-(within noise) on zoos it did not see (``scripts/explore_plan_model_variants.py``, README
-"Multi-way merges"), so the smaller set is used.
+(within noise) on zoos it did not see (``scripts/explore_plan_model_variants.py``,
+docs/results/multiway.md), so the smaller set is used.
 
 Target: the measured normalized score of the plan on t (score / the best expert's score on t).
 The model is a :class:`~simmerge.learn.predictor.MergePredictor` seed ensemble on these columns (no
@@ -71,7 +71,7 @@ SKILL_COLUMN = "others_skill"  # the members' single-model skill (module docs)
 # leaf that averages over several of them should learn what transfers to a catalog not among
 # them rather than one zoo's quirks. Chosen on three zoos; on two zoos built afterwards it was
 # no worse than LightGBM's default of 20, and with four training zoos the two are within the
-# training seed's spread (scripts/explore_plan_model_variants.py; README "Multi-way merges")
+# training seed's spread (scripts/explore_plan_model_variants.py; docs/results/multiway.md)
 PLAN_PARAMS = {"min_data_in_leaf": 200}
 TARGET = "normalized score of the plan on the task (score / the task's best expert score)"
 
@@ -110,9 +110,9 @@ class PlanModel(MergePredictor):
     n_models: int = 5
     num_boost_round: int = 200
 
-    def __post_init__(self) -> None:
-        self.params = {**PLAN_PARAMS, **self.params}
-        super().__post_init__()
+    @classmethod
+    def default_params(cls) -> dict[str, Any]:
+        return {**super().default_params(), **PLAN_PARAMS}
 
     @classmethod
     def expected_columns(cls) -> tuple[str, ...]:
@@ -125,7 +125,7 @@ class PlanModel(MergePredictor):
     @property
     def operators(self) -> tuple[str, ...] | None:
         """The operator configurations the model was trained on (None: not recorded)."""
-        ops = self.card.get("operators")
+        ops = self.card_.get("operators")
         return tuple(ops) if ops else None
 
     @property
@@ -136,7 +136,7 @@ class PlanModel(MergePredictor):
     @property
     def max_members(self) -> int | None:
         """The most experts of a plan the model was trained on (None: not recorded)."""
-        n = self.card.get("max_members")
+        n = self.card_.get("max_members")
         return int(n) if n else None
 
 

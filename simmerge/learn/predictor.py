@@ -17,7 +17,7 @@ columns. Why: most of the variance of a normalized score is between pairs (how c
 two experts are), but a user chooses *within* a pair; a single regressor spends its splits on
 the level and ranks the candidates of one pair poorly. Fitting the deviation separately made
 held-out-model gap closure 0.35 instead of 0.20 on ``features/zoo-large`` (measured with
-``scripts/evaluate_selector.py``; see the README).
+``scripts/evaluate_selector.py``; see docs/results/pairwise.md).
 
 Each of the two is a seed ensemble of :data:`DEFAULT_ENSEMBLE` LightGBM regressors (bagging
 rows and columns with different seeds); member i's prediction is level_i + deviation_i, the
@@ -141,8 +141,13 @@ DEFAULT_PARAMS: dict[str, Any] = {
 
 @dataclass
 class MergePredictor:
-    """Seed ensemble of LightGBM regressors on :func:`predictor_columns` (scikit-learn-like
-    contract: parameters in ``__init__``, then ``fit``, ``predict``, ``save``, ``load``)."""
+    """Seed ensemble of LightGBM regressors on :func:`predictor_columns`.
+
+    scikit-learn's estimator contract: the constructor only stores its parameters (they are
+    checked by ``fit``); what fitting learns ends in ``_`` (``boosters_``, ``level_boosters_``,
+    ``card_``: the training record saved beside the models); ``predict(X)`` gives the mean
+    and ``predict(X, return_std=True)`` the ensemble's spread too; ``save`` / ``load``.
+    """
 
     n_models: int = DEFAULT_ENSEMBLE
     num_boost_round: int = 300
@@ -150,22 +155,25 @@ class MergePredictor:
     seed: int = 0
     decompose: bool = True
     columns: tuple[str, ...] = field(default_factory=predictor_columns)
-    boosters: list[Any] = field(default_factory=list, repr=False)  # deviation (or whole) models
-    level_boosters: list[Any] = field(default_factory=list, repr=False)  # empty: no decomposition
-    card: dict[str, Any] = field(default_factory=dict, repr=False)
 
-    def __post_init__(self) -> None:
+    @classmethod
+    def default_params(cls) -> dict[str, Any]:
+        """LightGBM parameters that ``params`` overrides."""
+        return dict(DEFAULT_PARAMS)
+
+    def _check_params(self) -> None:
         if self.n_models < 1 or self.num_boost_round < 1:
             raise ConfigError(
                 f"MergePredictor needs n_models >= 1 and num_boost_round >= 1 "
                 f"(got {self.n_models}, {self.num_boost_round}).",
                 "pass positive values.",
             )
-        unknown = set(self.params) - set(DEFAULT_PARAMS) - {"min_sum_hessian_in_leaf", "max_depth"}
+        known = set(self.default_params()) | {"min_sum_hessian_in_leaf", "max_depth"}
+        unknown = set(self.params) - known
         if unknown:
             raise ConfigError(
-                f"Unknown LightGBM parameter(s) for MergePredictor: {sorted(unknown)}.",
-                f"use keys among {sorted(DEFAULT_PARAMS)}.",
+                f"Unknown LightGBM parameter(s) for {type(self).__name__}: {sorted(unknown)}.",
+                f"use keys among {sorted(known)}.",
             )
 
     # --- training --------------------------------------------------------------------------
@@ -176,6 +184,7 @@ class MergePredictor:
         """Fit on ``rows`` (mappings or a DataFrame with :func:`predictor_columns`) and targets
         ``y``. With ``decompose``, ``groups`` gives each row's (pair, task) group; by default
         it is read from a DataFrame's :data:`GROUP_KEYS` columns."""
+        self._check_params()
         x = to_matrix(rows, self.columns)
         target = np.asarray(y, dtype=np.float64)
         if len(target) != len(x) or len(x) < 2:
@@ -183,25 +192,25 @@ class MergePredictor:
                 f"fit() got {len(x)} rows and {len(target)} targets.",
                 "pass one target per row and at least two rows.",
             )
-        self.boosters, self.level_boosters = [], []
+        self.boosters_, self.level_boosters_ = [], []
         if self.decompose:
             codes = _group_codes(rows, groups, len(x))
             counts = np.bincount(codes)
             level = np.bincount(codes, weights=target) / counts
             first = np.unique(codes, return_index=True)[1]
             level_x = x[:, self._level_index()][first]
-            self.level_boosters = self._train(level_x, level, level_columns())
-            self.boosters = self._train(x, target - level[codes], self.columns)
+            self.level_boosters_ = self._train(level_x, level, level_columns())
+            self.boosters_ = self._train(x, target - level[codes], self.columns)
         else:
-            self.boosters = self._train(x, target, self.columns)
-        self.card = {
+            self.boosters_ = self._train(x, target, self.columns)
+        self.card_ = {
             "format_version": FORMAT_VERSION,
             "features": list(self.columns),
             "target": self.target_description(),
             "decompose": self.decompose,
             "n_models": self.n_models,
             "num_boost_round": self.num_boost_round,
-            "params": {**DEFAULT_PARAMS, **self.params},
+            "params": {**self.default_params(), **self.params},
             "seed": self.seed,
             "training_rows": len(x),
             "training_data_hash": data_hash(x, target),
@@ -227,7 +236,7 @@ class MergePredictor:
 
         boosters = []
         for i in range(self.n_models):
-            params = {**DEFAULT_PARAMS, **self.params, "seed": self.seed + i}
+            params = {**self.default_params(), **self.params, "seed": self.seed + i}
             ds = lgb.Dataset(x, y, feature_name=list(columns), free_raw_data=True)
             boosters.append(lgb.train(params, ds, num_boost_round=self.num_boost_round))
         return boosters
@@ -235,31 +244,35 @@ class MergePredictor:
     # --- inference -------------------------------------------------------------------------
 
     def _check_fitted(self) -> None:
-        if not self.boosters:
+        if not getattr(self, "boosters_", None):
             raise PredictorError(
                 "This MergePredictor has not been fitted.", "call fit() or MergePredictor.load()."
             )
 
-    def predict(self, rows: Any) -> tuple[np.ndarray, np.ndarray]:
-        """(mean, std) of the ensemble's predicted normalized score per row."""
+    def predict(
+        self, rows: Any, return_std: bool = False
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """The ensemble's mean predicted normalized score per row; with ``return_std``, the
+        pair (mean, std over the ensemble's members)."""
         self._check_fitted()
         x = to_matrix(rows, self.columns)
-        preds = np.stack([b.predict(x) for b in self.boosters])
-        if self.level_boosters:
+        preds = np.stack([b.predict(x) for b in self.boosters_])
+        if self.level_boosters_:
             level_x = x[:, self._level_index()]
-            preds += np.stack([b.predict(level_x) for b in self.level_boosters])
-        return preds.mean(axis=0), preds.std(axis=0)
+            preds += np.stack([b.predict(level_x) for b in self.level_boosters_])
+        mean = preds.mean(axis=0)
+        return (mean, preds.std(axis=0)) if return_std else mean
 
     def contributions(self, rows: Any) -> np.ndarray:
         """Per-row, per-feature SHAP contributions (LightGBM ``pred_contrib``), averaged over
         the ensemble; the last column is the bias. Shape (rows, features + 1)."""
         self._check_fitted()
         x = to_matrix(rows, self.columns)
-        contrib = np.mean([b.predict(x, pred_contrib=True) for b in self.boosters], axis=0)
-        if self.level_boosters:  # SHAP values add: place the level model's in its columns
+        contrib = np.mean([b.predict(x, pred_contrib=True) for b in self.boosters_], axis=0)
+        if self.level_boosters_:  # SHAP values add: place the level model's in its columns
             idx = self._level_index()
             level = np.mean(
-                [b.predict(x[:, idx], pred_contrib=True) for b in self.level_boosters], axis=0
+                [b.predict(x[:, idx], pred_contrib=True) for b in self.level_boosters_], axis=0
             )
             contrib[:, idx] += level[:, :-1]
             contrib[:, -1] += level[:, -1]
@@ -276,14 +289,14 @@ class MergePredictor:
         """Write ``model_<i>.txt`` (LightGBM text) and ``card.json`` atomically."""
         self._check_fitted()
         folder = Path(folder)
-        card = {**self.card, **(extra_card or {})}
+        card = {**self.card_, **(extra_card or {})}
         with atomic_output_dir(folder, overwrite=True) as tmp:
-            for i, booster in enumerate(self.boosters):
+            for i, booster in enumerate(self.boosters_):
                 booster.save_model(str(tmp / f"model_{i}.txt"))
-            for i, booster in enumerate(self.level_boosters):
+            for i, booster in enumerate(self.level_boosters_):
                 booster.save_model(str(tmp / f"level_{i}.txt"))
             (tmp / CARD).write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
-        self.card = card
+        self.card_ = card
         return folder
 
     @classmethod
@@ -314,7 +327,9 @@ class MergePredictor:
             n = int(card["n_models"])
             settings = {
                 "num_boost_round": int(card["num_boost_round"]),
-                "params": {k: v for k, v in card["params"].items() if DEFAULT_PARAMS.get(k) != v},
+                "params": {
+                    k: v for k, v in card["params"].items() if cls.default_params().get(k) != v
+                },
                 "seed": int(card["seed"]),
                 "decompose": bool(card.get("decompose", False)),
             }
@@ -323,9 +338,11 @@ class MergePredictor:
                 f"Predictor card {str(folder / CARD)!r} lacks or garbles a setting ({exc!r}).",
                 "retrain it with `simmerge train` or restore the folder.",
             ) from None
-        boosters = _load_boosters(folder, "model", n)
-        level = _load_boosters(folder, "level", n) if settings["decompose"] else []
-        return cls(n_models=n, boosters=boosters, level_boosters=level, card=card, **settings)
+        model = cls(n_models=n, **settings)
+        model.boosters_ = _load_boosters(folder, "model", n)
+        model.level_boosters_ = _load_boosters(folder, "level", n) if settings["decompose"] else []
+        model.card_ = card
+        return model
 
 
 def _load_boosters(folder: Path, stem: str, n: int) -> list[Any]:

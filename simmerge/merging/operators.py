@@ -1,6 +1,6 @@
 """Merge operators as functions on tensors.
 
-Semantics follow mergekit 0.1.5 (see DESIGN.md, "Merge operators"). Notation: ``base`` is the
+Semantics follow mergekit 0.1.5 (see docs/design.md, "Operators"). Notation: ``base`` is the
 shared base tensor, ``experts`` the member tensors, ``tau_i = W_i - W_base`` their task vectors,
 ``w_i`` per-member weights and ``lam`` a global scale.
 

@@ -58,13 +58,10 @@ from simmerge.learn.predictor import MergePredictor, design_row
 from simmerge.merging import MergePlan, PlanMember, merge
 from simmerge.merging.grid import DEFAULT_GRID, OperatorConfig
 from simmerge.merging.registry import get_operator
+from simmerge.multiway.settings import DEFAULT_MAX_MODELS, MODES
 from simmerge.signals.profiles import FeatureOptions, build_profiles, catalog_probe_sets
 from simmerge.signals.similarity import FEATURE_COLUMNS, functional_features, pair_features
 
-MODES = ("fast", "exact")
-# most experts in a plan, for the API, the CLI and scans alike: the shipped plan model was
-# trained on plans of up to 3 experts (larger ones are capped to its card, with a warning)
-DEFAULT_MAX_MODELS = 3
 # operators that can merge more than two models at once, for one-shot candidates
 ONESHOT_GRID = tuple(
     OperatorConfig.from_id(i)
@@ -302,7 +299,7 @@ class _Planner:
         kept_out: list[dict[str, float]] = [{} for _ in items]
         variances: list[list[float]] = [[] for _ in items]
         if rows and self.plan_model is not None:
-            mean, std = self.plan_model.predict(rows)
+            mean, std = self.plan_model.predict(rows, return_std=True)
             for (i, t), m, sd in zip(index, np.clip(mean, 0.0, 1.0), std, strict=True):
                 kept_out[i][t] = float(m)
                 variances[i].append(float(sd) ** 2)
@@ -342,7 +339,7 @@ class _Planner:
         ]
         out = []
         if rows:
-            mean, std = self.model.predict(rows)
+            mean, std = self.model.predict(rows, return_std=True)
             mean = np.clip(mean, 0.0, 1.0)  # a kept fraction: > 1 would compound along a chain
         for i, config in enumerate(configs):
             kept = dict(beam.kept)
@@ -402,8 +399,8 @@ def plan_merge(
     task) -> normalized score), or they are measured: one evaluation per candidate expert and
     target task, cached (:func:`simmerge.evaluation.skills.measure_skills`; the catalog's tasks
     need eval data), never a merge."""
+    from simmerge.learn.loading import load_predictor
     from simmerge.learn.plan_model import load_plan_model
-    from simmerge.pairwise.rank import load_predictor
 
     if mode not in MODES:
         raise ConfigError(f"Unknown planning mode {mode!r}.", f"use one of {', '.join(MODES)}.")
@@ -586,8 +583,8 @@ def plan_merge(
 def _check_predictor(plan_model: PlanModel, predictor: MergePredictor) -> None:
     """Warn when the plan model learned from another 2-way predictor's step predictions than
     the one planning now: its inputs then come from a different distribution."""
-    seen = plan_model.card.get("predictor_hashes") or []
-    mine = predictor.card.get("training_data_hash")
+    seen = plan_model.card_.get("predictor_hashes") or []
+    mine = predictor.card_.get("training_data_hash")
     if seen and mine not in seen:
         warnings.warn(
             f"The plan model was trained on the step predictions of 2-way predictor(s) {seen}, "
@@ -611,7 +608,7 @@ def plan_feature_rows(
     fractions of ``fast`` mode: the training rows of the plan model
     (``scripts/evaluate_multiway.py --data-out``) and what it sees at planning time.
     ``skills`` as in :func:`plan_merge` (measured when not given)."""
-    from simmerge.pairwise.rank import load_predictor
+    from simmerge.learn.loading import load_predictor
 
     tasks = tuple(dict.fromkeys(tasks))
     names = sorted({m for p in plans for m in p.members}, key=catalog.expert_names.index)
@@ -821,7 +818,7 @@ def _pairwise_table(
                     index.append((s, o, config.id, t))
     if not rows:
         return {}
-    mean, std = planner.model.predict(rows)
+    mean, std = planner.model.predict(rows, return_std=True)
     return {
         key: (float(m), float(sd) ** 2)
         for key, m, sd in zip(index, np.clip(mean, 0.0, 1.0), std, strict=True)

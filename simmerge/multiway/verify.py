@@ -2,7 +2,7 @@
 
 Why. Choosing a multi-way plan with no evaluation at all is the planner's goal, and on the tiny
 zoos it falls short: its top plan closes about a third of the gap between best-fixed and the
-best plan of the space (README "Multi-way merges"). Its ranking is better than its first
+best plan of the space (docs/results/multiway.md). Its ranking is better than its first
 place, though -- the best measured plan is often a few places down -- so, as for 2-way merges
 (:mod:`simmerge.pairwise.verify`), merging and evaluating the top k and keeping the best is the
 cheap step between trusting the prediction and the exhaustive search: k merges (a chain's

@@ -42,9 +42,18 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    FiniteFloat,
+    NonNegativeInt,
+    ValidationError,
+    model_validator,
+)
 
 from simmerge.errors import BanditStateError, ConfigError, InputNotFoundError, SimmergeError
 from simmerge.infra.files import atomic_write_text
@@ -472,9 +481,9 @@ class MergeBandit:
 
     @classmethod
     def from_state(cls, state: Any, source: str = "state") -> MergeBandit:
-        _check_state(state, source)
+        checked = _parse_state(state, source).model_dump()
         try:
-            return cls._from_checked_state(state, source)
+            return cls._from_checked_state(checked, source)
         except ConfigError as exc:  # e.g. an unknown policy or out-of-range parameter
             if isinstance(exc, BanditStateError):
                 raise
@@ -545,120 +554,130 @@ def _check_prior(prior: float) -> float:
     return float(prior)
 
 
-_STATE_TYPES: dict[str, type | tuple[type, ...]] = {
-    "format_version": int,
-    "context_features": list,
-    "policy": str,
-    "alpha": (int, float),
-    "noise": (int, float),
-    "ridge": (int, float),
-    "level_dims": dict,
-    "epsilon": (int, float),
-    "seed": int,
-    "scaler": dict,
-    "arms": dict,
-    "known_families": list,
-    "new_family_sd": (int, float),
-    "levels": dict,
-    "pending": list,
-    "next_choice": int,
-    "updates": int,
-    "rng": dict,
-}
+PositiveFiniteFloat = Annotated[FiniteFloat, Field(gt=0)]
 
 
-def _check_state(state: Any, source: str) -> None:
-    """Refuse states this code cannot interpret exactly (see the module docs)."""
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class _ScalerState(_Strict):
+    mean: list[FiniteFloat]
+    std: list[PositiveFiniteFloat]
+    prior_mean: FiniteFloat
+    prior_std: PositiveFiniteFloat
+
+
+class _LevelState(_Strict):
+    a: list[list[FiniteFloat]]
+    b: list[FiniteFloat]
+    n: NonNegativeInt
+
+
+class _PendingState(_Strict):
+    id: NonNegativeInt
+    arm: str
+    prior: FiniteFloat
+    x: list[FiniteFloat]
+    mean: FiniteFloat
+    sd: FiniteFloat
+    request: dict[str, Any] | None
+
+
+class BanditState(_Strict):
+    """The saved state's schema: unknown keys, missing keys, wrong types and non-finite numbers
+    are refused by the model; :meth:`_consistent` checks what ties the values together."""
+
+    format_version: int
+    context_features: list[str]
+    policy: str
+    alpha: FiniteFloat
+    noise: FiniteFloat
+    ridge: FiniteFloat
+    level_dims: dict[str, int]
+    epsilon: FiniteFloat
+    seed: NonNegativeInt
+    scaler: _ScalerState
+    arms: dict[str, str]
+    known_families: list[str]
+    new_family_sd: FiniteFloat
+    levels: dict[str, _LevelState]
+    pending: list[_PendingState]
+    next_choice: NonNegativeInt
+    updates: NonNegativeInt
+    rng: dict[str, Any]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> BanditState:
+        if self.format_version != FORMAT_VERSION:
+            raise ValueError(f"has format {self.format_version}, this code reads {FORMAT_VERSION}")
+        if self.context_features != list(CONTEXT_FEATURES):
+            raise ValueError(
+                f"was written for other context features ({self.context_features} vs "
+                f"{list(CONTEXT_FEATURES)})"
+            )
+        dims = self.level_dims
+        if set(dims) != set(LEVEL_RIDGE) or not all(1 <= d <= DIM for d in dims.values()):
+            raise ValueError(f"is malformed: level_dims {dims!r}")
+        for k, v in self.levels.items():
+            kind = k.split(":")[0]
+            if kind not in LEVEL_RIDGE:
+                raise ValueError(f"is malformed: level {k!r}")
+            a, b = np.array(v.a, dtype=float), np.array(v.b, dtype=float)
+            if a.shape != (dims[kind], dims[kind]) or b.shape != (dims[kind],):
+                raise ValueError(f"is malformed: level {k!r} has the wrong shape")
+            if not np.allclose(a, a.T) or not _positive_definite(a):
+                # ridge·I + Σxxᵀ is always symmetric positive definite
+                raise ValueError(f"is malformed: level {k!r} is not symmetric positive definite")
+        for arm, family in self.arms.items():
+            try:
+                operator = OperatorConfig.from_id(arm).operator
+            except SimmergeError:
+                operator = None
+            if operator != family:
+                raise ValueError(f"is malformed: arm {arm!r} listed under family {family!r}")
+        for c in self.pending:
+            if len(c.x) != DIM or c.id >= self.next_choice:
+                raise ValueError(f"is malformed: pending choice {c.id}")
+        n = len(CONTEXT_FEATURES)
+        if len(self.scaler.mean) != n or len(self.scaler.std) != n:
+            raise ValueError("is malformed: scaler length")
+        return self
+
+
+def _positive_definite(a: np.ndarray) -> bool:
+    try:
+        np.linalg.cholesky(a)
+    except np.linalg.LinAlgError:
+        return False
+    return True
+
+
+def _parse_state(state: Any, source: str) -> BanditState:
+    """The state as a :class:`BanditState`, or a :class:`BanditStateError` saying what is
+    wrong (pydantic's errors turned into one line)."""
     fix = "use a state written by this simmerge version, or start a new one."
     if not isinstance(state, dict):
         raise BanditStateError(f"Bandit {source} is not a JSON object.", fix)
-    unknown = sorted(set(state) - set(_STATE_TYPES))
-    missing = sorted(set(_STATE_TYPES) - set(state))
+    try:
+        return BanditState.model_validate(state)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+    top = [e for e in errors if len(e["loc"]) == 1]
+    unknown = sorted(str(e["loc"][0]) for e in top if e["type"] == "extra_forbidden")
+    missing = sorted(str(e["loc"][0]) for e in top if e["type"] == "missing")
     if unknown or missing:
         raise BanditStateError(
             f"Bandit {source}: unknown keys {unknown}, missing keys {missing}.", fix
         )
-    for key, typ in _STATE_TYPES.items():
-        if not isinstance(state[key], typ) or isinstance(state[key], bool):
-            raise BanditStateError(
-                f"Bandit {source}: {key!r} should be {_type_name(typ)}, got "
-                f"{type(state[key]).__name__}.",
-                fix,
-            )
-    if state["format_version"] != FORMAT_VERSION:
+    first = errors[0]
+    if first["type"] == "value_error":  # from _consistent: the message says what is wrong
+        raise BanditStateError(f"Bandit {source} {first['ctx']['error']}.", fix)
+    if len(first["loc"]) == 1:
         raise BanditStateError(
-            f"Bandit {source} has format {state['format_version']}, this code reads "
-            f"{FORMAT_VERSION}.",
+            f"Bandit {source}: {first['loc'][0]!r} should be of another type ({first['msg']}, "
+            f"got {type(first['input']).__name__}).",
             fix,
         )
-    if state["context_features"] != list(CONTEXT_FEATURES):
-        raise BanditStateError(
-            f"Bandit {source} was written for other context features "
-            f"({state['context_features']} vs {list(CONTEXT_FEATURES)}).",
-            fix,
-        )
-    try:
-        _check_values(state)
-    except (KeyError, TypeError, ValueError, AttributeError, SimmergeError) as exc:
-        raise BanditStateError(f"Bandit {source} is malformed: {exc}.", fix) from None
-
-
-def _finite(value: Any, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"{what} is not a finite number ({value!r})")
-    return float(value)
-
-
-def _check_values(state: dict[str, Any]) -> None:
-    """Every value a loaded bandit will compute with (raises ValueError/KeyError/TypeError)."""
-    dims = state["level_dims"]
-    if set(dims) != set(LEVEL_RIDGE) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= DIM for d in dims.values()
-    ):
-        raise ValueError(f"level_dims {dims!r}")
-    if state["seed"] < 0 or state["next_choice"] < 0 or state["updates"] < 0:
-        raise ValueError("seed, next_choice and updates must be >= 0")
-    for k, v in state["levels"].items():
-        kind = k.split(":")[0]
-        if kind not in LEVEL_RIDGE or set(v) != {"a", "b", "n"}:
-            raise ValueError(f"level {k!r}")
-        a, b = np.array(v["a"], dtype=float), np.array(v["b"], dtype=float)
-        if a.shape != (dims[kind], dims[kind]) or b.shape != (dims[kind],):
-            raise ValueError(f"level {k!r} has the wrong shape")
-        if not (np.isfinite(a).all() and np.isfinite(b).all()) or not np.allclose(a, a.T):
-            raise ValueError(f"level {k!r} has non-finite values or is not symmetric")
-        np.linalg.cholesky(a)  # positive definite, as ridge·I + Σxxᵀ always is
-        if not isinstance(v["n"], int) or isinstance(v["n"], bool) or v["n"] < 0:
-            raise ValueError(f"level {k!r} count {v['n']!r}")
-    for arm, family in state["arms"].items():
-        if OperatorConfig.from_id(arm).operator != family:
-            raise ValueError(f"arm {arm!r} listed under family {family!r}")
-    if not all(isinstance(f, str) for f in state["known_families"]):
-        raise ValueError("known_families must be operator names")
-    for p in state["pending"]:
-        if set(p) != {"id", "arm", "prior", "x", "mean", "sd", "request"} or len(p["x"]) != DIM:
-            raise ValueError("malformed pending choice")
-        if not isinstance(p["id"], int) or not 0 <= p["id"] < state["next_choice"]:
-            raise ValueError(f"pending choice id {p['id']!r}")
-        for what in ("prior", "mean", "sd"):
-            _finite(p[what], f"pending {what}")
-        for v in p["x"]:
-            _finite(v, "pending context")
-        if p["request"] is not None and not isinstance(p["request"], dict):
-            raise ValueError("pending request must be an object")
-    sc = state["scaler"]
-    if set(sc) != {"mean", "std", "prior_mean", "prior_std"}:
-        raise ValueError(f"scaler keys {sorted(sc)}")
-    if len(sc["mean"]) != len(CONTEXT_FEATURES) or len(sc["std"]) != len(CONTEXT_FEATURES):
-        raise ValueError("scaler length")
-    for v in [*sc["mean"], sc["prior_mean"]]:
-        _finite(v, "scaler mean")
-    for v in [*sc["std"], sc["prior_std"]]:
-        if _finite(v, "scaler std") <= 0:
-            raise ValueError("scaler std must be positive")
-
-
-def _type_name(typ: type | tuple[type, ...]) -> str:
-    if isinstance(typ, tuple):
-        return " or ".join(t.__name__ for t in typ)
-    return typ.__name__
+    where = ".".join(str(x) for x in first["loc"])
+    raise BanditStateError(f"Bandit {source} is malformed: {where}: {first['msg']}.", fix)

@@ -109,7 +109,7 @@ def select_for_pair(
 def verified_reward(choice: Choice, store: str | None, device: str | None) -> float:
     """Merge and evaluate a pending choice; its reward (mean normalized score, capped at 1)."""
     from simmerge.catalog import Catalog
-    from simmerge.pairwise.rank import Candidate
+    from simmerge.pairwise.rank import RankedCandidate
     from simmerge.pairwise.verify import verify
 
     req = choice.request
@@ -129,7 +129,7 @@ def verified_reward(choice: Choice, store: str | None, device: str | None) -> fl
     catalog = Catalog.load(req["catalog"])
     a, b = (catalog.model(n) for n in req["models"])
     config = OperatorConfig.from_id(choice.arm)
-    cand = Candidate(
+    cand = RankedCandidate(
         rank=1,
         models=(a.name, b.name),
         candidate=choice.arm,

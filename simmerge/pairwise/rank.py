@@ -19,17 +19,16 @@ import numpy as np
 
 from simmerge.catalog import Catalog, CatalogModel
 from simmerge.errors import CatalogError, ConfigError
-from simmerge.infra.resources import data_dir
+from simmerge.learn.anchoring import anchored_scores, check_margin
+from simmerge.learn.loading import load_predictor
 from simmerge.learn.predictor import MergePredictor, design_row
 from simmerge.merging.grid import DEFAULT_GRID, OperatorConfig
 from simmerge.signals.profiles import FeatureOptions, build_profiles
 from simmerge.signals.similarity import ModelProfile, functional_features, pair_features
 
-DEFAULT_PREDICTOR = "default"
-
 
 @dataclass(frozen=True)
-class Candidate:
+class RankedCandidate:
     """A ranked merge: the plan, its predicted score (mean predicted normalized score over the
     target tasks) with an uncertainty (ensemble spread) and the features that drove it."""
 
@@ -52,17 +51,6 @@ class Candidate:
         d = asdict(self)
         d["top_features"] = [{"feature": f, "contribution": c} for f, c in self.top_features]
         return d
-
-
-def load_predictor(predictor: MergePredictor | str | Path | None) -> MergePredictor:
-    """A predictor object, a saved folder, or a shipped name (``models/<name>``)."""
-    if isinstance(predictor, MergePredictor):
-        return predictor
-    name = predictor or DEFAULT_PREDICTOR
-    path = Path(name)
-    if not (path / "card.json").is_file():
-        path = data_dir("models") / str(name)
-    return MergePredictor.load(path)
 
 
 def _pair(catalog: Catalog, experts: Sequence[str]) -> tuple[CatalogModel, CatalogModel]:
@@ -141,14 +129,14 @@ def rank_merges(
     inputs: PairInputs | None = None,
     explain: int | None = None,
     margin: float | None = None,
-) -> list[Candidate]:
+) -> list[RankedCandidate]:
     """Candidates for merging ``experts`` (a, b), best first (see the module docs).
 
     Order: predicted score, except that the predictor's best-fixed candidate is kept first
     unless another is predicted to beat it by more than the card's margin (the anchored rule
-    of :func:`simmerge.learn.validation.anchor`, with the margin chosen by cross-validation).
+    of :func:`simmerge.learn.anchoring.anchor`, with the margin chosen by cross-validation).
     ``margin`` overrides the card's; 0 is the plain pick (the argmax of the prediction), which
-    closes more of the gap and takes more risk (README, "Predicting merges").
+    closes more of the gap and takes more risk (docs/results/pairwise.md).
 
     ``tasks`` defaults to the union of the two experts' tasks; a task with a probe set in the
     catalog also contributes its task-specific functional features. ``inputs`` (from
@@ -156,11 +144,7 @@ def rank_merges(
     (LightGBM ``pred_contrib``, the costly part) are listed for the ``explain`` best candidates
     (default: every candidate returned).
     """
-    if margin is not None and not (math.isfinite(margin) and margin >= 0):
-        raise ConfigError(
-            f"The anchoring margin must be a number >= 0, not {margin!r}.",
-            "pass 0 for the plain pick, or leave it out for the predictor card's margin.",
-        )
+    check_margin(margin)
     model = load_predictor(predictor)
     inputs = inputs or pair_inputs(catalog, experts, tasks, options=options, progress=progress)
     a, b, tasks = inputs.a, inputs.b, list(inputs.tasks)
@@ -170,7 +154,7 @@ def rank_merges(
         for t in tasks:
             rows.append(design_row(general, task_feats[t], t in a.tasks, t in b.tasks, config))
             keys.append((config, t))
-    mean, std = model.predict(rows)
+    mean, std = model.predict(rows, return_std=True)
 
     scored = []
     n_tasks = len(tasks)
@@ -189,15 +173,15 @@ def rank_merges(
         )
     # the predictor's selection rule (card "selection", chosen by cross-validation): best-fixed
     # is preferred unless another candidate is predicted to beat it by more than the margin
-    rule = model.card.get("selection") or {}
+    rule = model.card_.get("selection") or {}
     best_fixed = rule.get("best_fixed")
     margin = float(rule.get("margin", 0.0)) if margin is None else float(margin)
-    scored.sort(key=lambda s: -(s[0] + (margin if s[2].id == best_fixed else 0.0)))
-    kept = scored[:top]
+    ranked = anchored_scores([s[0] for s in scored], [s[2].id for s in scored], best_fixed, margin)
+    kept = [scored[i] for i in np.argsort(-ranked, kind="stable")][:top]
     n_explain = len(kept) if explain is None else min(explain, len(kept))
     feats = _top_features(model, rows, [s[5] for s in kept[:n_explain]], n_tasks, contributions)
     return [
-        Candidate(
+        RankedCandidate(
             rank=r + 1,
             models=(a.name, b.name),
             candidate=config.id,

@@ -19,7 +19,7 @@ from simmerge.evaluation.scorer import MergeScorer
 from simmerge.merging import merge
 from simmerge.outcomes.collection import outcome_rows
 from simmerge.outcomes.store import OutcomeStore
-from simmerge.pairwise.rank import Candidate
+from simmerge.pairwise.rank import RankedCandidate
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ class VerifyReport:
 
 def verify(
     catalog: Catalog,
-    candidates: Sequence[Candidate],
+    candidates: Sequence[RankedCandidate],
     k: int = 3,
     *,
     store: OutcomeStore | str | Path | None = None,

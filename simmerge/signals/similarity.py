@@ -4,7 +4,7 @@ Functional features come from two :class:`~simmerge.signals.signatures.Signature
 same
 probe set, structural ones from two :class:`~simmerge.signals.sketch.TaskVectorSketch` objects; no
 weights are read and no forward pass runs here. :data:`FEATURE_COLUMNS` fixes the column order
-(the predictor's input); the README's feature table documents every formula.
+(the predictor's input); docs/features.md documents every formula.
 
 Top-k signatures and KL/JS. When a signature keeps only the top k tokens per position, both
 distributions are compared on the partition {tokens in either top-k list} ∪ {everything

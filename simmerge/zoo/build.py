@@ -1,6 +1,6 @@
 """Build the tiny zoo: a base, experts, eval sets, probes and ``catalog.yaml``.
 
-Recipe B of ZOO-NOTES.md, "length extension with replay", plus a head start: the base learns
+The "length extension with replay" recipe (docs/results/zoo.md), plus a head start: the base learns
 every task at string lengths 3-6, and sees a few examples (5 % of each batch) at the eval
 lengths 7-8 of the tasks that do not generalize in length on their own (reverse, sort, swap,
 dup); each expert extends its task(s) to lengths 7-8, with half of each batch replaying the
@@ -87,7 +87,7 @@ def _e(name: str, tasks: str, seed: int, steps: int, lr: float) -> ExpertSpec:
 DEFAULT_TASKS = ("reverse", "sort", "rotate", "caesar", "swap", "dup")
 LARGE_TASKS = (*DEFAULT_TASKS, "rotr", "copy", "shift3")
 
-# tasks a 1 M-parameter Llama does not extend to longer strings by itself (ZOO-NOTES.md)
+# tasks a 1 M-parameter Llama does not extend to longer strings by itself (docs/results/zoo.md)
 HEAD_START_TASKS = ("reverse", "sort", "swap", "dup")
 
 RECIPES: dict[str, ZooRecipe] = {
@@ -441,7 +441,7 @@ def build_from_recipe(
                 "recipe": asdict(recipe),
                 "build_seconds": round(time.perf_counter() - t_start, 1),
                 # the weights are reproducible for one set of these, not across them: training
-                # numerics changed between transformers releases (README, "Reproducibility")
+                # numerics changed between transformers releases (docs/results/zoo.md)
                 "versions": _library_versions(),
             },
             indent=2,

@@ -2,7 +2,7 @@
 
 Each task maps a lowercase string ``x`` to an answer string; a prompt is ``"<tag>" + x + "="``
 and the model must continue with the answer and EOS. Tasks were chosen from the ones a 1 M
-parameter Llama learns in a few hundred steps (ZOO-NOTES.md): they stress different
+parameter Llama learns in a few hundred steps (docs/results/zoo.md): they stress different
 position-wise mappings, so their fine-tuned experts move different weights.
 """
 

@@ -3,7 +3,7 @@
 Training sequences are ``<bos> <tag> x = answer <eos>``; the loss covers the answer and EOS only.
 Batches are drawn from a seeded numpy generator and the model is initialised under a seeded torch
 generator, so a build is deterministic for a seed (training was bit-identical across reruns and
-thread counts on CPU, see ZOO-NOTES.md).
+thread counts on CPU, see docs/results/zoo.md).
 """
 
 from __future__ import annotations

@@ -122,8 +122,8 @@ def test_plan_model_round_trips_and_its_card_is_checked(tmp_path):
     model = PlanModel(n_models=2, num_boost_round=20, params={"num_threads": 1}).fit(frame, y)
     model.save(tmp_path / "plan")
     loaded = load_plan_model(tmp_path / "plan")
-    np.testing.assert_allclose(loaded.predict(frame)[0], model.predict(frame)[0])
-    assert loaded.card["target"].startswith("normalized score of the plan")
+    np.testing.assert_allclose(loaded.predict(frame), model.predict(frame))
+    assert loaded.card_["target"].startswith("normalized score of the plan")
     with pytest.raises(PredictorError, match="other features"):
         MergePredictor.load(tmp_path / "plan")  # a plan model is not a pair predictor
     assert load_plan_model(False) is None and load_plan_model("none") is None
@@ -155,13 +155,13 @@ def test_plan_merge_ranks_by_the_plan_model(trained, tmp_path):
     assert [p.predicted for p in learned] == sorted((p.predicted for p in learned), reverse=True)
     top = learned[0]
     own = [r for p, _, r in rows if p == top.plan]
-    mean = np.clip(model.predict(own)[0], 0, 1)
+    mean = np.clip(model.predict(own), 0, 1)
     assert len(own) == len(tasks)  # a row per target task, covered or not
     assert top.predicted == pytest.approx(sum(mean) / len(tasks))
     # without a plan model the analytic ranking is unchanged (a chain may lead)
     assert [p.plan for p in plan_merge(cat, tasks, plan_model=False, **kwargs)] == plans
     # a plan model plans no larger merges than it was trained on
-    model.card["max_members"] = 2
+    model.card_["max_members"] = 2
     with pytest.warns(UserWarning, match="at most 2 experts"):
         capped = plan_merge(cat, tasks, plan_model=model, **kwargs)
     assert capped and all(len(p.plan.members) == 2 for p in capped)

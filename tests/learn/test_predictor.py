@@ -11,18 +11,16 @@ import pandas as pd
 import pytest
 
 from simmerge.errors import ConfigError, InputNotFoundError, PredictorError
-from simmerge.learn.predictor import MergePredictor, predictor_columns
-from simmerge.learn.validation import (
+from simmerge.learn.metrics import (
     PairOutcome,
     best_fixed_candidate,
-    cross_validate,
-    model_folds,
     per_pair,
     random_outcomes,
     summarize,
-    task_folds,
-    with_extra,
 )
+from simmerge.learn.predictor import MergePredictor, predictor_columns
+from simmerge.learn.splits import model_folds, task_folds, with_extra
+from simmerge.learn.validation import cross_validate
 from simmerge.merging.grid import OperatorConfig
 
 
@@ -68,7 +66,7 @@ def test_predictor_learns_a_signal_and_reports_uncertainty():
     x, y = synthetic_rows(600)
     xt, yt = synthetic_rows(200, seed=1)
     model = MergePredictor(n_models=3, num_boost_round=80).fit(x, y)
-    mean, std = model.predict(xt)
+    mean, std = model.predict(xt, return_std=True)
     assert mean.shape == std.shape == (200,)
     assert np.corrcoef(mean, yt)[0, 1] > 0.8
     assert (std >= 0).all() and std.max() > 0  # bagging seeds disagree somewhere
@@ -78,7 +76,7 @@ def test_contributions_sum_to_the_prediction_and_name_the_driving_feature():
     x, y = synthetic_rows(600)
     model = MergePredictor(n_models=2, num_boost_round=60).fit(x, y)
     contrib = model.contributions(x.iloc[:20])
-    mean, _ = model.predict(x.iloc[:20])
+    mean, _ = model.predict(x.iloc[:20], return_std=True)
     np.testing.assert_allclose(contrib.sum(axis=1), mean, atol=1e-6)
     names = [n for n, _ in model.top_contributions(x.iloc[0].to_dict(), k=3)]
     assert "js_mean" in names
@@ -93,7 +91,7 @@ def test_save_load_round_trip_predicts_identically(tmp_path):
     assert card["training_rows"] == 300 and len(card["training_data_hash"]) == 16
     assert {"lightgbm", "simmerge", "numpy"} <= set(card["versions"]) and card["note"] == "test"
     loaded = MergePredictor.load(tmp_path / "p")
-    np.testing.assert_array_equal(loaded.predict(x)[0], model.predict(x)[0])
+    np.testing.assert_array_equal(loaded.predict(x), model.predict(x))
     assert loaded.seed == 7 and loaded.n_models == 2
 
 
@@ -119,26 +117,36 @@ def test_load_reports_missing_card_and_missing_model_files(tmp_path):
 
 
 def test_unfitted_predictor_and_bad_parameters_are_typed_errors():
+    """scikit-learn's contract: the constructor stores parameters (even bad ones) and nothing
+    else; fit checks them and is what creates the ``_`` attributes."""
+    x, y = synthetic_rows(40)
     with pytest.raises(PredictorError, match="not been fitted"):
         MergePredictor().predict([])
+    bad = MergePredictor(params={"num_leaf": 3})
+    assert bad.params == {"num_leaf": 3} and not hasattr(bad, "boosters_")
     with pytest.raises(ConfigError, match="Unknown LightGBM parameter"):
-        MergePredictor(params={"num_leaf": 3})
+        bad.fit(x, y)
     with pytest.raises(ConfigError, match="n_models"):
-        MergePredictor(n_models=0)
+        MergePredictor(n_models=0, decompose=False).fit(x, y)
+    fitted = MergePredictor(n_models=1, num_boost_round=5, decompose=False).fit(x, y)
+    assert fitted.boosters_ and fitted.card_["n_models"] == 1
+    mean = fitted.predict(x)
+    both = fitted.predict(x, return_std=True)
+    assert mean.shape == (len(x),) and np.array_equal(both[0], mean) and both[1].shape == mean.shape
 
 
 def test_decomposed_prediction_is_level_plus_deviation_and_round_trips(tmp_path):
     x, y = grouped_rows(80)
     model = MergePredictor(n_models=2, num_boost_round=60).fit(x, y)
-    assert model.decompose and len(model.level_boosters) == 2
+    assert model.decompose and len(model.level_boosters_) == 2
     # the deviation model alone predicts around zero per group: the level carries the mean
-    dev = np.mean([b.predict(x[list(predictor_columns())].to_numpy()) for b in model.boosters], 0)
+    dev = np.mean([b.predict(x[list(predictor_columns())].to_numpy()) for b in model.boosters_], 0)
     assert abs(dev.mean()) < 0.02
     model.save(tmp_path / "p")
     assert (tmp_path / "p" / "level_1.txt").is_file()
     loaded = MergePredictor.load(tmp_path / "p")
-    assert loaded.decompose and loaded.card["decompose"] is True
-    np.testing.assert_allclose(loaded.predict(x)[0], model.predict(x)[0])
+    assert loaded.decompose and loaded.card_["decompose"] is True
+    np.testing.assert_allclose(loaded.predict(x), model.predict(x))
 
 
 def test_decomposition_ranks_candidates_within_a_pair_better_than_one_regressor():
@@ -148,7 +156,7 @@ def test_decomposition_ranks_candidates_within_a_pair_better_than_one_regressor(
     corr = {}
     for decompose in (True, False):
         model = MergePredictor(n_models=1, num_boost_round=150, decompose=decompose).fit(x, y)
-        pred = model.predict(xt)[0]
+        pred = model.predict(xt)
         pred_dev = pred - pd.Series(pred).groupby(xt["a"].to_numpy()).transform("mean").to_numpy()
         corr[decompose] = np.corrcoef(pred_dev, yt_dev)[0, 1]
     assert corr[True] > corr[False]
@@ -160,13 +168,13 @@ def test_decomposed_fit_needs_groups_and_accepts_them_explicitly():
     with pytest.raises(ConfigError, match="group"):
         MergePredictor(n_models=1, num_boost_round=5).fit(bare, y)
     model = MergePredictor(n_models=1, num_boost_round=5).fit(bare, y, groups=x["a"].tolist())
-    assert model.level_boosters
+    assert model.level_boosters_
     with pytest.raises(ConfigError, match="group ids"):
         MergePredictor(n_models=1, num_boost_round=5).fit(bare, y, groups=["g"])
     assert (
         not MergePredictor(n_models=1, num_boost_round=5, decompose=False)
         .fit(bare, y)
-        .level_boosters
+        .level_boosters_
     )
 
 
@@ -231,7 +239,7 @@ def test_oracle_selection_closes_the_whole_gap():
 
 
 def test_gap_closure_interval_brackets_the_figure_and_collapses_without_spread():
-    from simmerge.learn.validation import gap_closure_interval
+    from simmerge.learn.metrics import gap_closure_interval
 
     def pair(sel):
         return PairOutcome(oracle=1.0, best_fixed=0.5, selected=sel, top_k=1, top1=0, spearman=0)
@@ -464,12 +472,12 @@ def test_rank_and_train_commands_work_end_to_end(trained, tmp_path, capsys):
     )
     assert "trained on" in capsys.readouterr().out
     loaded = MergePredictor.load(out)
-    assert loaded.card["training_sources"] == [f"dataset:{tmp_path / 'data'}"]
+    assert loaded.card_["training_sources"] == [f"dataset:{tmp_path / 'data'}"]
     assert main(["train", "--data", "", "--out", str(out)]) == 3  # nothing to train on
 
 
 def test_anchored_rule_keeps_best_fixed_unless_beaten_by_more_than_the_margin():
-    from simmerge.learn.validation import anchor
+    from simmerge.learn.anchoring import anchor
 
     pred = _series({("p1", "f"): 0.50, ("p1", "g"): 0.53, ("p2", "f"): 0.50, ("p2", "g"): 0.60})
     actual = _series({("p1", "f"): 0.6, ("p1", "g"): 0.4, ("p2", "f"): 0.5, ("p2", "g"): 0.9})
@@ -481,7 +489,7 @@ def test_anchored_rule_keeps_best_fixed_unless_beaten_by_more_than_the_margin():
 
 
 def test_choose_margin_picks_from_the_grid_by_inner_cross_validation():
-    from simmerge.learn.validation import MARGINS, choose_margin
+    from simmerge.learn.anchoring import MARGINS, choose_margin
 
     frame = _frame()
     rng = np.random.default_rng(0)
@@ -498,7 +506,7 @@ def test_choose_margin_picks_from_the_grid_by_inner_cross_validation():
             return self
 
         def predict(self, frame):
-            return rng.uniform(0, 1, len(frame)), np.zeros(len(frame))
+            return rng.uniform(0, 1, len(frame))
 
     margin = choose_margin(data, Noise)
     assert margin in MARGINS and margin >= 0.2
@@ -507,7 +515,7 @@ def test_choose_margin_picks_from_the_grid_by_inner_cross_validation():
 def test_ranking_flags_the_anchor_from_the_predictor_card(trained):
     from simmerge.pairwise.rank import rank_merges
 
-    card = MergePredictor.load(trained["predictor"]).card
+    card = MergePredictor.load(trained["predictor"]).card_
     ranked = rank_merges(
         trained["catalog"],
         ["reverse_a", "sort_a"],
@@ -553,7 +561,7 @@ def test_extra_training_rows_are_the_named_datasets_concatenated_or_none():
 
 def test_shipped_predictor_and_training_data_load_and_agree():
     from simmerge.learn.datasets import load_training_tables, shipped_datasets, training_frame
-    from simmerge.pairwise.rank import load_predictor
+    from simmerge.learn.loading import load_predictor
 
     assert {"zoo-large", "zoo-default"} <= set(shipped_datasets())
     for name in ("zoo-default", "zoo-large"):
@@ -561,12 +569,12 @@ def test_shipped_predictor_and_training_data_load_and_agree():
         frame = training_frame(features, outcomes)
         assert len(frame) == len(outcomes) and frame["task_of_a"].notna().all()
     model = load_predictor(None)  # models/default: the large zoo only (the demo's is unseen)
-    card = model.card
-    assert card["training_rows"] == len(frame) and card["decompose"] and model.level_boosters
+    card = model.card_
+    assert card["training_rows"] == len(frame) and card["decompose"] and model.level_boosters_
     assert card["training_sources"] == ["dataset:zoo-large"]
     assert card["selection"]["best_fixed"] in set(outcomes["candidate"])
     assert {"gap_closure", "risk"} <= set(card["cv_held_out_models"]["simmerge"])
-    mean, std = model.predict(frame.head(50))
+    mean, std = model.predict(frame.head(50), return_std=True)
     assert np.isfinite(mean).all() and (std >= 0).all()
 
 
@@ -579,6 +587,6 @@ def test_train_command_refits_on_a_store_of_verified_outcomes(trained, tmp_path,
     assert "needs --catalog" in capsys.readouterr().err
     extra = ["--catalog", str(trained["catalog"].source), "--cache-dir", str(tmp_path / "c")]
     assert main([*args, *extra, "--n-models", "1", "--cv-folds", "0"]) == 0
-    card = MergePredictor.load(out).card
+    card = MergePredictor.load(out).card_
     assert card["training_rows"] == len(trained["outcomes"])
     assert card["training_sources"][0].startswith("store:o.sqlite")

@@ -78,6 +78,7 @@ def test_oneshot_execution_is_one_n_way_merge(trained):
             params={"density": 0.5},
         )
     )
+    assert state and state.keys() == expected.keys()  # an empty merge must not pass
     for name in state:
         torch.testing.assert_close(state[name], expected[name])
 
@@ -201,6 +202,7 @@ def test_exact_mode_merges_the_prefixes_of_the_chains_fast_mode_ranks_best(train
 
 
 def test_exact_mode_profiles_the_materialized_intermediate(trained, tmp_path):
+    from simmerge.signals.profiles import catalog_probe_sets
     from simmerge.signals.signatures import compute_signature
 
     cat = trained["catalog"]
@@ -208,13 +210,12 @@ def test_exact_mode_profiles_the_materialized_intermediate(trained, tmp_path):
     plan = MultiwayPlan((a, b), ("linear",))
     profile = profile_plan(plan, cat, tmp_path / "inter", trained["options"])
     out = execute_plan(plan, cat, tmp_path / "again")
+    probes = trained["options"]
+    sets = catalog_probe_sets(cat, probes)
+    # every probe set of the catalog was profiled (an empty profile must not pass)
+    assert profile.signatures and set(profile.signatures) == set(sets)
     for key, sig in profile.signatures.items():
-        probes = trained["options"]
-        from simmerge.signals.profiles import catalog_probe_sets
-
-        fresh = compute_signature(
-            out, catalog_probe_sets(cat, probes)[key], config=probes.signature, cache_dir=None
-        )
+        fresh = compute_signature(out, sets[key], config=probes.signature, cache_dir=None)
         torch.testing.assert_close(sig.logprobs, fresh.logprobs)
         torch.testing.assert_close(sig.token_ids, fresh.token_ids)
 
@@ -310,11 +311,11 @@ def _evaluate_multiway_script():
 class _StubModel:
     """Predicts a kept fraction from the pair's cos_all and the operator: deterministic."""
 
-    def predict(self, rows):
+    def predict(self, rows, return_std=False):
         import numpy as np
 
         mean = np.array([r["cos_all"] * (0.9 if r.get("op_ties") else 1.0) for r in rows])
-        return mean, np.full(len(rows), 0.01)
+        return (mean, np.full(len(rows), 0.01)) if return_std else mean
 
 
 class _StubPlanner:

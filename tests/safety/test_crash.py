@@ -179,7 +179,7 @@ def test_killed_collection_resumes_without_lost_or_duplicated_rows(forker, train
 def test_killed_scan_leaves_whole_files_and_resumes_without_recomputing(forker, trained, tmp_path):
     from _factories import assert_same_outputs, check_outputs_whole, mtimes
 
-    from simmerge.scan.layout import FEATURES_FILE, RANKING_FILE, REPORT_FILE
+    from simmerge.scanning.layout import FEATURES_FILE, RANKING_FILE, REPORT_FILE
 
     catalog, predictor = str(trained["catalog_path"]), str(trained["predictor"])
     ref = tmp_path / "ref"

@@ -1,4 +1,5 @@
-"""Loaders never raise anything but simmerge.errors types on arbitrary input."""
+"""Loaders never raise anything but simmerge.errors types on arbitrary input, and every valid
+plan survives the trip through mergekit's format unchanged."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from simmerge.errors import SimmergeError
+from simmerge.errors import OperatorParameterError, SimmergeError
 from simmerge.io.safetensors_format import read_header
 from simmerge.merging import MergePlan
 
@@ -61,6 +62,60 @@ def test_plan_loader_raises_only_simmerge_errors(doc):
         MergePlan.from_mergekit_dict(doc)
     except SimmergeError:
         pass
+
+
+def _param_value(spec):
+    if spec.kind is bool:
+        return st.booleans()
+    low = spec.low if spec.low is not None else -5.0
+    high = spec.high if spec.high is not None else 5.0
+    if spec.kind is int:
+        return st.integers(int(low) + int(spec.low_open), int(high) if spec.high else 2**31)
+    return st.floats(low, high, exclude_min=spec.low_open, allow_nan=False, allow_infinity=False)
+
+
+@st.composite
+def valid_plans(draw):
+    """A plan every rule accepts: any registered operator, a member count it takes, each
+    parameter in its declared range, per-member weights and densities where it reads them."""
+    from simmerge.merging.plan import OUTPUT_DTYPES, PlanMember
+    from simmerge.merging.registry import OPERATORS
+
+    spec = OPERATORS[draw(st.sampled_from(sorted(OPERATORS)))]
+    top = min(spec.max_members or 3, 3)
+    n = draw(st.integers(spec.min_members, max(spec.min_members, top)))
+    members = []
+    for i in range(n):
+        kw = {"model": f"/m{i}"}
+        if spec.uses_weights:
+            kw["weight"] = draw(st.floats(0.1, 2.0))
+        if "density" in spec.per_member and draw(st.booleans()):
+            kw["density"] = draw(st.floats(0.05, 1.0))
+        members.append(PlanMember(**kw))
+    params = {p.name: draw(_param_value(p)) for p in spec.params if draw(st.booleans())}
+    try:
+        return MergePlan(
+            operator=spec.name,
+            members=tuple(members),
+            base="/base" if spec.needs_base else None,
+            params=params,
+            dtype=draw(st.sampled_from([None, *OUTPUT_DTYPES])),
+        )
+    except OperatorParameterError:  # a cross-parameter rule (DELLA's density ± epsilon)
+        assume(False)
+
+
+@settings(max_examples=300, deadline=None)
+@given(valid_plans())
+def test_a_valid_plan_loads_back_from_its_mergekit_form_unchanged(plan):
+    """The success side of the loader fuzz: load must not merely avoid crashing, it must give
+    back the plan that was written (dict and YAML text alike)."""
+    import yaml
+
+    again = MergePlan.from_mergekit_dict(plan.to_mergekit_dict())
+    assert again == plan and again.plan_id == plan.plan_id
+    text = plan.to_mergekit_yaml()
+    assert MergePlan.from_mergekit_dict(yaml.safe_load(text)) == plan
 
 
 def _yaml_loaders():

@@ -17,9 +17,9 @@ from _factories import assert_same_outputs, mtimes
 
 from simmerge.errors import ConfigError
 from simmerge.learn.plan_model import load_plan_model
-from simmerge.scan.executors import LocalExecutor, make_executor
-from simmerge.scan.layout import FEATURES_FILE, REPORT_FILE, load_ranking
-from simmerge.scan.pipeline import STAGES, ScanSettings, scan
+from simmerge.scanning.executors import LocalExecutor, make_executor
+from simmerge.scanning.layout import FEATURES_FILE, REPORT_FILE, load_ranking
+from simmerge.scanning.pipeline import STAGES, ScanSettings, scan
 from simmerge.signals.profiles import FeatureOptions
 
 pytestmark = pytest.mark.slow
@@ -54,7 +54,7 @@ def test_scan_writes_features_ranking_report_and_figures(scanned):
     assert all(len(p["members"]) <= SETTINGS.max_models for p in ranking["plans"])
     # plans re-scored by the shipped plan model, which the ranking names
     assert {p["ranked_by"] for p in ranking["plans"]} == {"plan model"}
-    shipped = load_plan_model(None).card["training_sources"]
+    shipped = load_plan_model(None).card_["training_sources"]
     assert ranking["plan_model"]["trained_on"] == shipped and "tiny-zoo" not in shipped
     for fig in ("heatmap", "clusters", "features"):
         assert (out / f"report_{fig}.png").read_bytes()[:4] == b"\x89PNG"
@@ -131,7 +131,7 @@ def test_report_plots_verified_outcomes_against_predictions(scanned, tmp_path):
     from simmerge.catalog import Catalog
     from simmerge.pairwise.rank import rank_merges
     from simmerge.pairwise.verify import verify
-    from simmerge.scan.report import verified_points
+    from simmerge.scanning.report import verified_points
 
     out = tmp_path / "out"
     shutil.copytree(scanned["root"] / "out", out)
@@ -147,7 +147,7 @@ def test_report_plots_verified_outcomes_against_predictions(scanned, tmp_path):
     assert result.skipped == list(STAGES[:5]) and "report" in result.seconds
     page = (out / REPORT_FILE).read_text()
     assert "No verified outcomes" not in page and (out / "report_scatter.png").is_file()
-    from simmerge.scan.report import _verified
+    from simmerge.scanning.report import _verified
 
     points = verified_points(ranking, _verified(store, catalog.name))
     verified = report.verified[0]
@@ -232,7 +232,7 @@ def test_export_writes_a_mergekit_config_for_a_pair_and_a_chain(scanned, tmp_pat
     chain = MultiwayPlan(("caesar_a", "sort_a", "rotate_a"), ("linear", "ties[density=0.5]"))
     entry = {**ranking, "plans": [{"plan_id": chain.plan_id, "members": list(chain.members),
                                    "steps": list(chain.steps), "oneshot": False}]}  # fmt: skip
-    from simmerge.scan.export import export_plan
+    from simmerge.scanning.export import export_plan
 
     docs = list(yaml.safe_load_all(export_plan(entry, chain.plan_id, catalog)))
     assert [d.get("name") for d in docs] == ["step_1", None]  # the final model is unnamed
@@ -281,7 +281,14 @@ def test_readme_python_api_walkthrough_runs(scanned, tmp_path, monkeypatch):
     exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102
     assert (tmp_path / "runs" / "merged" / "config.json").is_file()
     assert namespace["result"].report.is_file() and namespace["plans"]
-    assert namespace["report"].best.candidate in {c.candidate for c in namespace["ranked"][:3]}
+    # verify measured the top 3 in rank order and recorded what it measured in the store
+    report, ranked = namespace["report"], namespace["ranked"]
+    assert [v.candidate for v in report.verified] == [c.candidate for c in ranked[:3]]
+    from simmerge.outcomes.store import OutcomeStore
+
+    with OutcomeStore(tmp_path / "runs" / "outcomes.sqlite") as store:
+        rows = [o for o in store.outcomes() if o.candidate == report.best.candidate]
+    assert rows and sum(o.normalized for o in rows) / len(rows) == pytest.approx(report.best.actual)
 
 
 def test_two_experts_one_without_tasks_scan_with_a_note_instead_of_plans(scanned, tmp_path):

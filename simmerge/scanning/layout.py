@@ -2,7 +2,7 @@
 
 Below both the scan pipeline (which writes these files) and the report and export (which read
 them), so neither has to import the other. Each file records the key of everything it was
-computed from (:mod:`simmerge.scan.pipeline`, "Resume"); the readers here return that key, or
+computed from (:mod:`simmerge.scanning.pipeline`, "Resume"); the readers here return that key, or
 None for a missing or unreadable file, so a stage can tell whether its output is current.
 """
 

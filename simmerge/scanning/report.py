@@ -332,7 +332,7 @@ def write_report(
     """Write ``report.html`` and ``report_<figure>.png`` into a scan folder (see module docs)."""
     import pandas as pd
 
-    from simmerge.scan.layout import FEATURES_FILE, REPORT_FILE, load_ranking
+    from simmerge.scanning.layout import FEATURES_FILE, REPORT_FILE, load_ranking
 
     folder = Path(scan_dir)
     ranking = load_ranking(folder)

@@ -4,7 +4,7 @@
 
 1. **signatures** -- one probe pass per (expert, distinct probe set): O(N) forward passes;
 2. **sketches** -- one streaming weight pass per expert: O(N);
-   both are jobs for an executor (:mod:`simmerge.scan.executors`: in-process, a process pool or
+   both are jobs for an executor (:mod:`simmerge.scanning.executors`: in-process, a process pool or
    Ray) whose results land in the content-keyed cache, so a re-run or another scan of the same
    checkpoints recomputes none of them;
 3. **profiles** -- the cached signatures and sketches loaded back (O(N) reads);
@@ -13,7 +13,7 @@
 5. **ranking** -- every unordered pair's candidates ranked by the predictor (its predicted best
    merge is the heatmap's cell) and the top multi-way plans for the catalog's task set
    -> ``ranking.json``;
-6. **report** -- ``report.html`` (self-contained) and its PNGs (:mod:`simmerge.scan.report`).
+6. **report** -- ``report.html`` (self-contained) and its PNGs (:mod:`simmerge.scanning.report`).
 
 **Resume.** Every output records a key of everything it was computed from (checkpoint
 fingerprints, probe hashes, feature settings, and for the ranking the predictor's card and the
@@ -38,9 +38,9 @@ from simmerge.catalog import Catalog
 from simmerge.errors import ConfigError, OutputPathError
 from simmerge.infra.cache import cache_key, default_cache_dir
 from simmerge.infra.files import atomic_write_text, ensure_writable_dir
-from simmerge.multiway.search import DEFAULT_MAX_MODELS, MODES
-from simmerge.scan.executors import Executor, make_executor
-from simmerge.scan.layout import (
+from simmerge.multiway.settings import DEFAULT_MAX_MODELS, MODES
+from simmerge.scanning.executors import Executor, make_executor
+from simmerge.scanning.layout import (
     FEATURES_FILE,
     KEY_META,
     RANKING_FILE,
@@ -196,8 +196,8 @@ def _ranking_key(features_key: str, predictor: Any, settings: ScanSettings, plan
     return cache_key(
         {
             "features": features_key,
-            "predictor": predictor.card,
-            "plan_model": plan_model.card if plan_model is not None else None,
+            "predictor": predictor.card_,
+            "plan_model": plan_model.card_ if plan_model is not None else None,
             "settings": asdict(settings),
         }
     )
@@ -223,13 +223,13 @@ def scan(
     """Scan ``catalog`` into ``out_dir`` (see the module docs); resumable.
 
     ``executor`` is ``"local"`` (``workers`` > 1: a process pool), ``"ray"`` (``address``:
-    an existing cluster, e.g. ``"auto"``) or an :class:`~simmerge.scan.executors.Executor`.
+    an existing cluster, e.g. ``"auto"``) or an :class:`~simmerge.scanning.executors.Executor`.
     ``store`` is an outcome store whose verified outcomes the report plots against the
     predictions. The cache defaults to ``options.cache_dir`` or the user cache; on a Ray
     cluster it must be a folder every worker can reach at the same path.
     """
+    from simmerge.learn.loading import load_predictor
     from simmerge.learn.plan_model import load_plan_model
-    from simmerge.pairwise.rank import load_predictor
 
     if not isinstance(catalog, Catalog):
         catalog = Catalog.load(catalog)
@@ -310,7 +310,7 @@ def scan(
                     result.seconds[f"ranking_{part}"] = seconds
                 atomic_write_text(result.ranking, json.dumps(ranking, indent=1) + "\n")
     if report:
-        from simmerge.scan.report import html_key, report_key, write_report
+        from simmerge.scanning.report import html_key, report_key, write_report
 
         result.report = out / REPORT_FILE
         rep_key = report_key(r_key, catalog, store)
@@ -404,7 +404,7 @@ def rank_catalog(
         catalog, profiles, model, plan_model, settings, options, progress
     )
     seconds["plans"] = time.perf_counter() - start
-    rule = model.card.get("selection") or {}
+    rule = model.card_.get("selection") or {}
     return {
         "format": SCAN_FORMAT,
         "simmerge": __version__,
@@ -418,10 +418,10 @@ def rank_catalog(
             "columns": len(model.columns),
             "best_fixed": rule.get("best_fixed"),
             "margin": rule.get("margin"),
-            "cv": model.card.get("cv"),
+            "cv": model.card_.get("cv"),
         },
         "plan_model": (
-            {"trained_on": plan_model.card.get("training_sources")} if plan_model else None
+            {"trained_on": plan_model.card_.get("training_sources")} if plan_model else None
         ),
         "settings": asdict(settings),
         "pairs": pairs,

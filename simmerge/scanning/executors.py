@@ -11,7 +11,7 @@ picklable top-level function over such a list, in order, with a progress bar:
   the models are so small that one job cannot keep the cores busy).
 * :class:`RayExecutor` (extra ``simmerge[ray]``): one Ray task per job, ``num_gpus=1`` per task
   when the cluster has GPUs, retried when a worker dies. Workers must see the checkpoints and
-  the cache folder at the same paths (shared storage); see the README's "Catalog scans".
+  the cache folder at the same paths (shared storage); see docs/design.md, "Scans".
 """
 
 from __future__ import annotations
