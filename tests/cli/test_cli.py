@@ -29,9 +29,9 @@ LEAVES = list(leaf_commands(build_parser()))
 def test_the_command_list_is_what_the_docs_promise():
     names = {" ".join(words) for words, _ in LEAVES}
     assert names == {
-        "merge", "eval", "zoo build", "demo", "features", "collect", "train", "rank", "verify",
-        "plan", "bandit select", "bandit update", "bandit add-arm", "bandit remove-arm", "scan",
-        "export",
+        "merge", "eval", "zoo build", "zoo fetch-base", "demo", "features", "collect", "train",
+        "rank", "verify", "plan", "bandit select", "bandit update", "bandit add-arm",
+        "bandit remove-arm", "scan", "export",
     }  # fmt: skip
 
 
