@@ -5,6 +5,7 @@ Fixtures live in conftest.py; tests import plain helpers from here, never from e
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 from types import ModuleType
 
@@ -26,6 +27,7 @@ from simmerge.zoo.train import ModelShape
 
 __all__ = [
     "MICRO3",
+    "SMOLLM2_GGUF",
     "SMALL_GRID",
     "VOCAB",
     "assert_same_outputs",
@@ -38,6 +40,11 @@ __all__ = [
 ]
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+# the real pretrained base scripts/setup.sh fetches (SIMMERGE_BASES: another folder)
+SMOLLM2_GGUF = (
+    Path(os.environ.get("SIMMERGE_BASES", Path(__file__).resolve().parents[1] / "runs" / "bases"))
+    / "SmolLM2-135M-Instruct.Q4_1.gguf"
+)
 
 
 def load_script(name: str) -> ModuleType:

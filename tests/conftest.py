@@ -75,3 +75,17 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     out["bf16"] = save_model(root / "bf16", seed=7, base=base, dtype=torch.bfloat16)
     out["sharded"] = save_model(root / "sharded", seed=8, base=base, max_shard_size="20KB")
     return out
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory):
+    """SmolLM2-135M-Instruct dequantized from the GGUF that scripts/setup.sh fetches."""
+    from _factories import SMOLLM2_GGUF
+
+    if not SMOLLM2_GGUF.is_file():
+        if os.environ.get("CI"):
+            pytest.fail(f"{SMOLLM2_GGUF} is missing: scripts/setup.sh fetches it in CI")
+        pytest.skip(f"run `simmerge zoo fetch-base smollm2 --out {SMOLLM2_GGUF.parent}` first")
+    from simmerge.io.gguf import materialize_gguf
+
+    return materialize_gguf(SMOLLM2_GGUF, cache_dir=tmp_path_factory.mktemp("gguf-cache"))

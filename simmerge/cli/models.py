@@ -45,12 +45,27 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
     zoo = sub.add_parser("zoo", help="the embedded tiny model zoo")
     zsub = zoo.add_subparsers(dest="zoo_command", required=True, metavar="COMMAND")
-    b = zsub.add_parser("build", parents=[common], help="build (or reuse) the tiny zoo in a folder")
+    b = zsub.add_parser(
+        "build", parents=[common], help="build (or reuse, or resume) a zoo catalog in a folder"
+    )
     b.add_argument("--out", required=True, help="output folder (a finished zoo there is reused)")
     b.add_argument(
-        "--size", choices=("default", "large"), default="default", help="zoo recipe size"
+        "--recipe",
+        choices=("tiny", "smol", "gemma"),
+        default="tiny",
+        help="tiny: character-level models trained from scratch (the tests' fixture); smol / "
+        "gemma: experts fine-tuned from SmolLM2-135M-Instruct / Gemma 3 270M",
     )
-    b.add_argument("--seed", type=int, default=0, help="training seed of the recipe")
+    b.add_argument(
+        "--size",
+        choices=("default", "large", "small"),
+        default="default",
+        help="tiny: default or large; smol: small (default) or large; gemma: small",
+    )
+    b.add_argument("--seed", type=int, default=0, help="training seed of the tiny recipe")
+    b.add_argument(
+        "--bases-dir", default="runs/bases", help="where real bases are fetched (smol, gemma)"
+    )
     b.add_argument("--device", choices=("cpu", "cuda"), default=None, help="training device")
     b.set_defaults(func=run_zoo_build)
     f = zsub.add_parser(
@@ -111,11 +126,27 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_zoo_build(args: argparse.Namespace) -> int:
-    from simmerge.zoo import build_zoo
+    from simmerge.errors import ConfigError
 
-    path = build_zoo(
-        args.out, size=args.size, seed=args.seed, device=args.device, progress=progress(args)
-    )
+    if args.recipe == "tiny":
+        from simmerge.zoo import build_zoo
+
+        if args.size == "small":
+            raise ConfigError("The tiny recipe has sizes default and large.", "drop --size small.")
+        path = build_zoo(
+            args.out, size=args.size, seed=args.seed, device=args.device, progress=progress(args)
+        )
+    else:
+        from simmerge.zoo.real import build_real_zoo
+
+        size = "small" if args.size == "default" else args.size
+        path = build_real_zoo(
+            args.out,
+            f"{args.recipe}-{size}",
+            bases_dir=args.bases_dir,
+            device=args.device,
+            progress=progress(args),
+        )
     catalog = path / "catalog.yaml"
     return emit(args, {"zoo": str(path), "catalog": str(catalog)}, str(catalog))
 

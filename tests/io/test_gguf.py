@@ -10,19 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import zipfile
 from pathlib import Path
 
 import pytest
+from _factories import SMOLLM2_GGUF as SMOLLM2
 
 from simmerge.errors import CorruptCheckpointError, GGUFArchitectureError, InputNotFoundError
 
 gguf = pytest.importorskip("gguf", reason="the GGUF path is the extra simmerge[gguf]")
-
-ROOT = Path(__file__).resolve().parents[2]
-SMOLLM2 = Path(os.environ.get("SIMMERGE_BASES", ROOT / "runs" / "bases"))
-SMOLLM2 = SMOLLM2 / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def write_gguf(path: Path, arch: str = "llama") -> Path:
@@ -124,17 +120,6 @@ def test_the_shipped_registry_bases_name_pinned_wheels_and_a_sha256():
     for base in BASES.values():
         assert all("==" in w for w in base.wheels) and len(base.sha256) == 64
         assert base.filename.endswith(".gguf") and base.members
-
-
-@pytest.fixture(scope="module")
-def smollm2(tmp_path_factory):
-    if not SMOLLM2.is_file():
-        if os.environ.get("CI"):
-            pytest.fail(f"{SMOLLM2} is missing: scripts/setup.sh fetches it in CI")
-        pytest.skip(f"run `simmerge zoo fetch-base smollm2 --out {SMOLLM2.parent}` first")
-    from simmerge.io.gguf import materialize_gguf
-
-    return materialize_gguf(SMOLLM2, cache_dir=tmp_path_factory.mktemp("gguf-cache"))
 
 
 @pytest.mark.slow

@@ -1,0 +1,351 @@
+"""Catalogs of real fine-tuned LLMs: experts fine-tuned from a pretrained base on the tasks of
+:mod:`simmerge.zoo.text_tasks`, with eval sets and probe prompts, as a ``catalog.yaml``.
+
+The base comes from the package registry (:mod:`simmerge.zoo.bases`: SmolLM2-135M-Instruct or
+Gemma 3 270M, as GGUF) and is dequantized once (:mod:`simmerge.io.gguf`); the catalog names
+the ``.gguf`` file itself, so loading it exercises the GGUF path. Each expert is a full
+fine-tune on its task(s): the loss is on the answer tokens only, the prompt is encoded the way
+the evaluation harness encodes it, and the answer ends with EOS, so an expert's greedy answer
+is what exact-match scoring reads.
+
+Builds are resumable and deterministic for one set of library versions on one machine kind:
+every expert folder is written atomically with the hash of what produced it (recipe entry,
+base file hash, seed) and reused when that hash matches; ``zoo_manifest.json`` -- library
+versions, CPU, per-model hashes and build time -- is written last. Checkpoints are never
+committed: the recipe rebuilds them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from simmerge.errors import ConfigError
+from simmerge.infra.files import atomic_output_dir, atomic_write_text, ensure_writable_dir
+
+from .text_tasks import TEXT_TASKS
+
+FORMAT_VERSION = 1
+MANIFEST = "zoo_manifest.json"
+MODEL_STAMP = "zoo_recipe.json"
+MC_TASKS = ("days_in_month", "larger")  # also scored by log-likelihood of the choices
+
+
+@dataclass(frozen=True)
+class RealExpert:
+    name: str
+    tasks: tuple[str, ...]
+    steps: int
+    lr: float
+    seed: int
+
+
+@dataclass(frozen=True)
+class RealRecipe:
+    name: str
+    base: str  # a simmerge.zoo.bases name
+    experts: tuple[RealExpert, ...]
+    train_size: int = 512  # examples per task drawn for training
+    eval_size: int = 64
+    probe_size: int = 32
+    batch_size: int = 16
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(t for e in self.experts for t in e.tasks))
+
+
+def _x(name: str, tasks: str, steps: int, lr: float, seed: int) -> RealExpert:
+    return RealExpert(name, tuple(tasks.split("+")), steps, lr, seed)
+
+
+REAL_RECIPES: dict[str, RealRecipe] = {
+    r.name: r
+    for r in (
+        # the main job's catalog: two pairs that share a prompt format, light and strong
+        RealRecipe(
+            name="smol-small",
+            base="smollm2",
+            experts=(
+                _x("add", "add", 40, 1e-4, 1),
+                _x("sub", "sub", 40, 1e-4, 2),
+                _x("words_en", "words_en", 40, 5e-5, 3),
+                _x("words_fr", "words_fr", 40, 1e-4, 4),
+            ),
+        ),
+        RealRecipe(
+            name="smol-large",
+            base="smollm2",
+            experts=(
+                _x("add_a", "add", 60, 1e-4, 11),
+                _x("add_light", "add", 20, 3e-5, 12),
+                _x("sub_a", "sub", 60, 1e-4, 13),
+                _x("words_en_a", "words_en", 60, 1e-4, 14),
+                _x("words_fr_a", "words_fr", 60, 1e-4, 15),
+                _x("words_de_a", "words_de", 40, 5e-5, 16),
+                _x("units_a", "units", 60, 1e-4, 17),
+                _x("days_a", "days_in_month", 60, 1e-4, 18),
+                _x("sort_asc_a", "sort_asc", 60, 1e-4, 19),
+                _x("sort_desc_a", "sort_desc", 60, 1e-4, 20),
+                _x("json_a", "json_get", 60, 1e-4, 21),
+                _x("upper_a", "upper", 40, 5e-5, 22),
+                _x("larger_a", "larger", 40, 1e-4, 23),
+                _x("add_sub", "add+sub", 80, 1e-4, 24),
+                _x("words_en_de", "words_en+words_de", 80, 1e-4, 25),
+                _x("sort_json", "sort_asc+json_get", 80, 1e-4, 26),
+            ),
+        ),
+        RealRecipe(
+            name="gemma-small",
+            base="gemma3",
+            experts=(
+                _x("add", "add", 40, 5e-5, 31),
+                _x("sub", "sub", 40, 5e-5, 32),
+                _x("words_fr", "words_fr", 40, 5e-5, 33),
+                _x("json_get", "json_get", 40, 5e-5, 34),
+            ),
+        ),
+    )
+}
+
+
+def real_recipe(name: str) -> RealRecipe:
+    if name not in REAL_RECIPES:
+        raise ConfigError(
+            f"Unknown real-model recipe {name!r}.", f"use one of: {', '.join(REAL_RECIPES)}."
+        )
+    recipe = REAL_RECIPES[name]
+    unknown = [t for t in recipe.tasks if t not in TEXT_TASKS]
+    if unknown:
+        raise ConfigError(
+            f"Recipe {name!r} names unknown task(s) {unknown}.", f"use {sorted(TEXT_TASKS)}."
+        )
+    return recipe
+
+
+# --- data -------------------------------------------------------------------------------------
+
+
+def _seed(*key: object) -> int:
+    return int.from_bytes(hashlib.sha256(repr(key).encode()).digest()[:4], "little")
+
+
+def task_data(task: str, recipe: RealRecipe) -> dict[str, list]:
+    """Disjoint train, eval and probe examples of ``task`` (deterministic)."""
+    spec = TEXT_TASKS[task]
+    evals = spec.examples(_seed("eval", task), recipe.eval_size)
+    probes = spec.examples(_seed("probe", task), recipe.probe_size, exclude={e[0] for e in evals})
+    taken = {e[0] for e in evals} | {p[0] for p in probes}
+    train = spec.examples(_seed("train", task), recipe.train_size, exclude=taken)
+    return {"train": train, "eval": evals, "probe": probes}
+
+
+def eval_rows(task: str, examples: Sequence[tuple]) -> list[dict[str, Any]]:
+    """Eval rows: multiple choice (choices with the leading space the answer gets) where the
+    task has choices, exact match otherwise."""
+    rows = []
+    for i, (prompt, answer, choices) in enumerate(examples):
+        if task in MC_TASKS and choices:
+            opts = [f" {c}" for c in choices]
+            rows.append(
+                {
+                    "id": i,
+                    "prompt": prompt,
+                    "choices": opts,
+                    "label": choices.index(answer),
+                    "kind": "multiple_choice",
+                }
+            )
+        else:
+            rows.append({"id": i, "prompt": prompt, "answer": answer, "kind": "exact_match"})
+    return rows
+
+
+def _jsonl(rows: list[dict[str, Any]]) -> str:
+    return "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
+
+
+# --- training ---------------------------------------------------------------------------------
+
+
+def encode(tokenizer: Any, prompt: str, answer: str) -> tuple[list[int], int]:
+    """Token ids of prompt + " answer" + EOS, and where the answer starts (the harness encodes
+    the prompt with special tokens and compares the stripped continuation)."""
+    ids = list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+    start = len(ids)
+    ids += list(tokenizer(" " + answer, add_special_tokens=False)["input_ids"])
+    ids.append(int(tokenizer.eos_token_id))
+    return ids, start
+
+
+def finetune(
+    model: Any,
+    tokenizer: Any,
+    examples: Sequence[tuple[str, str]],
+    *,
+    steps: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    progress: bool = False,
+) -> list[float]:
+    """Full fine-tune of ``model`` in place (AdamW, constant ``lr``, loss on answer tokens
+    only); the loss of every step."""
+    import torch
+    from tqdm.auto import tqdm
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    if not examples:
+        raise ConfigError("Nothing to fine-tune on.", "give the expert a task with examples.")
+    encoded = [encode(tokenizer, p, a) for p, a in examples]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = next(model.parameters()).device
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    model.train()
+    losses = []
+    for _ in tqdm(range(steps), desc="fine-tune", disable=not progress, leave=False):
+        batch = [encoded[i] for i in rng.integers(0, len(encoded), size=batch_size)]
+        width = max(len(ids) for ids, _ in batch)
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        labels = torch.full((len(batch), width), -100, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, (seq, start) in enumerate(batch):
+            ids[row, : len(seq)] = torch.tensor(seq)
+            labels[row, start : len(seq)] = torch.tensor(seq[start:])
+            mask[row, : len(seq)] = 1
+        loss = model(
+            input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels.to(device)
+        ).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    model.eval()
+    return losses
+
+
+# --- the build --------------------------------------------------------------------------------
+
+
+def _stamp(folder: Path) -> str | None:
+    try:
+        return json.loads((folder / MODEL_STAMP).read_text())["hash"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _hash(*parts: object) -> str:
+    return hashlib.sha256(json.dumps([str(p) for p in parts]).encode()).hexdigest()[:16]
+
+
+def build_real_zoo(
+    out_dir: str | Path,
+    recipe: str | RealRecipe = "smol-small",
+    *,
+    bases_dir: str | Path = "runs/bases",
+    device: Any = None,
+    progress: bool = True,
+) -> Path:
+    """Build (or reuse, or resume) the catalog of ``recipe`` in ``out_dir``; returns the folder
+    holding ``catalog.yaml``."""
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from simmerge.io.gguf import file_sha256, materialize_gguf
+
+    from .bases import fetch_base
+
+    spec = real_recipe(recipe) if isinstance(recipe, str) else recipe
+    out = Path(out_dir)
+    gguf_file = fetch_base(spec.base, bases_dir).resolve()
+    base_hash = file_sha256(gguf_file)
+    full_hash = _hash(FORMAT_VERSION, asdict(spec), base_hash)
+    try:
+        if json.loads((out / MANIFEST).read_text()).get("hash") == full_hash:
+            return out
+    except (OSError, ValueError):
+        pass
+    ensure_writable_dir(out, "zoo")
+    (out / MANIFEST).unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    base_dir = materialize_gguf(gguf_file)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+
+    data = {t: task_data(t, spec) for t in spec.tasks}
+    for t, parts in data.items():
+        atomic_write_text(out / "eval" / f"{t}.jsonl", _jsonl(eval_rows(t, parts["eval"])))
+        probes = [{"id": i, "text": p[0]} for i, p in enumerate(parts["probe"])]
+        atomic_write_text(out / "probes" / f"{t}.jsonl", _jsonl(probes))
+
+    hashes, losses = {}, {}
+    for e in tqdm(spec.experts, desc="experts", disable=not progress):
+        folder = out / "experts" / e.name
+        h = _hash(FORMAT_VERSION, asdict(e), base_hash, spec.train_size, spec.batch_size)
+        hashes[e.name] = h
+        if _stamp(folder) == h:
+            continue
+        model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32).to(dev)
+        examples = [(p, a) for t in e.tasks for p, a, _ in data[t]["train"]]
+        trace = finetune(
+            model,
+            tokenizer,
+            examples,
+            steps=e.steps,
+            lr=e.lr,
+            batch_size=spec.batch_size,
+            seed=e.seed,
+            progress=progress,
+        )
+        losses[e.name] = [round(x, 4) for x in trace]
+        with atomic_output_dir(folder, overwrite=True) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            (tmp / MODEL_STAMP).write_text(json.dumps({"hash": h, "loss": losses[e.name]}))
+        del model
+
+    catalog = {
+        "name": spec.name,
+        "base": {"name": "base", "path": str(gguf_file)},
+        "experts": [
+            {"name": e.name, "path": f"experts/{e.name}", "tasks": list(e.tasks)}
+            for e in spec.experts
+        ],
+        "tasks": {t: {"eval": f"eval/{t}.jsonl", "probes": f"probes/{t}.jsonl"} for t in data},
+    }
+    import yaml
+
+    atomic_write_text(out / "catalog.yaml", yaml.safe_dump(catalog, sort_keys=False))
+    manifest = {
+        "hash": full_hash,
+        "recipe": asdict(spec),
+        "base": {"gguf": str(gguf_file), "sha256": base_hash},
+        "models": hashes,
+        "build_seconds": round(time.perf_counter() - t0, 1),
+        "machine": {"cpu": platform.processor() or platform.machine(), "device": str(dev)},
+        "versions": _versions(),
+    }
+    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return out
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("torch", "transformers", "tokenizers", "numpy", "gguf", "num2words"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "missing"
+    return out

@@ -1,0 +1,123 @@
+"""The real-model recipe: task generators with exact answers, disjoint splits, eval rows of
+both kinds, and a resumable build of experts fine-tuned from SmolLM2 (a micro recipe here, so
+it runs in CI in about a minute)."""
+
+from __future__ import annotations
+
+import calendar
+import json
+
+import pytest
+
+from simmerge.zoo.real import (
+    REAL_RECIPES,
+    RealExpert,
+    RealRecipe,
+    eval_rows,
+    real_recipe,
+    task_data,
+)
+from simmerge.zoo.text_tasks import TEXT_TASKS
+
+
+def test_every_task_answers_exactly_what_its_prompt_asks():
+    from num2words import num2words
+
+    for name, task in TEXT_TASKS.items():
+        for prompt, answer, choices in task.examples(7, 50):
+            words = prompt.replace(",", " ").replace(":", " ").split()
+            if name == "add":
+                assert int(answer) == int(words[1]) + int(words[3])
+            elif name == "sub":
+                assert int(answer) == int(words[1]) - int(words[3]) >= 0
+            elif name.startswith("words_"):
+                lang = {"words_en": "en", "words_fr": "fr", "words_de": "de"}[name]
+                assert answer == num2words(int(words[1]), lang=lang)
+            elif name == "days_in_month":
+                month = list(calendar.month_name).index(words[4])
+                year = int(words[5].rstrip("?"))
+                assert int(answer) == calendar.monthrange(year, month)[1]
+                assert answer in choices
+            elif name in ("sort_asc", "sort_desc"):
+                xs = [int(w) for w in words[2:-1]]
+                assert [int(x) for x in answer.split(", ")] == sorted(
+                    xs, reverse=name == "sort_desc"
+                )
+            elif name == "json_get":
+                key = prompt.split('"')[1]
+                doc = json.loads(prompt.split(" from ", 1)[1].rstrip(":"))
+                assert answer == str(doc[key])
+            elif name == "upper":
+                assert answer == prompt.split(": ", 1)[1].removesuffix(" ->").upper()
+            elif name == "larger":
+                assert answer == str(max(int(c) for c in choices))
+            elif name == "units":
+                n, src, dst = int(words[1]), words[2], words[4]
+                factor = {("km", "m"): 1000, ("kg", "g"): 1000, ("m", "cm"): 100}.get(
+                    (src, dst), 60
+                )
+                assert int(answer) == n * factor
+
+
+def test_splits_are_deterministic_and_disjoint():
+    recipe = real_recipe("smol-small")
+    for task in recipe.tasks:
+        first, again = task_data(task, recipe), task_data(task, recipe)
+        assert first == again
+        prompts = {k: {p for p, _, _ in v} for k, v in first.items()}
+        assert not prompts["train"] & prompts["eval"] and not prompts["probe"] & prompts["eval"]
+        assert len(first["eval"]) == recipe.eval_size
+
+
+def test_eval_rows_are_multiple_choice_where_the_task_has_choices():
+    rows = eval_rows("days_in_month", TEXT_TASKS["days_in_month"].examples(0, 5))
+    assert all(r["kind"] == "multiple_choice" for r in rows)
+    assert all(r["choices"][r["label"]].strip() in ("28", "29", "30", "31") for r in rows)
+    rows = eval_rows("add", TEXT_TASKS["add"].examples(0, 5))
+    assert all(r["kind"] == "exact_match" and r["answer"] for r in rows)
+
+
+def test_shipped_recipes_meet_their_shape():
+    small, large = REAL_RECIPES["smol-small"], REAL_RECIPES["smol-large"]
+    assert len(small.experts) >= 4 and len(large.experts) >= 14
+    assert sum(len(e.tasks) > 1 for e in large.experts) >= 3  # multi-task experts
+    families = {TEXT_TASKS[t].family for t in large.tasks}
+    assert len(large.tasks) >= 8 and len(families) < len(large.tasks)  # shared formats
+    assert len({(e.steps, e.lr) for e in large.experts}) >= 3  # light and strong fine-tunes
+    assert len(REAL_RECIPES["gemma-small"].experts) >= 4
+
+
+@pytest.mark.slow
+def test_a_micro_real_zoo_builds_resumes_and_loads(smollm2, tmp_path, monkeypatch):
+    from _factories import SMOLLM2_GGUF
+
+    from simmerge.catalog import Catalog
+    from simmerge.zoo.real import MANIFEST, MODEL_STAMP, build_real_zoo
+
+    monkeypatch.setenv("SIMMERGE_CACHE", str(smollm2.parent.parent))  # the converted base
+    recipe = RealRecipe(
+        name="micro-real",
+        base="smollm2",
+        experts=(RealExpert("add", ("add",), 3, 1e-4, 1), RealExpert("sub", ("sub",), 3, 1e-4, 2)),
+        train_size=16,
+        eval_size=4,
+        probe_size=4,
+        batch_size=4,
+    )
+    out = build_real_zoo(tmp_path / "zoo", recipe, bases_dir=SMOLLM2_GGUF.parent, progress=False)
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["base"]["sha256"] and manifest["versions"]["transformers"]
+    stamp = json.loads((out / "experts" / "add" / MODEL_STAMP).read_text())
+    assert len(stamp["loss"]) == 3
+    catalog = Catalog.load(out / "catalog.yaml")
+    assert catalog.base.path == smollm2 and set(catalog.expert_names) == {"add", "sub"}
+    assert set(catalog.tasks) == {"add", "sub"} and catalog.tasks["add"].probes.is_file()
+    # an interrupted build resumes: a finished expert is kept, a missing one rebuilt
+    kept = (out / "experts" / "add" / "model.safetensors").stat().st_mtime_ns
+    (out / MANIFEST).unlink()
+    import shutil
+
+    shutil.rmtree(out / "experts" / "sub")
+    build_real_zoo(tmp_path / "zoo", recipe, bases_dir=SMOLLM2_GGUF.parent, progress=False)
+    assert (out / "experts" / "add" / "model.safetensors").stat().st_mtime_ns == kept
+    assert (out / "experts" / "sub" / MODEL_STAMP).is_file() and (out / MANIFEST).is_file()
