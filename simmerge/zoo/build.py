@@ -451,11 +451,11 @@ def build_from_recipe(
     return out
 
 
-def _library_versions() -> dict[str, str]:
+def _library_versions(extra: tuple[str, ...] = ()) -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
-    for name in ("torch", "transformers", "tokenizers", "numpy"):
+    for name in ("torch", "transformers", "tokenizers", "numpy", *extra):
         try:
             out[name] = version(name)
         except PackageNotFoundError:

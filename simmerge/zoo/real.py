@@ -31,11 +31,10 @@ import numpy as np
 from simmerge.errors import ConfigError
 from simmerge.infra.files import atomic_output_dir, atomic_write_text, ensure_writable_dir
 
+from .build import MANIFEST, MODEL_STAMP, _library_versions, _model_hash, _stamp
 from .text_tasks import TEXT_TASKS
 
 FORMAT_VERSION = 1
-MANIFEST = "zoo_manifest.json"
-MODEL_STAMP = "zoo_recipe.json"
 MC_TASKS = ("days_in_month", "larger")  # also scored by log-likelihood of the choices
 
 
@@ -236,17 +235,6 @@ def finetune(
 # --- the build --------------------------------------------------------------------------------
 
 
-def _stamp(folder: Path) -> str | None:
-    try:
-        return json.loads((folder / MODEL_STAMP).read_text())["hash"]
-    except (OSError, ValueError, KeyError):
-        return None
-
-
-def _hash(*parts: object) -> str:
-    return hashlib.sha256(json.dumps([str(p) for p in parts]).encode()).hexdigest()[:16]
-
-
 def build_real_zoo(
     out_dir: str | Path,
     recipe: str | RealRecipe = "smol-small",
@@ -269,7 +257,7 @@ def build_real_zoo(
     out = Path(out_dir)
     gguf_file = fetch_base(spec.base, bases_dir).resolve()
     base_hash = file_sha256(gguf_file)
-    full_hash = _hash(FORMAT_VERSION, asdict(spec), base_hash)
+    full_hash = _model_hash(FORMAT_VERSION, asdict(spec), base_hash)
     try:
         if json.loads((out / MANIFEST).read_text()).get("hash") == full_hash:
             return out
@@ -291,7 +279,7 @@ def build_real_zoo(
     hashes, losses = {}, {}
     for e in tqdm(spec.experts, desc="experts", disable=not progress):
         folder = out / "experts" / e.name
-        h = _hash(FORMAT_VERSION, asdict(e), base_hash, spec.train_size, spec.batch_size)
+        h = _model_hash(FORMAT_VERSION, asdict(e), base_hash, spec.train_size, spec.batch_size)
         hashes[e.name] = h
         if _stamp(folder) == h:
             continue
@@ -333,19 +321,7 @@ def build_real_zoo(
         "models": hashes,
         "build_seconds": round(time.perf_counter() - t0, 1),
         "machine": {"cpu": platform.processor() or platform.machine(), "device": str(dev)},
-        "versions": _versions(),
+        "versions": _library_versions(("gguf", "num2words")),
     }
     atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    return out
-
-
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for name in ("torch", "transformers", "tokenizers", "numpy", "gguf", "num2words"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = "missing"
     return out
