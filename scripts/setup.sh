@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
-EXTRAS=${SIMMERGE_EXTRAS:-test,plots,ray,gguf}
+EXTRAS=${SIMMERGE_EXTRAS:-test,plots,ray,gguf,zoo}
 
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from simmerge.errors import ConfigError
+
 Example = tuple[str, str, tuple[str, ...] | None]  # prompt, answer, choices (None: exact match)
 
 
@@ -68,10 +70,20 @@ def _sub(rng):
     return f"Compute: {a} - {b} =", str(a - b), None
 
 
+def _num2words() -> Callable[..., str]:
+    try:
+        from num2words import num2words
+    except ImportError:
+        raise ConfigError(
+            "The number-words tasks of the real-LLM zoo need the 'num2words' package.",
+            "install it with `pip install 'simmerge[zoo]'`.",
+        ) from None
+    return num2words
+
+
 def _words(lang: str, language: str):
     def make(rng):
-        from num2words import num2words
-
+        num2words = _num2words()
         n = _int(rng, 11, 999)  # enough distinct prompts for disjoint train/eval/probe sets
         return f"Write {n} in {language} words:", num2words(n, lang=lang), None
 
