@@ -8,6 +8,12 @@ A catalog is a YAML file (paths relative to the file)::
       - {name: reverse_a, path: experts/reverse_a, tasks: [reverse]}
     tasks:                         # optional: eval data and probe prompts per task
       reverse: {eval: eval/reverse.jsonl, probes: probes/reverse.jsonl}
+      general: {eval: eval/general.jsonl, general: true}
+
+A task marked ``general`` is the base's own ability rather than an expert's skill: no expert
+may list it, its reference score is the base's (:func:`~simmerge.evaluation.scorer.
+reference_score`), and verification reports how much of it a merge keeps, so a merge that
+forgets what the base could do is visible.
 
 :meth:`Catalog.load` checks everything that can be checked cheaply before any heavy work: the
 schema (unknown keys and wrong types are errors), unique and file-safe names, that every path
@@ -49,6 +55,7 @@ class _TaskEntry(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     eval: str | None = None
     probes: str | None = None
+    general: bool = False
 
 
 class _CatalogFile(BaseModel):
@@ -70,11 +77,13 @@ class CatalogModel:
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """A task: optional eval data file and optional probe prompts file."""
+    """A task: optional eval data file and optional probe prompts file; ``general`` marks the
+    base's own ability (module docs)."""
 
     name: str
     eval: Path | None = None
     probes: Path | None = None
+    general: bool = False
 
 
 @dataclass(frozen=True)
@@ -113,6 +122,11 @@ class Catalog:
             f"Catalog {self.name!r} has no model named {name!r}.",
             f"use one of: {', '.join([self.base.name, *self.expert_names])}.",
         )
+
+    @property
+    def general_tasks(self) -> list[str]:
+        """The general-ability tasks with eval data (module docs)."""
+        return [n for n, t in self.tasks.items() if t.general and t.eval is not None]
 
     def experts_for(self, task: str) -> list[CatalogModel]:
         return [e for e in self.experts if task in e.tasks]
@@ -179,7 +193,7 @@ class Catalog:
             raise CatalogError(
                 f"Catalog {where!r}: {loc}: {err['msg']}.",
                 "allowed keys: name, base{name,path}, experts[{name,path,tasks}], "
-                "tasks{NAME: {eval, probes}}.",
+                "tasks{NAME: {eval, probes, general}}.",
             ) from None
         names = [spec.base.name] + [e.name for e in spec.experts]
         for name in names + list(spec.tasks) + [t for e in spec.experts for t in e.tasks]:
@@ -234,9 +248,19 @@ class Catalog:
                 name,
                 data_file(t.eval, f"eval data of task {name!r}"),
                 data_file(t.probes, f"probes of task {name!r}"),
+                t.general,
             )
             for name, t in spec.tasks.items()
         }
+        owned = sorted(
+            {t for e in spec.experts for t in e.tasks if t in tasks and tasks[t].general}
+        )
+        if owned:
+            raise CatalogError(
+                f"Catalog {where!r}: general task(s) {owned} are listed as experts' tasks.",
+                "a general task measures the base's own ability: take it off the experts, or "
+                "drop `general: true` to make it an ordinary task.",
+            )
         paths = [base.path] + [e.path for e in experts]
         same = sorted({str(p) for p in paths if paths.count(p) > 1})
         if same:

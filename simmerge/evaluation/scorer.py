@@ -4,8 +4,9 @@ verification and single-model skills alike.
 
 **Normalization.** A score on task t is divided by a *reference*: the best score on t of the
 merge's members that are experts of t (the skill the merge should keep), or, when no member is,
-the best score of the catalog's experts of t (:func:`reference_score`). A reference of 0 (no
-expert can do the task) makes every normalized score 0: there is nothing to keep.
+the best score of the catalog's experts of t (:func:`reference_score`); for a *general* task
+(the base's own ability, which no expert owns) it is the base's score. A reference of 0 (no
+model can do the task) makes every normalized score 0: there is nothing to keep.
 
 **Single-model scores** (:meth:`MergeScorer.model_scores`) are cached under the cache root
 (``skills/``), keyed by the model's fingerprint and the eval set's hash, so each model of a
@@ -40,9 +41,11 @@ def reference_score(
     catalog: Catalog, scores: Scores, task: str, members: Sequence[str] = ()
 ) -> float:
     """What a score on ``task`` is normalized by (module docs): the best of ``scores`` over the
-    ``members`` that are experts of ``task``, else over the catalog's experts of it; 0.0 when
-    none of them has a score."""
+    ``members`` that are experts of ``task``, else over the catalog's experts of it (the base,
+    for a general task); 0.0 when none of them has a score."""
     experts = [e.name for e in catalog.experts_for(task)]
+    if not experts and task in catalog.general_tasks:
+        experts = [catalog.base.name]
     owners = [m for m in members if m in experts and (m, task) in scores]
     return max((scores[(m, task)] for m in owners or experts if (m, task) in scores), default=0.0)
 
@@ -123,9 +126,13 @@ class MergeScorer:
         self, tasks: Iterable[str] | None = None, *, cache_dir: str | Path | None = None
     ) -> dict[tuple[str, str], float]:
         """Each expert's score on each of its own tasks that has eval data (of ``tasks`` if
-        given): the references of :func:`reference_score`, cached like :meth:`model_scores`."""
+        given), and the base's on the general tasks: the references of
+        :func:`reference_score`, cached like :meth:`model_scores`."""
         wanted = set(self.tasks) if tasks is None else set(tasks) & set(self.tasks)
         out: dict[tuple[str, str], float] = {}
+        general = [t for t in self.catalog.general_tasks if t in wanted]
+        if general:  # the base is the reference of a general task
+            out.update(self.model_scores([self.catalog.base.name], general, cache_dir=cache_dir))
         for e in self.catalog.experts:
             own = [t for t in e.tasks if t in wanted]
             if own:

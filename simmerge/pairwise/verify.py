@@ -9,13 +9,13 @@ prediction.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from simmerge.catalog import Catalog
 from simmerge.errors import ConfigError
-from simmerge.evaluation.scorer import MergeScorer
+from simmerge.evaluation.scorer import MergeScorer, normalized, reference_score
 from simmerge.merging import merge
 from simmerge.outcomes.collection import outcome_rows
 from simmerge.outcomes.store import OutcomeStore
@@ -30,7 +30,10 @@ class VerifiedCandidate:
     predicted: float
     actual: float  # mean normalized score over the candidate's tasks
     per_task: dict[str, float]  # normalized score per task
-    raw: dict[str, float]  # raw task scores
+    raw: dict[str, float]  # raw task scores (general tasks too)
+    # share of the base's score kept on each of the catalog's general tasks (not in ``actual``:
+    # what the predictor predicts is the pair's skills; this says what the merge forgot)
+    kept_general: dict[str, float] = field(default_factory=dict)
 
     @property
     def error(self) -> float:
@@ -95,13 +98,15 @@ def verify(
                 f"Cannot verify on task(s) {missing}: the catalog has no eval data for them.",
                 "add `tasks: {NAME: {eval: FILE}}` to the catalog or rank for other tasks.",
             )
-        refs = scorer.expert_scores(tasks, cache_dir=cache_dir)
+        general = [t for t in catalog.general_tasks if t in scorer.tasks and t not in tasks]
+        refs = scorer.expert_scores([*tasks, *general], cache_dir=cache_dir)
         hashes = {t: scorer.eval_hash(t) for t in tasks}
         verified = []
         for cand in sorted(candidates, key=lambda c: c.rank)[:k]:
             plan = cand.config.plan(str(catalog.base.path), str(a.path), str(b.path))
-            raw = scorer.score_state(merge(plan, device=str(scorer.device)), tasks)
-            rows = outcome_rows(catalog, a, b, cand.config, plan.plan_id, raw, hashes, refs)
+            raw = scorer.score_state(merge(plan, device=str(scorer.device)), [*tasks, *general])
+            own = {t: raw[t] for t in tasks}
+            rows = outcome_rows(catalog, a, b, cand.config, plan.plan_id, own, hashes, refs)
             if db is not None:
                 db.add(rows)
             per_task = {r.task: r.normalized for r in rows}
@@ -114,6 +119,9 @@ def verify(
                     actual=sum(per_task.values()) / len(per_task),
                     per_task=per_task,
                     raw=raw,
+                    kept_general={
+                        t: normalized(raw[t], reference_score(catalog, refs, t)) for t in general
+                    },
                 )
             )
     finally:

@@ -71,6 +71,7 @@ def test_valid_catalog_loads_with_paths_relative_to_the_file(zoo):
         (lambda d: d["experts"][0].update(path="missing"), InputNotFoundError, "'a'"),
         (lambda d: d["tasks"]["rev"].update(eval="eval/none.jsonl"), InputNotFoundError, "rev"),
         (lambda d: d.update(experts=[]), CatalogError, "no experts"),
+        (lambda d: d["tasks"]["rev"].update(general=True), CatalogError, "general task"),
     ],
 )
 def test_bad_catalogs_raise_typed_errors_naming_the_problem(zoo, mutate, error, match):
@@ -78,6 +79,22 @@ def test_bad_catalogs_raise_typed_errors_naming_the_problem(zoo, mutate, error, 
     mutate(doc)
     with pytest.raises(error, match=match):
         Catalog.load(write_catalog(folder, doc))
+
+
+def test_a_general_task_is_the_base_s_ability_and_its_reference(zoo):
+    from simmerge.evaluation.scorer import reference_score
+
+    folder, doc = zoo
+    (folder / "eval" / "general.jsonl").write_text('{"prompt": "ab", "answer": "ab"}\n')
+    doc["tasks"]["general"] = {"eval": "eval/general.jsonl", "general": True}
+    cat = Catalog.load(write_catalog(folder, doc))
+    assert cat.general_tasks == ["general"] and not cat.experts_for("general")
+    scores = {("base", "general"): 0.8, ("a", "rev"): 0.5, ("b", "rev"): 0.7}
+    assert reference_score(cat, scores, "general") == 0.8
+    assert reference_score(cat, scores, "general", ("a", "b")) == 0.8
+    assert reference_score(cat, scores, "rev", ("a",)) == 0.5  # ordinary tasks: unchanged
+    del doc["tasks"]["general"]["general"]  # an ordinary task nobody owns has no reference
+    assert reference_score(Catalog.load(write_catalog(folder, doc)), scores, "general") == 0.0
 
 
 def test_missing_file_and_invalid_yaml(tmp_path):

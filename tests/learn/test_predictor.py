@@ -409,6 +409,67 @@ def test_verify_measures_what_collection_measured_and_records_it(trained, tmp_pa
         verify(trained["catalog"], ranked, k=0)
 
 
+def test_verify_reports_what_each_merge_kept_of_a_general_task_apart_from_its_score(
+    trained, tmp_path
+):
+    import json
+
+    import yaml
+    from _factories import SMALL_GRID
+
+    from simmerge.catalog import Catalog
+    from simmerge.evaluation.harness import EvalTask, evaluate
+    from simmerge.outcomes.store import OutcomeStore
+    from simmerge.pairwise.rank import rank_merges
+    from simmerge.pairwise.verify import verify
+
+    source = trained["catalog"].source
+    doc = yaml.safe_load(source.read_text())
+    root = source.parent
+    for entry in [doc["base"], *doc["experts"]]:
+        entry["path"] = str(root / entry["path"])
+    for spec in doc["tasks"].values():
+        for key in ("eval", "probes"):
+            if key in spec:
+                spec[key] = str(root / spec[key])
+    # like the real recipes' general eval: the base's own greedy continuations of some prompts
+    prompts = [json.loads(line)["prompt"] for line in (root / "eval" / "reverse.jsonl").open()]
+    greedy = evaluate(
+        str(root / doc["base"]["path"]),
+        EvalTask.from_records([{"prompt": p, "answer": ""} for p in prompts[:8]], name="g"),
+        "cpu",
+    )
+    general = tmp_path / "general.jsonl"
+    general.write_text(
+        "".join(
+            json.dumps({"prompt": p, "answer": e.prediction, "kind": "token_accuracy"}) + "\n"
+            for p, e in zip(prompts[:8], greedy.examples, strict=True)
+            if e.prediction
+        )
+    )
+    doc["tasks"]["general"] = {"eval": str(general), "general": True}
+    (tmp_path / "catalog.yaml").write_text(yaml.safe_dump(doc))
+    catalog = Catalog.load(tmp_path / "catalog.yaml")
+    ranked = rank_merges(
+        catalog,
+        ["reverse_a", "sort_a"],
+        top=None,
+        predictor=trained["predictor"],
+        grid=SMALL_GRID,
+        options=trained["options"],
+    )
+    report = verify(catalog, ranked, k=1, store=tmp_path / "v.sqlite")
+    (v,) = report.verified
+    task = EvalTask.load(general, name="general")
+    base = evaluate(str(catalog.base.path), task, "cpu").score
+    assert base > 0
+    assert set(v.kept_general) == {"general"}
+    assert v.kept_general["general"] == pytest.approx(v.raw["general"] / base)
+    assert set(v.per_task) == {"reverse", "sort"}  # the score is the pair's skills only
+    with OutcomeStore(tmp_path / "v.sqlite") as store:
+        assert {o.task for o in store.outcomes(catalog.name)} == {"reverse", "sort"}
+
+
 def test_candidate_config_round_trips_through_its_id(trained):
     from simmerge.pairwise.rank import rank_merges
 
