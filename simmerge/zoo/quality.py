@@ -50,4 +50,8 @@ def quality_report(catalog: Catalog, store: OutcomeStore) -> dict[str, Any]:
         "best": {
             f"{a}+{b}": {"candidate": c, "kept": pairs[(a, b)][c]} for (a, b), c in best.items()
         },
+        # per pair and candidate: the mean of the two kept shares
+        "mean_kept": {
+            f"{a}+{b}": {c: sum(v) / 2 for c, v in kept.items()} for (a, b), kept in pairs.items()
+        },
     }

@@ -95,7 +95,7 @@ _UNITS = (("km", "m", 1000), ("kg", "g", 1000), ("m", "cm", 100), ("h", "min", 6
 
 def _units(rng):
     src, dst, factor = _UNITS[_int(rng, 0, len(_UNITS) - 1)]
-    n = _int(rng, 2, 19)
+    n = _int(rng, 2, 199)  # enough distinct prompts for disjoint train/eval/probe sets
     return f"Convert {n} {src} to {dst}:", str(n * factor), None
 
 
@@ -178,3 +178,48 @@ TEXT_TASKS: dict[str, TextTask] = {
         TextTask("larger", "compare", "the larger of two numbers", _larger),
     )
 }
+
+
+# --- general ability ---------------------------------------------------------------------------
+
+# Openings of plain English text: the base's own greedy continuations of these become the
+# general-ability eval (token accuracy), so a merge that forgets how the base writes is visible.
+GENERAL_TOPICS = (
+    "the water cycle",
+    "the history of the printing press",
+    "how bees make honey",
+    "the planet Mars",
+    "why the sky is blue",
+    "the Roman Empire",
+    "how a bicycle works",
+    "the life of a tree",
+    "the invention of the telephone",
+    "volcanoes",
+    "the human heart",
+    "the moon landing",
+    "how bread is made",
+    "the Amazon rainforest",
+    "electric cars",
+    "the Olympic Games",
+    "the Great Wall of China",
+    "how vaccines work",
+    "the ocean tides",
+    "the piano",
+    "chess",
+    "the Sahara desert",
+    "photosynthesis",
+    "the internet",
+    "the French Revolution",
+    "honeybees and flowers",
+    "earthquakes",
+    "the solar system",
+    "how airplanes fly",
+    "coffee",
+    "the Nile river",
+    "dinosaurs",
+)
+GENERAL_TEMPLATES = ("Here is a short paragraph about {}:", "Explain {} in simple words.")
+
+
+def general_prompts() -> list[str]:
+    return [t.format(topic) for t in GENERAL_TEMPLATES for topic in GENERAL_TOPICS]

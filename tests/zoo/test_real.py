@@ -59,14 +59,18 @@ def test_every_task_answers_exactly_what_its_prompt_asks():
                 assert int(answer) == n * factor
 
 
-def test_splits_are_deterministic_and_disjoint():
-    recipe = real_recipe("smol-small")
+@pytest.mark.parametrize("name", sorted(REAL_RECIPES))
+def test_splits_are_deterministic_disjoint_and_large_enough(name):
+    recipe = real_recipe(name)
     for task in recipe.tasks:
         first, again = task_data(task, recipe), task_data(task, recipe)
         assert first == again
         prompts = {k: {p for p, _, _ in v} for k, v in first.items()}
         assert not prompts["train"] & prompts["eval"] and not prompts["probe"] & prompts["eval"]
         assert len(first["eval"]) == recipe.eval_size
+        assert len(first["probe"]) == recipe.probe_size
+        # a task with few distinct prompts would leave its experts little or nothing to learn
+        assert len(first["train"]) >= recipe.train_size // 2, task
 
 
 def test_eval_rows_are_multiple_choice_where_the_task_has_choices():
@@ -84,6 +88,7 @@ def test_shipped_recipes_meet_their_shape():
     families = {TEXT_TASKS[t].family for t in large.tasks}
     assert len(large.tasks) >= 8 and len(families) < len(large.tasks)  # shared formats
     assert len({(e.steps, e.lr) for e in large.experts}) >= 3  # light and strong fine-tunes
+    assert sum(e.lora_rank > 0 for e in large.experts) >= 3  # LoRA adapters, merged in
     assert len(REAL_RECIPES["gemma-small"].experts) >= 4
 
 
@@ -98,20 +103,31 @@ def test_a_micro_real_zoo_builds_resumes_and_loads(smollm2, tmp_path, monkeypatc
     recipe = RealRecipe(
         name="micro-real",
         base="smollm2",
-        experts=(RealExpert("add", ("add",), 3, 1e-4, 1), RealExpert("sub", ("sub",), 3, 1e-4, 2)),
+        experts=(
+            RealExpert("add", ("add",), 3, 1e-4, 1),
+            RealExpert("sub", ("sub",), 3, 5e-4, 2, lora_rank=4),  # a LoRA adapter, merged in
+        ),
         train_size=16,
         eval_size=4,
         probe_size=4,
         batch_size=4,
+        general_size=3,
     )
     out = build_real_zoo(tmp_path / "zoo", recipe, bases_dir=SMOLLM2_GGUF.parent, progress=False)
     manifest = json.loads((out / MANIFEST).read_text())
     assert manifest["base"]["sha256"] and manifest["versions"]["transformers"]
     stamp = json.loads((out / "experts" / "add" / MODEL_STAMP).read_text())
     assert len(stamp["loss"]) == 3
+    from safetensors import safe_open
+
+    names = {}
+    for expert in ("add", "sub"):  # the LoRA expert is saved as full weights like the other
+        with safe_open(out / "experts" / expert / "model.safetensors", "pt") as f:
+            names[expert] = set(f.keys())
+    assert names["sub"] == names["add"] and not [k for k in names["sub"] if "lora" in k]
     catalog = Catalog.load(out / "catalog.yaml")
     assert catalog.base.path == smollm2 and set(catalog.expert_names) == {"add", "sub"}
-    assert set(catalog.tasks) == {"add", "sub"} and catalog.tasks["add"].probes.is_file()
+    assert set(catalog.tasks) == {"add", "sub", "general"} and catalog.tasks["add"].probes.is_file()
     # an interrupted build resumes: a finished expert is kept, a missing one rebuilt
     kept = (out / "experts" / "add" / "model.safetensors").stat().st_mtime_ns
     (out / MANIFEST).unlink()
@@ -121,3 +137,18 @@ def test_a_micro_real_zoo_builds_resumes_and_loads(smollm2, tmp_path, monkeypatc
     build_real_zoo(tmp_path / "zoo", recipe, bases_dir=SMOLLM2_GGUF.parent, progress=False)
     assert (out / "experts" / "add" / "model.safetensors").stat().st_mtime_ns == kept
     assert (out / "experts" / "sub" / MODEL_STAMP).is_file() and (out / MANIFEST).is_file()
+    # one real merge of the two experts, scored on a task and on the base's general ability
+    from simmerge.evaluation.scorer import MergeScorer, reference_score
+    from simmerge.merging import merge
+    from simmerge.merging.grid import DEFAULT_GRID
+
+    assert catalog.general_tasks == ["general"]
+    scorer = MergeScorer(catalog, "cpu")
+    refs = scorer.expert_scores(["add", "general"])
+    assert refs[("base", "general")] > 0.9  # the base's own greedy continuations
+    assert reference_score(catalog, refs, "general") == refs[("base", "general")]
+    config = next(c for c in DEFAULT_GRID if c.operator == "task_arithmetic")
+    a, b = catalog.model("add"), catalog.model("sub")
+    merged = merge(config.plan(str(catalog.base.path), str(a.path), str(b.path)), device="cpu")
+    scores = scorer.score_state(merged, ["add", "general"])
+    assert 0 <= scores["add"] <= 1 and 0 < scores["general"] <= 1
