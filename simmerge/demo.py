@@ -1,13 +1,17 @@
-"""The main job on the embedded default: build the tiny zoo, rank merges, verify the top 3.
+"""The main job: rank merges for a catalog's expert pairs, verify the top 3, plan a multi-way
+merge.
 
-For a few expert pairs (experts of different tasks) the shipped predictor ranks every candidate
-of :data:`~simmerge.merging.grid.DEFAULT_GRID` from similarity features alone; the top ``k`` are
-then really merged and evaluated (what a user pays: k merges). For comparison the demo also
-measures every other candidate of the grid (the exhaustive loop simmerge replaces), so the table
-shows how close the k-merge choice comes to the best of all 20. Finally it plans one multi-way
-merge for three tasks (:func:`~simmerge.multiway.search.plan_merge`, fast mode) and verifies its
-top 3 plans (:func:`~simmerge.multiway.verify.verify_plans`: merged and evaluated). Scores are
-normalized: score of the merge / score of that task's expert, averaged over the pair's tasks.
+For a few expert pairs (experts of different tasks) the predictor ranks every candidate of
+:data:`~simmerge.merging.grid.DEFAULT_GRID` from similarity features alone; the top ``k`` are
+then really merged and evaluated (what a user pays: k merges). Beside them the demo measures the
+predictor's *best fixed* candidate (the one operator that did best on its training data, from
+its card) when the top ``k`` leave it out, so the table says whether ranking beat always making
+that merge. With ``exhaustive`` it measures every other candidate of the grid as well (the loop
+simmerge replaces: affordable on the tiny zoo, not on real LLMs) and compares the k-merge choice
+with the best of all 20. Finally it plans one multi-way merge for three tasks
+(:func:`~simmerge.multiway.search.plan_merge`, fast mode) and verifies its top 3 plans
+(:func:`~simmerge.multiway.verify.verify_plans`). Scores are normalized: score of the merge /
+score of that task's expert, averaged over the pair's tasks.
 """
 
 from __future__ import annotations
@@ -55,10 +59,11 @@ def run_demo(
     cache_dir: str | Path | None = None,
     progress: bool = True,
     store: str | Path | None = None,
+    exhaustive: bool = False,
 ) -> dict[str, Any]:
-    """Rank, verify the top ``k`` and measure the whole grid for ``n_pairs`` pairs; every
-    measured merge is recorded in the outcome ``store`` when one is given (a scan's report
-    plots them against the predictions)."""
+    """Rank and verify the top ``k`` (and the best fixed candidate; with ``exhaustive`` the
+    whole grid) for ``n_pairs`` pairs; every measured merge is recorded in the outcome
+    ``store`` when one is given (a scan's report plots them against the predictions)."""
     from simmerge.signals.profiles import FeatureOptions
 
     pairs = demo_pairs(catalog, n_pairs)
@@ -82,43 +87,72 @@ def run_demo(
         ranked = rank_merges(
             catalog, [a.name, b.name], top=None, predictor=predictor, options=options
         )
-        # all of the grid, for comparison with the top k
-        measured = verify(catalog, ranked, k=len(ranked), scorer=scorer, store=store)
-        actual = {v.candidate: v.actual for v in measured.verified}
-        oracle = max(actual, key=actual.__getitem__)
         top = ranked[:k]
+        fixed = _best_fixed(predictor)
+        wanted = ranked if exhaustive else top
+        measured = verify(catalog, wanted, k=len(wanted), scorer=scorer, store=store).verified
+        actual = {v.candidate: v.actual for v in measured}
+        kept = {v.candidate: v.kept_general for v in measured}
+        if fixed is not None and fixed not in actual:
+            extra = [c for c in ranked if c.candidate == fixed]
+            if extra:
+                one = verify(catalog, extra, k=1, scorer=scorer, store=store).verified[0]
+                actual[fixed], kept[fixed] = one.actual, one.kept_general
         chosen = max(top, key=lambda c: actual[c.candidate])
-        out_pairs.append(
-            {
-                "a": a.name,
-                "b": b.name,
-                "tasks": list(ranked[0].tasks),
-                "top": [
-                    {
-                        "rank": c.rank,
-                        "candidate": c.candidate,
-                        "predicted": c.predicted,
-                        "uncertainty": c.uncertainty,
-                        "actual": actual[c.candidate],
-                    }
-                    for c in top
-                ],
-                "chosen": chosen.candidate,
-                "chosen_actual": actual[chosen.candidate],
+        entry: dict[str, Any] = {
+            "a": a.name,
+            "b": b.name,
+            "tasks": list(ranked[0].tasks),
+            "top": [
+                {
+                    "rank": c.rank,
+                    "candidate": c.candidate,
+                    "predicted": c.predicted,
+                    "uncertainty": c.uncertainty,
+                    "actual": actual[c.candidate],
+                    "kept_general": kept[c.candidate],
+                }
+                for c in top
+            ],
+            "chosen": chosen.candidate,
+            "chosen_actual": actual[chosen.candidate],
+            "best_fixed": fixed if fixed in actual else None,
+            "best_fixed_actual": actual.get(fixed) if fixed else None,
+            "grid_size": len(ranked),
+            "measured": actual,
+        }
+        if exhaustive:
+            oracle = max(actual, key=actual.__getitem__)
+            entry |= {
                 "oracle": oracle,
                 "oracle_actual": actual[oracle],
                 "oracle_predicted_rank": next(c.rank for c in ranked if c.candidate == oracle),
-                "grid_size": len(ranked),
-                "all": actual,
             }
-        )
+        out_pairs.append(entry)
     return {
         "catalog": catalog.name,
         "k": k,
+        "exhaustive": exhaustive,
+        "predictor_training": (getattr(predictor, "card_", None) or {}).get("training_sources"),
         "experts": experts,
+        "general": _general_scores(catalog, scorer),
         "pairs": out_pairs,
         "multiway": demo_multiway(catalog, scorer, predictor, options),
     }
+
+
+def _general_scores(catalog: Catalog, scorer: MergeScorer) -> dict[str, dict[str, float]]:
+    """Each model's raw score on each general task (the base's own ability; what each
+    fine-tune kept of it)."""
+    names = [catalog.base.name, *catalog.expert_names]
+    tasks = [t for t in catalog.general_tasks if t in scorer.tasks]
+    raw = scorer.model_scores(names, tasks) if tasks else {}
+    return {t: {n: raw[(n, t)] for n in names} for t in tasks}
+
+
+def _best_fixed(predictor: Any) -> str | None:
+    card = getattr(predictor, "card_", None) or {}
+    return (card.get("selection") or {}).get("best_fixed")
 
 
 def demo_multiway(

@@ -96,31 +96,56 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(
             f"{e['name']:>14} {e['task']:>12} {e['expert_score']:>7.2f} {e['base_score']:>6.2f}"
         )
+    for task, scores in (report.get("general") or {}).items():
+        lines.append(
+            f"general ability ({task}, token accuracy on the base's own continuations): "
+            + ", ".join(f"{n} {v:.2f}" for n, v in scores.items())
+        )
     k = report["k"]
+    general = any(c.get("kept_general") for p in report["pairs"] for c in p["top"])
     lines += [
         "",
         f"ranked merges, top {k} verified (normalized score = merge score / expert score, "
         "mean over the pair's tasks):",
-        f"{'pair':>26} {'#':>2} {'candidate':<38} {'pred':>6} {'±':>5} {'actual':>6}",
+        f"{'pair':>26} {'#':>2} {'candidate':<38} {'pred':>6} {'±':>5} {'actual':>6}"
+        + (f" {'general kept':>12}" if general else ""),
     ]
     for p in report["pairs"]:
         for c in p["top"]:
             pair = f"{p['a']} + {p['b']}" if c["rank"] == 1 else ""
+            kept = c.get("kept_general") or {}
             lines.append(
                 f"{pair:>26} {c['rank']:>2} {c['candidate']:<38} {c['predicted']:>6.2f} "
                 f"{c['uncertainty']:>5.2f} {c['actual']:>6.2f}"
+                + (f" {sum(kept.values()) / len(kept):>12.2f}" if kept else "")
             )
-    lines += [
-        "",
-        f"best of the top {k} ({k} merges) vs best of the whole grid (exhaustive):",
-        f"{'pair':>26} {'chosen':<38} {'actual':>6} {'exhaustive best':<38} {'actual':>6} "
-        f"{'its rank':>8}",
-    ]
-    for p in report["pairs"]:
-        lines.append(
-            f"{p['a'] + ' + ' + p['b']:>26} {p['chosen']:<38} {p['chosen_actual']:>6.2f} "
-            f"{p['oracle']:<38} {p['oracle_actual']:>6.2f} {p['oracle_predicted_rank']:>8}"
-        )
+    if report.get("exhaustive"):
+        lines += [
+            "",
+            f"best of the top {k} ({k} merges) vs best of the whole grid (exhaustive):",
+            f"{'pair':>26} {'chosen':<38} {'actual':>6} {'exhaustive best':<38} {'actual':>6} "
+            f"{'its rank':>8}",
+        ]
+        for p in report["pairs"]:
+            lines.append(
+                f"{p['a'] + ' + ' + p['b']:>26} {p['chosen']:<38} {p['chosen_actual']:>6.2f} "
+                f"{p['oracle']:<38} {p['oracle_actual']:>6.2f} {p['oracle_predicted_rank']:>8}"
+            )
+    fixed = [p for p in report["pairs"] if p.get("best_fixed")]
+    if fixed:
+        lines += [
+            "",
+            f"best of the top {k} vs always making the predictor's best fixed merge "
+            f"({fixed[0]['best_fixed']}, best on its training data):",
+            f"{'pair':>26} {'chosen':<38} {'actual':>6} {'best fixed':>10}",
+        ]
+        for p in fixed:
+            lines.append(
+                f"{p['a'] + ' + ' + p['b']:>26} {p['chosen']:<38} {p['chosen_actual']:>6.2f} "
+                f"{p['best_fixed_actual']:>10.2f}"
+            )
+    if report.get("predictor_training"):
+        lines.append(f"(predictor trained on: {', '.join(report['predictor_training'])})")
     mw = report.get("multiway")
     if mw:
         top = mw["plans"][0]

@@ -83,9 +83,29 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p = sub.add_parser(
         "demo",
         parents=[common],
-        help="main job on the embedded default: build the tiny zoo, rank merges, verify the top k",
+        help="main job: build a zoo (real SmolLM2 experts by default), rank merges, verify the "
+        "top k, plan a multi-way merge",
     )
-    p.add_argument("--zoo", default="runs/zoo", help="zoo folder (built if missing; cached)")
+    p.add_argument(
+        "--recipe",
+        choices=("smol", "tiny"),
+        default="smol",
+        help="smol: the small SmolLM2 catalog (default); tiny: the tiny character-level zoo",
+    )
+    p.add_argument(
+        "--zoo",
+        default=None,
+        help="zoo folder (built if missing; default runs/smol-small or runs/zoo)",
+    )
+    p.add_argument(
+        "--bases-dir", default="runs/bases", help="where the real base is fetched (smol)"
+    )
+    p.add_argument(
+        "--exhaustive",
+        action="store_true",
+        help="also merge and evaluate every other candidate of the grid, to compare the top k "
+        "with the best of all (20 merges per pair: minutes on the tiny zoo, long on real LLMs)",
+    )
     p.add_argument("--pairs", type=int, default=3, help="number of expert pairs")
     p.add_argument("--k", type=int, default=3, help="merges verified per pair")
     add_predictor(p)
@@ -167,7 +187,18 @@ def run_demo(args: argparse.Namespace) -> int:
     from simmerge.infra.files import atomic_write_text
     from simmerge.zoo import build_zoo
 
-    zoo = build_zoo(args.zoo, device=args.device, progress=progress(args))
+    if args.recipe == "tiny":
+        zoo = build_zoo(args.zoo or "runs/zoo", device=args.device, progress=progress(args))
+    else:
+        from simmerge.zoo.real import build_real_zoo
+
+        zoo = build_real_zoo(
+            args.zoo or "runs/smol-small",
+            "smol-small",
+            bases_dir=args.bases_dir,
+            device=args.device,
+            progress=progress(args),
+        )
     report = demo(
         Catalog.load(Path(zoo) / "catalog.yaml"),
         args.pairs,
@@ -176,6 +207,7 @@ def run_demo(args: argparse.Namespace) -> int:
         device=args.device,
         store=args.store,
         progress=progress(args),
+        exhaustive=args.exhaustive,
     )
     text = format_report(report)
     if args.report:

@@ -71,3 +71,34 @@ def test_outcome_comparison_matches_rows_on_the_outcome_key_and_counts_the_unmat
     assert result["only_in_old"] == 1 and result["only_in_new"] == 1
     assert result["per_operator"]["ties"]["rows"] == 1
     assert result["per_operator"]["ties"]["normalized_correlation"] is None  # one row
+
+
+def test_readme_quickstart_table_is_the_script_s_rendering_of_the_saved_demo_report():
+    from _factories import SCRIPTS
+
+    script = load_script("readme_demo_table")
+    report = json.loads((SCRIPTS / "results" / "demo_smol-small.json").read_text())
+    readme = (SCRIPTS.parent / "README.md").read_text()
+    assert script.readme_block(readme) == script.table(report)
+
+
+def test_readme_demo_table_shows_every_verified_merge_and_the_best_fixed_one():
+    script = load_script("readme_demo_table")
+    top = [
+        {"rank": r, "candidate": c, "predicted": 0.9, "uncertainty": 0.03, "actual": a}
+        for r, c, a in ((1, "linear", 0.5), (2, "ties[density=0.5]", 0.7))
+    ]
+    report = {
+        "catalog": "c",
+        "predictor_training": ["dataset:zoo-large"],
+        "pairs": [
+            {"a": "x", "b": "y", "top": top, "best_fixed": "slerp[t=0.5]", "best_fixed_actual": 0.6}
+        ],
+    }
+    text = script.table(report)
+    assert "| x + y | 1 | `linear` | 0.90 ± 0.03 | 0.50 |" in text
+    assert "| | best fixed | `slerp[t=0.5]` | | 0.60 |" in text
+    assert "error of the verified predictions: 0.30" in text  # |0.9-0.5| and |0.9-0.7|
+    assert "dataset:zoo-large" in text
+    block = script.replace_block(f"a\n{script.BEGIN}\nold\n{script.END}\nb", text)
+    assert script.readme_block(block) == text and block.startswith("a\n") and block.endswith("b")

@@ -258,15 +258,17 @@ def test_demo_ranks_verifies_the_top_k_and_compares_with_the_whole_grid(tiny_zoo
     from simmerge.merging.grid import DEFAULT_GRID
 
     cat = Catalog.load(tiny_zoo / "catalog.yaml")
-    report = run_demo(cat, n_pairs=1, k=3, device="cpu", progress=False)
+    report = run_demo(cat, n_pairs=1, k=3, device="cpu", progress=False, exhaustive=True)
     assert {e["name"] for e in report["experts"]} == set(cat.expert_names)
     (pair,) = report["pairs"]
     assert [c["rank"] for c in pair["top"]] == [1, 2, 3]
-    assert len(pair["all"]) == len(DEFAULT_GRID)
-    assert pair["oracle_actual"] == max(pair["all"].values())
+    assert len(pair["measured"]) == len(DEFAULT_GRID)
+    assert pair["oracle_actual"] == max(pair["measured"].values())
     assert pair["chosen_actual"] == max(c["actual"] for c in pair["top"])
+    assert pair["best_fixed"] == "slerp[t=0.5]"  # from the shipped predictor's card
+    assert pair["best_fixed_actual"] == pair["measured"]["slerp[t=0.5]"]
     for c in pair["top"]:
-        assert c["actual"] == pair["all"][c["candidate"]]
+        assert c["actual"] == pair["measured"][c["candidate"]]
     mw = report["multiway"]  # one 3-task merge, planned, its top 3 merged and evaluated
     assert len(mw["tasks"]) == 3 and mw["plans"][0]["rank"] == 1
     assert set(mw["actual_per_task"]) == set(mw["tasks"])
