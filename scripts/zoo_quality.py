@@ -37,6 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", default="default", help="tiny zoo size")
     p.add_argument("--recipe", default=None, help="a real-LLM recipe (e.g. smol-small) instead")
     p.add_argument("--candidates", nargs="+", default=None, help="grid ids (default: all)")
+    p.add_argument(
+        "--experts-only",
+        action="store_true",
+        help="only each expert against the base (no merges; for a large catalog on CPU)",
+    )
     p.add_argument("--store", default=None)
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
@@ -53,10 +58,13 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"unknown candidate(s) {unknown}; the grid has {sorted(known)}")
         grid = [known[w] for w in wanted]
     catalog = Catalog.load(zoo / "catalog.yaml")
-    with OutcomeStore(args.store or zoo / "outcomes.sqlite") as store:
-        collect_outcomes(catalog, store, grid)
-        report = quality_report(catalog, store)
-    report["candidates"] = [c.id for c in grid]
+    if args.experts_only:
+        report = {"candidates": []}
+    else:
+        with OutcomeStore(args.store or zoo / "outcomes.sqlite") as store:
+            collect_outcomes(catalog, store, grid)
+            report = quality_report(catalog, store)
+        report["candidates"] = [c.id for c in grid]
     scorer = MergeScorer(catalog)
     base = scorer.score_state(
         dict(catalog.checkpoint(catalog.base.name).iter_tensors()), scorer.tasks
@@ -76,11 +84,20 @@ def main(argv: list[str] | None = None) -> int:
                 print(
                     f"{e.name:>14} {t:>8} {kept[t]:>7.2f} {base[t]:>6.2f} {kept[t] - base[t]:>6.2f}"
                 )
-    print(
-        f"\n{report['best_keeps_half_of_both']} of {report['pairs']} pairs: the best candidate "
-        f"keeps >= 0.5 of both experts (floor: half); operators disagree (spread >= 0.1) on "
-        f"{report['operators_disagree']}; best operator per pair: {report['best_operator_counts']}"
-    )
+    if args.experts_only:
+        beats = [e for e, v in report["experts"].items() if v["expert"] > v["base"]]
+        own = [e for e in report["experts"] if not e.endswith(tuple(f"/{t}" for t in general))]
+        print(
+            f"\n{len([e for e in beats if e in own])} of {len(own)} (expert, own task) pairs "
+            "beat the base"
+        )
+    else:
+        print(
+            f"\n{report['best_keeps_half_of_both']} of {report['pairs']} pairs: the best candidate "
+            f"keeps >= 0.5 of both experts (floor: half); operators disagree (spread >= 0.1) on "
+            f"{report['operators_disagree']}; best operator per pair: "
+            f"{report['best_operator_counts']}"
+        )
     name = args.recipe or args.size
     out = Path(args.json or ROOT / "scripts" / "results" / f"zoo_quality_{name}.json")
     write_json_report(out, report)
