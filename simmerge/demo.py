@@ -82,13 +82,13 @@ def run_demo(
     ]
     options = FeatureOptions(device=device, cache_dir=cache_dir)
     predictor = load_predictor(predictor)  # once, not once per pair
+    fixed = _best_fixed(predictor)
     out_pairs = []
     for a, b in tqdm(pairs, desc="rank+verify", disable=not progress):
         ranked = rank_merges(
             catalog, [a.name, b.name], top=None, predictor=predictor, options=options
         )
         top = ranked[:k]
-        fixed = _best_fixed(predictor)
         wanted = ranked if exhaustive else top
         measured = verify(catalog, wanted, k=len(wanted), scorer=scorer, store=store).verified
         actual = {v.candidate: v.actual for v in measured}
