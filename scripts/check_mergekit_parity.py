@@ -70,7 +70,11 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="simmerge-parity-"))
     config = tiny_config(
-        hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=4
+        hidden_size=64,
+        intermediate_size=128,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        num_hidden_layers=LAYERS,
     )
     base = save_model(work / "base", seed=0, config=config)
     experts = [
@@ -123,6 +127,7 @@ def main() -> None:
         )
 
     rows += multiway_rows(Path(args.mergekit), work, base, experts)
+    rows += config_rows(Path(args.mergekit), work, base, experts)
 
     print(f"{'operator':>16} | {'params':>40} | {'mergekit ok':>11} | max |ours - mergekit|")
     for r in rows:
@@ -144,6 +149,221 @@ def main() -> None:
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nall within {args.tol:g}: {ok}; wrote {args.out}")
     sys.exit(0 if ok else 1)
+
+
+LAYERS = 6
+_ATTN_MLP_T = [
+    {"filter": "self_attn", "value": [0, 0.5, 0.3, 0.7, 1]},
+    {"filter": "mlp", "value": [1, 0.5, 0.7, 0.3, 0]},
+    {"value": 0.5},
+]
+
+
+def _src(model: str, start: int = 0, end: int = LAYERS, **params) -> dict:
+    out = {"model": model, "layer_range": [start, end]}
+    if params:
+        out["parameters"] = params
+    return out
+
+
+# Configs in the shapes people publish (placeholders: BASE, E1, E2, E3), beyond one uniform
+# merge: gradients, filters, per-model gamma/epsilon, slices, the operators outside the grid.
+CONFIGS: tuple[tuple[str, dict], ...] = (
+    (
+        "slerp slices, filtered t gradients",
+        {
+            "merge_method": "slerp",
+            "base_model": "E1",
+            "slices": [{"sources": [_src("E1"), _src("E2")]}],
+            "parameters": {"t": _ATTN_MLP_T},
+            "dtype": "float32",
+        },
+    ),
+    (
+        "breadcrumbs, per-model gamma, density gradient",
+        {
+            "merge_method": "breadcrumbs",
+            "base_model": "BASE",
+            "models": [
+                {"model": "E1", "parameters": {"weight": 0.6, "gamma": 0.05}},
+                {"model": "E2", "parameters": {"weight": 0.4, "density": [0.5, 0.9]}},
+            ],
+            "parameters": {"density": 0.7, "gamma": 0.01},
+        },
+    ),
+    (
+        "breadcrumbs_ties, per-model gamma",
+        {
+            "merge_method": "breadcrumbs_ties",
+            "base_model": "BASE",
+            "models": [
+                {"model": "E1", "parameters": {"weight": 1.0, "density": 0.6, "gamma": 0.02}},
+                {"model": "E2", "parameters": {"weight": 0.5, "density": 0.8, "gamma": 0.1}},
+                {"model": "E3", "parameters": {"weight": 0.7}},
+            ],
+            "parameters": {"density": 0.5, "normalize": True},
+        },
+    ),
+    (
+        "ties, filter-keyed weights",
+        {
+            "merge_method": "ties",
+            "base_model": "BASE",
+            "models": [
+                {
+                    "model": "E1",
+                    "parameters": {
+                        "weight": [{"filter": "mlp", "value": [0.2, 1.0]}, {"value": 0.5}],
+                        "density": 0.5,
+                    },
+                },
+                {"model": "E2", "parameters": {"weight": 0.5, "density": [0.3, 0.8]}},
+            ],
+            "parameters": {"lambda": 0.9},
+        },
+    ),
+    (
+        "task_arithmetic, global weight, lambda gradient",
+        {
+            "merge_method": "task_arithmetic",
+            "base_model": "BASE",
+            "models": [{"model": "E1"}, {"model": "E2", "parameters": {"weight": 0.3}}],
+            "parameters": {"weight": 0.8, "lambda": [0.5, 1.2]},
+        },
+    ),
+    (
+        "della_linear, per-model epsilon (density 1)",
+        {
+            "merge_method": "della_linear",
+            "base_model": "BASE",
+            "models": [
+                {"model": "E1", "parameters": {"weight": 0.5, "epsilon": 0.05}},
+                {"model": "E2", "parameters": {"weight": 0.5, "epsilon": 0.1}},
+            ],
+            "parameters": {"density": 1.0},
+        },
+    ),
+    (
+        "nuslerp with a base",
+        {
+            "merge_method": "nuslerp",
+            "base_model": "BASE",
+            "models": [
+                {"model": "E1", "parameters": {"weight": 0.3}},
+                {"model": "E2", "parameters": {"weight": 0.7}},
+            ],
+        },
+    ),
+    (
+        "nuslerp row-wise, no base",
+        {
+            "merge_method": "nuslerp",
+            "models": [
+                {"model": "E1", "parameters": {"weight": [1.0, 0.2]}},
+                {"model": "E2", "parameters": {"weight": 1.0}},
+            ],
+            "parameters": {"nuslerp_flatten": False, "nuslerp_row_wise": True},
+        },
+    ),
+    (
+        "sce select_topk 0.5",
+        {
+            "merge_method": "sce",
+            "base_model": "BASE",
+            "models": [{"model": "E1"}, {"model": "E2"}, {"model": "E3"}],
+            "parameters": {"select_topk": 0.5},
+        },
+    ),
+    (
+        "karcher of three",
+        {
+            "merge_method": "karcher",
+            "models": [{"model": "E1"}, {"model": "E2"}, {"model": "E3"}],
+        },
+    ),
+    (
+        "passthrough frankenmerge, filtered scale",
+        {
+            "merge_method": "passthrough",
+            "slices": [
+                {"sources": [_src("E1", 0, 4)]},
+                {
+                    "sources": [
+                        _src(
+                            "E2",
+                            2,
+                            6,
+                            scale=[{"filter": "o_proj", "value": 0.0}, {"value": 1.0}],
+                        )
+                    ]
+                },
+            ],
+        },
+    ),
+    (
+        "linear slices with per-slice weights, out_dtype",
+        {
+            "merge_method": "linear",
+            "slices": [
+                {
+                    "sources": [_src("E1", 0, 3, weight=0.7), _src("E2", 0, 3, weight=0.3)],
+                },
+                {
+                    "sources": [_src("E1", 3, 6), _src("E2", 3, 6)],
+                    "parameters": {"weight": [0.2, 0.8]},
+                },
+            ],
+            "out_dtype": "bfloat16",
+        },
+    ),
+)
+
+
+def _fill(value, paths: dict[str, str]):
+    if isinstance(value, dict):
+        return {k: _fill(v, paths) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fill(v, paths) for v in value]
+    return paths.get(value, value) if isinstance(value, str) else value
+
+
+def config_rows(mergekit: Path, work: Path, base: Path, experts: list[Path]) -> list[dict]:
+    """Run each of :data:`CONFIGS` through mergekit-yaml and :class:`MergeConfig`; compare."""
+    import yaml
+
+    from simmerge.merging import MergeConfig
+
+    paths = {"BASE": str(base), **{f"E{i}": str(e) for i, e in enumerate(experts, 1)}}
+    rows = []
+    for k, (label, doc) in enumerate(CONFIGS):
+        doc = _fill(doc, paths)
+        cfg = work / f"config{k}.yaml"
+        cfg.write_text(yaml.safe_dump(doc, sort_keys=False))
+        out_mk = work / f"mk-config{k}"
+        proc = subprocess.run(
+            [str(mergekit), str(cfg), str(out_mk), "--quiet"], capture_output=True, text=True
+        )
+        row = {"operator": label, "params": {}, "config": doc["merge_method"]}
+        if proc.returncode != 0:
+            rows.append({**row, "accepted_by_mergekit": False,
+                         "error": proc.stderr.strip().splitlines()[-1:]})  # fmt: skip
+            continue
+        ours = merge(MergeConfig.from_yaml(cfg), device="cpu")
+        theirs = open_checkpoint(out_mk)
+        names_match = set(ours) == set(theirs.names)
+        diffs = {
+            n: float((theirs.get(n).float() - t.float()).abs().max())
+            for n, t in ours.items()
+            if n in theirs.tensors
+        }
+        worst = max(diffs, key=diffs.get)
+        dtypes_match = all(theirs.info(n).torch_dtype == t.dtype for n, t in ours.items()
+                           if n in theirs.tensors)  # fmt: skip
+        rows.append({**row, "accepted_by_mergekit": True,
+                     "max_abs_diff": diffs[worst] if names_match and dtypes_match else float("inf"),
+                     "same_tensor_names": names_match, "same_dtypes": dtypes_match,
+                     "worst_tensor": worst, "tensors": len(diffs)})  # fmt: skip
+    return rows
 
 
 MULTIWAY = (

@@ -34,9 +34,10 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from simmerge.errors import CatalogError, DuplicateNameError, InputNotFoundError, SimmergeError
 from simmerge.infra.files import read_yaml_file
-from simmerge.io.checkpoint import Checkpoint, open_checkpoint
+from simmerge.io.checkpoint import Checkpoint, open_checkpoint, open_lora
 from simmerge.io.compat import check_compatible
 from simmerge.io.gguf import is_gguf, materialize_gguf
+from simmerge.io.lora import is_adapter
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -240,8 +241,19 @@ class Catalog:
             return resolved
 
         base = CatalogModel(spec.base.name, folder(spec.base.path, spec.base.name))
+
+        def expert_path(p: str, who: str) -> Path:
+            resolved = folder(p, who)
+            if not is_adapter(resolved):
+                return resolved
+            try:  # a LoRA adapter: applied to the catalog's base (checked now, read lazily)
+                open_lora(resolved, base.path)
+            except SimmergeError as exc:
+                raise type(exc)(f"Catalog {where!r}, model {who!r}: {exc.what}", exc.fix) from None
+            return Path(f"{base.path}+{resolved}")
+
         experts = tuple(
-            CatalogModel(e.name, folder(e.path, e.name), tuple(e.tasks)) for e in spec.experts
+            CatalogModel(e.name, expert_path(e.path, e.name), tuple(e.tasks)) for e in spec.experts
         )
         tasks = {
             name: TaskSpec(

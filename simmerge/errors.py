@@ -32,6 +32,14 @@ class CorruptCheckpointError(CheckpointError):
     """A safetensors file has a bad header, wrong length or unsupported content."""
 
 
+class AdapterError(CheckpointError):
+    """A LoRA adapter folder cannot be read (not LoRA, DoRA, incomplete)."""
+
+
+class AdapterBaseMismatchError(AdapterError):
+    """A LoRA adapter's tensors do not fit the base it is applied to."""
+
+
 class MissingShardError(CheckpointError):
     """A sharded index names a shard file that is not there."""
 
@@ -92,6 +100,10 @@ class UnknownOperatorError(PlanError):
 
 class OperatorParameterError(PlanError):
     """An operator parameter is unknown, of the wrong type or out of range."""
+
+
+class NotPredictableError(PlanError):
+    """A merge config is valid but outside what the predictor scores (the message says why)."""
 
 
 # --- outputs ---------------------------------------------------------------------------------

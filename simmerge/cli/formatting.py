@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from simmerge.multiway.search import PlannedMerge
     from simmerge.multiway.verify import PlanVerifyReport
-    from simmerge.pairwise.rank import RankedCandidate
+    from simmerge.pairwise.rank import ConfigVerdict, RankedCandidate
     from simmerge.pairwise.verify import VerifyReport
     from simmerge.scanning.pipeline import ScanResult
 
@@ -31,6 +31,18 @@ def format_ranking(candidates: Sequence[RankedCandidate]) -> str:
         name = c.candidate + (" *" if c.best_fixed else "")
         lines.append(f"{c.rank:>3} {name:<38} {c.predicted:>6.3f} {c.uncertainty:>6.3f}  {feats}")
     lines.append("* the best single candidate of the predictor's training data (anchor)")
+    return "\n".join(lines)
+
+
+def format_config_verdicts(verdicts: Sequence[ConfigVerdict]) -> str:
+    lines = ["your configs:"]
+    for v in verdicts:
+        if v.candidate is None:
+            lines.append(f"  {v.path}: not predictable -- {v.reason}")
+        elif v.rank is None:
+            lines.append(f"  {v.path}: {v.candidate} (not ranked)")
+        else:
+            lines.append(f"  {v.path}: {v.candidate}, rank {v.rank}, predicted {v.predicted:.3f}")
     return "\n".join(lines)
 
 

@@ -116,11 +116,11 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def run_merge(args: argparse.Namespace) -> int:
-    from simmerge.merging import MergePlan, merge
+    from simmerge.merging import MergePlan, load_config, merge
 
-    plan = MergePlan.from_yaml(args.plan)
+    config = load_config(args.plan)
     out = merge(
-        plan,
+        config,
         Path(args.out),
         device=args.device,
         shard_bytes=int(args.shard_size_mb * 1024 * 1024),
@@ -129,8 +129,9 @@ def run_merge(args: argparse.Namespace) -> int:
         allow_remote_code=args.trust_remote_code,
         progress=progress(args),
     )
-    payload = {"plan_id": plan.plan_id, "operator": plan.operator, "out": str(out)}
-    return emit(args, payload, f"merged ({plan.operator}, plan {plan.plan_id}) -> {out}")
+    plan_id = MergePlan.from_config(config).plan_id if config.is_uniform else config.config_id
+    payload = {"plan_id": plan_id, "operator": config.operator, "out": str(out)}
+    return emit(args, payload, f"merged ({config.operator}, plan {plan_id}) -> {out}")
 
 
 def run_eval(args: argparse.Namespace) -> int:

@@ -86,6 +86,13 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     add_pair(p)
     p.add_argument("--top", type=int, default=5, help="number of candidates to show")
     p.add_argument("--margin", type=float, default=None, help=MARGIN_HELP)
+    p.add_argument(
+        "--configs",
+        type=comma_list,
+        default=None,
+        help="your mergekit YAML files, comma-separated: each is predicted and ranked with the "
+        "built-in candidates (or listed as not predictable, with the reason)",
+    )
     p.set_defaults(func=run_rank)
 
     p = sub.add_parser(
@@ -181,8 +188,9 @@ def run_train(args: argparse.Namespace) -> int:
     return emit(args, payload, text)
 
 
-def _ranked(args: argparse.Namespace, top: int | None):
+def _ranked(args: argparse.Namespace, top: int | None, grid=None):
     from simmerge.catalog import Catalog
+    from simmerge.merging.grid import DEFAULT_GRID
     from simmerge.pairwise.rank import rank_merges
 
     catalog = Catalog.load(args.catalog)
@@ -191,6 +199,7 @@ def _ranked(args: argparse.Namespace, top: int | None):
         args.models,
         args.tasks,
         top=top,
+        grid=DEFAULT_GRID if grid is None else grid,
         predictor=args.predictor,
         options=_options(args),
         progress=progress(args),
@@ -200,10 +209,23 @@ def _ranked(args: argparse.Namespace, top: int | None):
 
 
 def run_rank(args: argparse.Namespace) -> int:
-    from simmerge.cli.formatting import format_ranking
+    from simmerge.cli.formatting import format_config_verdicts, format_ranking
 
-    _, ranked = _ranked(args, args.top)
-    return emit(args, [c.to_dict() for c in ranked], format_ranking(ranked))
+    if not args.configs:
+        _, ranked = _ranked(args, args.top)
+        return emit(args, [c.to_dict() for c in ranked], format_ranking(ranked))
+    from simmerge.catalog import Catalog
+    from simmerge.pairwise.rank import config_verdicts
+
+    catalog = Catalog.load(args.catalog)
+    verdicts, grid = config_verdicts(catalog, args.models, args.configs)
+    _, ranked = _ranked(args, None, grid)
+    verdicts = [v.placed(ranked) for v in verdicts]
+    mine = {v.candidate for v in verdicts if v.candidate}
+    shown = [c for c in ranked if c.rank <= args.top or c.candidate in mine]
+    payload = {"ranking": [c.to_dict() for c in shown], "configs": [v.to_dict() for v in verdicts]}
+    text = format_ranking(shown) + "\n\n" + format_config_verdicts(verdicts)
+    return emit(args, payload, text)
 
 
 def run_verify(args: argparse.Namespace) -> int:

@@ -39,6 +39,7 @@ from simmerge.errors import (
     PickleRefusedError,
     RemoteCodeRefusedError,
 )
+from simmerge.io.lora import Adapter, is_adapter, named_base, read_adapter, split_plus
 from simmerge.io.safetensors_format import DTYPE_CODES, TensorInfo, read_header, read_tensor
 
 SINGLE_FILE = "model.safetensors"
@@ -76,6 +77,11 @@ class Checkpoint:
     @property
     def total_bytes(self) -> int:
         return sum(t.nbytes for t in self.tensors.values())
+
+    @property
+    def support_dir(self) -> Path:
+        """Where its tokenizer and generation files are (an adapter may borrow its base's)."""
+        return self.path
 
     @property
     def largest_tensor_bytes(self) -> int:
@@ -144,6 +150,74 @@ class Checkpoint:
     def iter_tensors(self, **kwargs: Any) -> Iterator[tuple[str, torch.Tensor]]:
         for name in self.tensors:
             yield name, self.get(name, **kwargs)
+
+
+@dataclass(frozen=True)
+class LoraCheckpoint(Checkpoint):
+    """``base`` with a LoRA adapter merged in on the fly (:mod:`simmerge.io.lora`): the base's
+    tensor names, shapes and dtypes; each tensor is computed when it is read."""
+
+    base: Checkpoint | None = field(default=None, repr=False)
+    adapter: Adapter | None = field(default=None, repr=False)
+
+    @property
+    def support_dir(self) -> Path:
+        if self.adapter is not None and self.adapter.has_tokenizer:
+            return self.path
+        return self.base.path if self.base is not None else self.path
+
+    @cached_property
+    def fingerprint(self) -> str:
+        h = hashlib.blake2b(digest_size=16)
+        h.update(self.base.fingerprint.encode() if self.base is not None else b"")
+        for file in sorted(self.adapter.files if self.adapter else ()):
+            st = file.stat()
+            h.update(f"{file.name}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}".encode())
+            if file.suffix == ".safetensors":
+                h.update(read_header(file).header_bytes)
+        return h.hexdigest()
+
+    def content_hash(self) -> str:
+        h = hashlib.blake2b(digest_size=16)
+        h.update(self.base.content_hash().encode() if self.base is not None else b"")
+        for file in sorted(self.adapter.files if self.adapter else ()):
+            h.update(file.name.encode())
+            h.update(file.read_bytes())
+        return h.hexdigest()
+
+    def get(
+        self,
+        name: str,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+        check_finite: bool = False,
+    ) -> torch.Tensor:
+        if self.base is None or self.adapter is None:
+            raise CheckpointError(f"{str(self.path)!r} has no base.", "open it with open_lora.")
+        info = self.info(name)
+        t = self.adapter.apply(name, self.base.get(name), info.torch_dtype)
+        t = t.to(device=device, dtype=dtype or t.dtype)
+        if check_finite and t.is_floating_point() and not is_finite(t):
+            raise NonFiniteWeightsError(
+                f"Tensor {name!r} of adapter {str(self.path)!r} over its base contains NaN or "
+                "Inf values.",
+                "the adapter (or its base) is damaged; remove it from the catalog.",
+            )
+        return t
+
+
+def open_lora(
+    adapter: str | Path, base: Checkpoint | str | Path | None = None, **flags: Any
+) -> LoraCheckpoint:
+    """A PEFT LoRA folder over ``base`` (default: the local folder its config names)."""
+    folder = Path(adapter).expanduser()
+    if base is None:
+        base = named_base(folder)
+    if not isinstance(base, Checkpoint):
+        base = open_checkpoint(base, **flags)
+    spec = read_adapter(folder, base.tensors, base.path)
+    return LoraCheckpoint(folder, base.config, base.tensors, base.files, base=base, adapter=spec)
 
 
 def is_finite(t: torch.Tensor) -> bool:
@@ -245,8 +319,17 @@ def _open_pickle(folder: Path) -> tuple[dict[str, torch.Tensor], tuple[Path, ...
 def open_checkpoint(
     path: str | Path, *, allow_pickle: bool = False, allow_remote_code: bool = False
 ) -> Checkpoint:
-    """Open a checkpoint folder without reading any weights (except opted-in pickle files)."""
+    """Open a checkpoint folder without reading any weights (except opted-in pickle files).
+
+    A PEFT LoRA folder, or mergekit's ``BASE+ADAPTER``, opens as the base with the adapter
+    merged in tensor by tensor (:mod:`simmerge.io.lora`)."""
+    flags = {"allow_pickle": allow_pickle, "allow_remote_code": allow_remote_code}
+    plus = split_plus(str(path))
+    if plus is not None:
+        return open_lora(plus[1], plus[0], **flags)
     folder = Path(path).expanduser()
+    if is_adapter(folder):
+        return open_lora(folder, **flags)
     if not folder.is_dir():
         raise InputNotFoundError(
             f"Checkpoint folder {str(folder)!r} does not exist.",

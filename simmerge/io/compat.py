@@ -33,10 +33,18 @@ TOKENIZER_FILES = (
 )
 
 
-def check_architecture(ref: Checkpoint, other: Checkpoint, ref_name: str, other_name: str) -> None:
+def check_architecture(
+    ref: Checkpoint,
+    other: Checkpoint,
+    ref_name: str,
+    other_name: str,
+    *,
+    layers_may_differ: bool = False,
+) -> None:
+    keys = [k for k in ARCHITECTURE_KEYS if not (layers_may_differ and k == "num_hidden_layers")]
     diffs = [
         f"{key}: {ref.config.get(key)!r} vs {other.config.get(key)!r}"
-        for key in ARCHITECTURE_KEYS
+        for key in keys
         if ref.config.get(key) != other.config.get(key)
     ]
     if diffs:
@@ -124,8 +132,18 @@ def check_vocab(ref: Checkpoint, other: Checkpoint, ref_name: str, other_name: s
         )
 
 
-def check_compatible(ref: Checkpoint, other: Checkpoint, ref_name: str, other_name: str) -> None:
-    """All checks, cheapest first."""
-    check_architecture(ref, other, ref_name, other_name)
+def check_compatible(
+    ref: Checkpoint,
+    other: Checkpoint,
+    ref_name: str,
+    other_name: str,
+    *,
+    layers_may_differ: bool = False,
+) -> None:
+    """All checks, cheapest first. ``layers_may_differ`` (layer-stacking merges, which read
+    chosen layer ranges) skips the layer count and the tensor-by-tensor name check; the
+    schedule then fails on any layer a slice needs and a model lacks."""
+    check_architecture(ref, other, ref_name, other_name, layers_may_differ=layers_may_differ)
     check_vocab(ref, other, ref_name, other_name)
-    check_tensors(ref, other, ref_name, other_name)
+    if not layers_may_differ:
+        check_tensors(ref, other, ref_name, other_name)

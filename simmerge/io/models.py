@@ -42,16 +42,35 @@ def load_model(model_dir: str | Path, device: Any | None = None, dtype: Any | No
     """Load a local HF causal-LM folder (never ``trust_remote_code``) in eval mode."""
     from transformers import AutoModelForCausalLM
 
+    adapter = _adapter_checkpoint(model_dir)
+    if adapter is not None:  # base + LoRA: build the base's architecture, load merged weights
+        state = {name: adapter.get(name) for name in adapter.names}
+        return load_model_with_state(adapter.base.path, state, device=device, dtype=dtype)
     model_dir = _check_model_dir(model_dir)
     with _quiet_weight_loading():
         model = AutoModelForCausalLM.from_pretrained(str(model_dir), trust_remote_code=False)
     return model.to(device=pick_device(device), dtype=dtype).eval()
 
 
+def _adapter_checkpoint(model_dir: str | Path):
+    """The adapter over its base when ``model_dir`` is a LoRA folder or ``BASE+ADAPTER``."""
+    from simmerge.io.checkpoint import open_lora
+    from simmerge.io.lora import is_adapter, split_plus
+
+    plus = split_plus(str(model_dir))
+    if plus is not None:
+        return open_lora(plus[1], plus[0])
+    if is_adapter(model_dir):
+        return open_lora(model_dir)
+    return None
+
+
 def load_tokenizer(model_dir: str | Path):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(_check_model_dir(model_dir)), trust_remote_code=False)
+    adapter = _adapter_checkpoint(model_dir)
+    folder = adapter.support_dir if adapter is not None else _check_model_dir(model_dir)
+    return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
 
 
 def load_model_with_state(

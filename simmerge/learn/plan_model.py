@@ -59,8 +59,7 @@ from typing import Any
 import numpy as np
 
 from simmerge.learn.predictor import MergePredictor
-from simmerge.merging.grid import HYPERPARAMETERS, OperatorConfig
-from simmerge.merging.registry import OPERATORS
+from simmerge.merging.grid import HYPERPARAMETERS, PREDICTOR_OPERATORS, OperatorConfig
 
 # analysis columns of the training tables (not model inputs, see the module docs): a few general
 # pair features and task functional features, averaged over the other members
@@ -86,7 +85,7 @@ def plan_columns() -> tuple[str, ...]:
         "oneshot",
         "holders",
         "passes",
-        *(f"op_{name}" for name in OPERATORS),
+        *(f"op_{name}" for name in PREDICTOR_OPERATORS),
         *(f"hp_{h}" for h in HYPERPARAMETERS),
         SKILL_COLUMN,
     )
@@ -209,7 +208,7 @@ def plan_rows(
             "holders": float(len(holders)),
             "passes": float(len(passed)),
         }
-        for name in OPERATORS:
+        for name in PREDICTOR_OPERATORS:
             row[f"op_{name}"] = sum(c.operator == name for c in configs) / len(configs)
         for hp in HYPERPARAMETERS:
             values = [c.hyperparameters()[hp] for c in configs]

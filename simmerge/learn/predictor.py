@@ -43,10 +43,9 @@ from typing import Any
 
 import numpy as np
 
-from simmerge.errors import ConfigError, InputNotFoundError, PredictorError
+from simmerge.errors import ConfigError, InputNotFoundError, OperatorParameterError, PredictorError
 from simmerge.infra.files import atomic_output_dir
-from simmerge.merging.grid import HYPERPARAMETERS, OperatorConfig
-from simmerge.merging.registry import OPERATORS
+from simmerge.merging.grid import HYPERPARAMETERS, PREDICTOR_OPERATORS, OperatorConfig
 from simmerge.signals.similarity import FEATURE_COLUMNS, FUNCTIONAL_COLUMNS
 
 CARD = "card.json"
@@ -58,7 +57,9 @@ GROUP_KEYS = ("catalog", "a", "b", "task")  # rows sharing these differ only in 
 
 
 def candidate_columns() -> tuple[str, ...]:
-    return tuple(f"op_{name}" for name in OPERATORS) + tuple(f"hp_{h}" for h in HYPERPARAMETERS)
+    return tuple(f"op_{name}" for name in PREDICTOR_OPERATORS) + tuple(
+        f"hp_{h}" for h in HYPERPARAMETERS
+    )
 
 
 def level_columns() -> tuple[str, ...]:
@@ -79,7 +80,14 @@ def predictor_columns() -> tuple[str, ...]:
 
 
 def candidate_features(config: OperatorConfig) -> dict[str, float]:
-    out = {f"op_{name}": float(name == config.operator) for name in OPERATORS}
+    if config.operator not in PREDICTOR_OPERATORS:
+        raise OperatorParameterError(
+            f"The predictor has no features for operator {config.operator!r}: it was trained "
+            f"on {', '.join(PREDICTOR_OPERATORS)} only.",
+            "rank candidates of those operators, or merge and evaluate this one "
+            "(`simmerge verify`, `simmerge collect`) to build training data for it.",
+        )
+    out = {f"op_{name}": float(name == config.operator) for name in PREDICTOR_OPERATORS}
     out.update({f"hp_{k}": v for k, v in config.hyperparameters().items()})
     return out
 

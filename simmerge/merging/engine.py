@@ -15,8 +15,6 @@ buffers) are copied from the reference model unchanged.
 from __future__ import annotations
 
 import json
-import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -25,41 +23,29 @@ from tqdm.auto import tqdm
 from simmerge.errors import NonFiniteWeightsError, OutputPathError, SimmergeError
 from simmerge.infra.files import atomic_output_dir
 from simmerge.io.checkpoint import Checkpoint, is_finite, open_checkpoint
-from simmerge.io.compat import TOKENIZER_FILES, check_compatible
+from simmerge.io.compat import check_compatible
 from simmerge.io.safetensors_format import SafetensorsStreamWriter
+from simmerge.merging.config import MergeConfig
+from simmerge.merging.layers import LAYER_COUNT_KEYS, PER_LAYER_CONFIG_KEYS
 from simmerge.merging.plan import OUTPUT_DTYPES, MergePlan
 from simmerge.merging.registry import run_operator
+from simmerge.merging.schedule import Schedule, TensorJob, build_schedule, models_of
+from simmerge.merging.tokenizer import copy_tokenizer
 
 DEFAULT_SHARD_BYTES = 2 * 1024**3
-COPIED_FILES = (
-    *TOKENIZER_FILES,
-    "generation_config.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "chat_template.jinja",
-    "chat_template.json",
-)
 PLAN_FILE = "simmerge_plan.yaml"
 
 
-@dataclass(frozen=True)
-class _Inputs:
-    reference: Checkpoint
-    base: Checkpoint | None
-    members: list[Checkpoint]
-
-
-def _open_inputs(plan: MergePlan, allow_pickle: bool, allow_remote_code: bool) -> _Inputs:
+def _open_inputs(
+    config: MergeConfig, allow_pickle: bool, allow_remote_code: bool
+) -> dict[str, Checkpoint]:
     flags = {"allow_pickle": allow_pickle, "allow_remote_code": allow_remote_code}
-    base = open_checkpoint(plan.base, **flags) if plan.base else None
-    members = [open_checkpoint(m.model, **flags) for m in plan.members]
-    reference = base if base is not None else members[0]
-    ref_name = plan.base if base is not None else plan.members[0].model
-    for m, ckpt in zip(plan.members, members, strict=True):
-        if ckpt is not reference:
-            check_compatible(reference, ckpt, ref_name, m.model)
-    return _Inputs(reference, base, members)
+    paths = models_of(config)
+    opened = {p: open_checkpoint(p, **flags) for p in paths}
+    reference = opened[paths[0]]
+    for p in paths[1:]:
+        check_compatible(reference, opened[p], paths[0], p, layers_may_differ=config.sliced)
+    return opened
 
 
 def default_device() -> str:
@@ -86,37 +72,44 @@ def resolve_device(device: str | None) -> str:
     return str(dev)
 
 
-def _output_dtype(plan: MergePlan, reference_dtype: torch.dtype) -> torch.dtype:
-    return OUTPUT_DTYPES[plan.dtype] if plan.dtype else reference_dtype
+def _output_dtype(config: MergeConfig, reference_dtype: torch.dtype) -> torch.dtype:
+    name = config.output_dtype
+    return OUTPUT_DTYPES[name] if name else reference_dtype
 
 
 def _merge_one(
-    plan: MergePlan, inputs: _Inputs, name: str, device: str, check_finite: bool
+    config: MergeConfig,
+    inputs: dict[str, Checkpoint],
+    job: TensorJob,
+    device: str,
+    check_finite: bool,
 ) -> torch.Tensor:
-    info = inputs.reference.info(name)
+    ref_model, ref_name = job.reference
+    info = inputs[ref_model].info(ref_name)
     if not info.is_float:
-        return inputs.reference.get(name)
+        return inputs[ref_model].get(ref_name)
     # Inputs are checked for NaN/Inf as they are read: trimming operators would otherwise
     # silently drop a NaN (it ranks as largest but never compares above a threshold).
     read = {"device": device, "dtype": torch.float32, "check_finite": check_finite}
-    experts = [c.get(name, **read) for c in inputs.members]
-    base = inputs.base.get(name, **read) if inputs.base is not None else None
+    experts = [inputs[m].get(n, **read) for m, n in job.members]
+    base = inputs[job.base[0]].get(job.base[1], **read) if job.base is not None else None
     out = run_operator(
-        plan.operator,
-        plan.params,
+        config.operator,
+        job.params,
         base,
         experts,
-        [m.weight for m in plan.members],
-        plan.member_densities(),
-        tensor_name=name,
+        job.weights,
+        job.densities,
+        tensor_name=job.name,
+        member_params=job.member_params,
     )
     del experts, base
     if check_finite and not is_finite(out):
         raise NonFiniteWeightsError(
-            f"Merging tensor {name!r} overflowed to NaN/Inf although the inputs are finite.",
+            f"Merging tensor {job.name!r} overflowed to NaN/Inf although the inputs are finite.",
             "lower lambda or the weights, or merge in a wider dtype.",
         )
-    return out.to(_output_dtype(plan, info.torch_dtype))
+    return out.to(_output_dtype(config, info.torch_dtype))
 
 
 def _shard_layout(names: list[str], nbytes: dict[str, int], shard_bytes: int) -> list[list[str]]:
@@ -132,7 +125,7 @@ def _shard_layout(names: list[str], nbytes: dict[str, int], shard_bytes: int) ->
 
 
 def merge(
-    plan: MergePlan,
+    plan: MergePlan | MergeConfig,
     out_dir: str | Path | None = None,
     *,
     device: str | None = None,
@@ -143,14 +136,21 @@ def merge(
     check_finite: bool = True,
     progress: bool = False,
 ) -> dict[str, torch.Tensor] | Path:
-    """Run ``plan``. Without ``out_dir`` return the merged state dict (CPU tensors); with it,
-    write a Hugging Face folder (safetensors shards, config and tokenizer copied from the
-    reference model) atomically and return its path."""
+    """Run ``plan`` (a uniform :class:`MergePlan` or a whole mergekit :class:`MergeConfig`).
+    Without ``out_dir`` return the merged state dict (CPU tensors); with it, write a Hugging
+    Face folder (safetensors shards, config and tokenizer copied from the reference model)
+    atomically and return its path."""
+    config = plan.to_config() if isinstance(plan, MergePlan) else plan
     device = resolve_device(device)
-    inputs = _open_inputs(plan, allow_pickle, allow_remote_code)
-    names = inputs.reference.names
+    inputs = _open_inputs(config, allow_pickle, allow_remote_code)
+    schedule = build_schedule(config, inputs)
+    jobs = schedule.jobs
+
+    def ref_info(job: TensorJob):
+        return inputs[job.reference[0]].info(job.reference[1])
+
     bar = tqdm(
-        total=inputs.reference.total_bytes,
+        total=sum(ref_info(j).nbytes for j in jobs),
         unit="B",
         unit_scale=True,
         desc="merge",
@@ -158,23 +158,24 @@ def merge(
     )
     if out_dir is None:
         state: dict[str, torch.Tensor] = {}
-        for name in names:
-            state[name] = _merge_one(plan, inputs, name, device, check_finite).cpu()
-            bar.update(inputs.reference.info(name).nbytes)
+        for job in jobs:
+            state[job.name] = _merge_one(config, inputs, job, device, check_finite).cpu()
+            bar.update(ref_info(job).nbytes)
         bar.close()
         return state
 
     out_dir = Path(out_dir)
-    _check_clear_of_inputs(out_dir, plan)
-    ref = inputs.reference
+    _check_clear_of_inputs(out_dir, list(inputs))
     out_dtypes = {
-        n: _output_dtype(plan, ref.info(n).torch_dtype)
-        if ref.info(n).is_float
-        else ref.info(n).torch_dtype
-        for n in names
+        j.name: _output_dtype(config, ref_info(j).torch_dtype)
+        if ref_info(j).is_float
+        else ref_info(j).torch_dtype
+        for j in jobs
     }
-    nbytes = {n: ref.info(n).numel * out_dtypes[n].itemsize for n in names}
-    shards = _shard_layout(names, nbytes, shard_bytes)
+    nbytes = {j.name: ref_info(j).numel * out_dtypes[j.name].itemsize for j in jobs}
+    by_name = {j.name: j for j in jobs}
+    shards = _shard_layout([j.name for j in jobs], nbytes, shard_bytes)
+    reference = inputs[models_of(config)[0]]
     with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
         weight_map: dict[str, str] = {}
         for i, shard_names in enumerate(shards):
@@ -183,31 +184,28 @@ def merge(
                 if len(shards) == 1
                 else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
             )
-            layout = [(n, out_dtypes[n], ref.info(n).shape) for n in shard_names]
+            layout = [(n, out_dtypes[n], ref_info(by_name[n]).shape) for n in shard_names]
             with SafetensorsStreamWriter(tmp / file_name, layout) as writer:
                 for name in shard_names:
-                    writer.write(name, _merge_one(plan, inputs, name, device, check_finite))
+                    job = by_name[name]
+                    writer.write(name, _merge_one(config, inputs, job, device, check_finite))
                     weight_map[name] = file_name
-                    bar.update(ref.info(name).nbytes)
+                    bar.update(ref_info(job).nbytes)
         if len(shards) > 1:
             index = {"metadata": {"total_size": sum(nbytes.values())}, "weight_map": weight_map}
             (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
-        _write_config(ref, plan, tmp)
-        for file_name in COPIED_FILES:
-            if (ref.path / file_name).is_file():
-                shutil.copy2(ref.path / file_name, tmp / file_name)
+        _write_config(reference, config, schedule, inputs, tmp)
+        copy_tokenizer(config, inputs, reference, tmp)
         (tmp / PLAN_FILE).write_text(plan.to_mergekit_yaml())
     bar.close()
     return out_dir
 
 
-def _check_clear_of_inputs(out_dir: Path, plan: MergePlan) -> None:
+def _check_clear_of_inputs(out_dir: Path, sources: list[str]) -> None:
     """Refuse an output folder that is, or contains, a model the plan reads: replacing it
     (``overwrite``) would destroy an input while it is being read."""
     out = out_dir.expanduser().resolve()
-    for source in (plan.base, *(m.model for m in plan.members)):
-        if source is None:
-            continue
+    for source in sources:
         src = Path(source).expanduser().resolve()
         if out == src or out in src.parents:
             relation = "is" if out == src else "contains"
@@ -218,10 +216,39 @@ def _check_clear_of_inputs(out_dir: Path, plan: MergePlan) -> None:
             )
 
 
-def _write_config(ref: Checkpoint, plan: MergePlan, folder: Path) -> None:
-    config = dict(ref.config)
-    if plan.dtype:
+def _write_config(
+    ref: Checkpoint,
+    config: MergeConfig,
+    schedule: Schedule,
+    inputs: dict[str, Checkpoint],
+    folder: Path,
+) -> None:
+    out = dict(ref.config)
+    if config.output_dtype:
         for key in ("torch_dtype", "dtype"):
-            if key in config:
-                config[key] = plan.dtype
-    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+            if key in out:
+                out[key] = config.output_dtype
+    if config.sliced:
+        _renumber_layers_in_config(out, schedule, inputs)
+    (folder / "config.json").write_text(json.dumps(out, indent=2, sort_keys=True))
+
+
+def _renumber_layers_in_config(
+    out: dict, schedule: Schedule, inputs: dict[str, Checkpoint]
+) -> None:
+    """A layer-stacking merge changes the layer count, and per-layer lists (Gemma's
+    ``layer_types``) must follow the layers they describe."""
+    target = out.get("text_config") if isinstance(out.get("text_config"), dict) else out
+    for key in LAYER_COUNT_KEYS:
+        if key in target:
+            target[key] = schedule.layers
+    for key in PER_LAYER_CONFIG_KEYS:
+        if isinstance(target.get(key), list):
+            values = []
+            for model, layer in schedule.layer_sources:
+                cfg = inputs[model].config
+                cfg = (
+                    cfg.get("text_config", cfg) if isinstance(cfg.get("text_config"), dict) else cfg
+                )
+                values.append(cfg[key][layer])
+            target[key] = values

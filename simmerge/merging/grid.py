@@ -16,16 +16,31 @@ measurement records which order was executed in its plan id).
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from simmerge.errors import OperatorParameterError
+from simmerge.errors import NotPredictableError, OperatorParameterError
 from simmerge.merging import MergePlan, PlanMember
+from simmerge.merging.config import MergeConfig
 from simmerge.merging.registry import OPERATORS, get_operator, resolve_params
 
 # hyper-parameters that become numeric predictor features (NaN where an operator has none)
 HYPERPARAMETERS = ("lambda", "density", "t", "gamma", "epsilon")
+# the operators the predictors' one-hot columns name: fixed, so that registering an operator
+# does not change the columns of predictors already shipped (a new one needs training data)
+PREDICTOR_OPERATORS = (
+    "linear",
+    "task_arithmetic",
+    "ties",
+    "dare_linear",
+    "dare_ties",
+    "slerp",
+    "breadcrumbs",
+    "della",
+    "model_stock",
+)
 _BASE_FREE = tuple(name for name, spec in OPERATORS.items() if not spec.needs_base)
 
 
@@ -147,3 +162,74 @@ def grid_from_ids(ids: list[str] | None) -> tuple[OperatorConfig, ...]:
     for config in out:
         get_operator(config.operator)
     return out
+
+
+_NOT_PREDICTABLE_FIX = (
+    "merge and evaluate it instead (`simmerge merge`, `simmerge eval`); predictions cover "
+    "uniform merges of the two experts by the predictor's operators."
+)
+
+
+def _same(a: str, b: str) -> bool:
+    return os.path.normpath(os.path.abspath(a)) == os.path.normpath(os.path.abspath(b))
+
+
+def candidate_from_config(
+    config: MergeConfig, base: str, a: str, b: str, grid: Sequence[OperatorConfig] = ()
+) -> OperatorConfig:
+    """The candidate of the search space that a user's mergekit config is, on the pair (a, b).
+
+    The predictor scores (pair, candidate) rows, so a config is predictable only when it is one
+    uniform merge of exactly those two experts with equal weights, by an operator the
+    predictor has features for. Equal weights fold into the candidate: operators that
+    normalize ignore them, and the task-vector operators without normalization scale the
+    merged task vector by them, which is ``lambda``. Anything else raises
+    :class:`~simmerge.errors.NotPredictableError` saying why. A config equal to a ``grid``
+    entry (same resolved parameters) returns that entry, so it is ranked once.
+    """
+    reasons = config.non_uniform_reasons()
+    if reasons:
+        raise NotPredictableError("; ".join(reasons) + ".", _NOT_PREDICTABLE_FIX)
+    if config.operator not in PREDICTOR_OPERATORS:
+        raise NotPredictableError(
+            f"the predictor was not trained on operator {config.operator!r}.", _NOT_PREDICTABLE_FIX
+        )
+    plan = MergePlan.from_config(config)
+    paths = [m.model for m in plan.members]
+    if len(paths) != 2 or not (
+        (_same(paths[0], a) and _same(paths[1], b)) or (_same(paths[0], b) and _same(paths[1], a))
+    ):
+        raise NotPredictableError(
+            f"it merges {', '.join(paths)}, not the two experts ranked ({a}, {b}).",
+            _NOT_PREDICTABLE_FIX,
+        )
+    if plan.base is not None and not _same(plan.base, base):
+        raise NotPredictableError(
+            f"its base_model {plan.base} is not the catalog's base.", _NOT_PREDICTABLE_FIX
+        )
+    spec = get_operator(plan.operator)
+    params = {k: v for k, v in plan.params.items() if k != "seed"}
+    densities = set(plan.member_densities())
+    if len(densities) > 1:
+        raise NotPredictableError("its models have different densities.", _NOT_PREDICTABLE_FIX)
+    if "density" in params:
+        params["density"] = densities.pop()
+    weights = {m.weight for m in plan.members}
+    if len(weights) > 1:
+        raise NotPredictableError("its models have different weights.", _NOT_PREDICTABLE_FIX)
+    w = weights.pop()
+    if spec.uses_weights and w != 1.0 and not params.get("normalize", False):
+        if "lambda" not in params:
+            raise NotPredictableError(
+                f"weights of {w:g} without normalization scale the merge.", _NOT_PREDICTABLE_FIX
+            )
+        params["lambda"] = params["lambda"] * w
+    # named like the grid's candidates: only the parameters that differ from the defaults
+    params = {k: v for k, v in params.items() if v != spec.param(k).default}
+    candidate = OperatorConfig.make(plan.operator, params)
+    if plan.operator == "slerp" and _same(paths[0], b):
+        candidate = candidate.mirrored()
+    for known in grid:
+        if known.operator == candidate.operator and known.resolved == candidate.resolved:
+            return known
+    return candidate

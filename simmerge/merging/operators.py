@@ -170,7 +170,7 @@ def _task_vectors_(base: torch.Tensor, experts: Sequence[torch.Tensor]) -> list[
     return list(experts)
 
 
-# --- the nine operators ----------------------------------------------------------------------
+# --- the operators -------------------------------------------------------------------------
 
 
 def linear(
@@ -256,17 +256,19 @@ def breadcrumbs(
     weights: Sequence[float],
     densities: Sequence[float],
     *,
-    gamma: float,
+    gammas: Sequence[float],
+    sign_consensus: bool,
     lam: float,
     normalize: bool,
     rescale: bool,
 ) -> torch.Tensor:
-    """Model Breadcrumbs: drop the largest ``gamma`` and the smallest entries of each tau_i."""
+    """Model Breadcrumbs: drop the largest ``gamma_i`` and the smallest entries of each tau_i;
+    ``breadcrumbs_ties`` adds the TIES sign election (``sign_consensus``)."""
     deltas = _task_vectors_(base, experts)
-    for d, density in zip(deltas, densities, strict=True):
+    for d, density, gamma in zip(deltas, densities, gammas, strict=True):
         trim_outliers_(d, density, gamma, rescale)
     return combine_task_vectors_(
-        base, deltas, weights, sign_consensus=False, normalize=normalize, lam=lam
+        base, deltas, weights, sign_consensus=sign_consensus, normalize=normalize, lam=lam
     )
 
 
@@ -277,17 +279,19 @@ def della(
     densities: Sequence[float],
     *,
     generator: torch.Generator,
-    epsilon: float,
+    epsilons: Sequence[float],
+    sign_consensus: bool,
     lam: float,
     normalize: bool,
     rescale: bool,
 ) -> torch.Tensor:
-    """DELLA: magnitude-ranked random drop + rescale, then the TIES sign step, times ``lam``."""
+    """DELLA: magnitude-ranked random drop + rescale, then (``della``; not ``della_linear``)
+    the TIES sign step, times ``lam``."""
     deltas = _task_vectors_(base, experts)
-    for d, density in zip(deltas, densities, strict=True):
-        drop_magnitude_ranked_(d, density, epsilon, rescale, generator)
+    for d, density, eps in zip(deltas, densities, epsilons, strict=True):
+        drop_magnitude_ranked_(d, density, eps, rescale, generator)
     return combine_task_vectors_(
-        base, deltas, weights, sign_consensus=True, normalize=normalize, lam=lam
+        base, deltas, weights, sign_consensus=sign_consensus, normalize=normalize, lam=lam
     )
 
 
@@ -330,3 +334,114 @@ def model_stock(base: torch.Tensor, experts: Sequence[torch.Tensor]) -> torch.Te
     for d in deltas[1:]:
         mean_delta.add_(d)
     return base.add_(mean_delta, alpha=t / n)
+
+
+def nuslerp(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    base: torch.Tensor | None,
+    *,
+    t: float,
+    flatten: bool,
+    row_wise: bool,
+) -> torch.Tensor:
+    """NuSLERP: spherical interpolation at ``t`` (mergekit derives it from the two weights as
+    ``w_b / (w_a + w_b)``), of the task vectors when a base is given (the result is added back
+    to it), of the raw tensors otherwise. ``flatten`` treats the whole tensor as one vector;
+    without it every row (``row_wise``: every column) is interpolated on its own. Unlike
+    :func:`slerp` it falls back to lerp only for exactly colinear vectors."""
+    if base is not None:
+        a = a.sub_(base)
+        b = b.sub_(base)
+    shape = a.shape
+    if flatten:
+        va, vb = a.reshape(1, -1), b.reshape(1, -1)
+    elif row_wise and a.dim() > 1:
+        va, vb = a.transpose(0, -1), b.transpose(0, -1)
+    else:
+        va, vb = a, b
+    ua = va / va.norm(dim=-1, keepdim=True).clamp(min=1e-7)
+    ub = vb / vb.norm(dim=-1, keepdim=True).clamp(min=1e-7)
+    cos = (ua * ub).sum(dim=-1, keepdim=True).clamp(-1.0, 1.0)
+    del ua, ub
+    colinear = (1.0 - cos.square()) <= 1e-16
+    theta = torch.acos(torch.where(colinear, torch.zeros_like(cos), cos))
+    sin_theta = torch.sin(theta)
+    spherical = (torch.sin((1.0 - t) * theta) * va + torch.sin(t * theta) * vb) / sin_theta
+    out = torch.where(colinear, (1.0 - t) * va + t * vb, spherical)
+    if not flatten and row_wise and a.dim() > 1:
+        out = out.transpose(0, -1)
+    out = out.reshape(shape)
+    return out.add_(base) if base is not None else out
+
+
+def sce(base: torch.Tensor, experts: Sequence[torch.Tensor], *, select_topk: float) -> torch.Tensor:
+    """SCE: keep the ``select_topk`` fraction of entries whose task vectors vary most across
+    members (Select), weight each task vector by its mean square over the sum of them
+    (Calculate), drop entries whose sign disagrees with the elected sign (Erase), and add the
+    weighted mean of what remains to the base."""
+    deltas = torch.stack(_task_vectors_(base, experts))
+    if select_topk < 1.0:
+        mask = torch.zeros_like(deltas[0])
+        if select_topk > 0.0:
+            var = deltas.var(dim=0, unbiased=False)
+            k = int(int(torch.count_nonzero(var)) * select_topk)
+            if k:
+                mask.view(-1)[torch.topk(var.abs().view(-1), k=k).indices] = 1.0
+            del var
+        deltas.mul_(mask)
+    elected = torch.where(deltas.sum(dim=0) >= 0, 1.0, -1.0)
+    agree = (deltas.sign() == elected).to(deltas.dtype)
+    msq = deltas.square().reshape(deltas.shape[0], -1).mean(dim=1)
+    total = float(msq.sum())
+    w = msq / total if abs(total) >= 1e-6 else torch.full_like(msq, 1.0 / len(msq))
+    w = w.reshape(-1, *([1] * (deltas.dim() - 1))) * agree
+    merged = (deltas * w).sum(dim=0) / w.sum(dim=0).clamp(min=1e-6)
+    return base.add_(merged)
+
+
+def karcher(tensors: Sequence[torch.Tensor], *, max_iter: int, tol: float) -> torch.Tensor:
+    """Karcher (Riemannian) mean of the members' directions on the unit sphere, with equal
+    weights, scaled by the mean of their norms. Up to ``max_iter`` steps along the weighted log
+    map; stops once the tangent's norm falls below ``tol``."""
+    n = len(tensors)
+    if n == 1:
+        return tensors[0]
+    alpha = 1.0 / n
+    norms = [torch.linalg.vector_norm(x) for x in tensors]
+    units = [
+        x / nrm if float(nrm) != 0.0 else torch.zeros_like(x)
+        for x, nrm in zip(tensors, norms, strict=True)
+    ]
+    valid = [i for i in range(n) if float(norms[i]) > tol]
+    if not valid:
+        return torch.zeros_like(tensors[0])
+    weights = [1.0 / len(valid)] * len(valid)
+    points = [units[i] for i in valid]
+    mean = torch.zeros_like(points[0])
+    for w, u in zip(weights, points, strict=True):
+        mean.add_(u, alpha=w)
+    mean_norm = torch.linalg.vector_norm(mean)
+    mean = points[0].clone() if float(mean_norm) < tol else mean / mean_norm
+    for _ in range(max_iter):
+        tangent = torch.zeros_like(mean)
+        for w, u in zip(weights, points, strict=True):
+            dot = torch.clamp(torch.dot(mean.reshape(-1), u.reshape(-1)), -1.0, 1.0)
+            theta = torch.arccos(dot)
+            if float(theta) < tol:
+                continue
+            tangent += w * (theta / torch.sin(theta)) * (u - dot * mean)
+        step = torch.linalg.vector_norm(tangent)
+        if float(step) < tol:
+            break
+        mean = torch.cos(step) * mean + torch.sin(step) * (tangent / step)
+        unit_norm = torch.linalg.vector_norm(mean)
+        if float(unit_norm) > tol:
+            mean = mean / unit_norm
+    scale = sum(alpha * nrm for nrm in norms)
+    return scale * mean
+
+
+def passthrough(x: torch.Tensor, *, scale: float) -> torch.Tensor:
+    """The one input unchanged, times ``scale`` (mergekit's per-input scale; 1 by default)."""
+    return x if scale == 1.0 else x.mul_(scale)

@@ -16,20 +16,19 @@ import hashlib
 import json
 import math
 import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from simmerge.errors import PlanError
-from simmerge.merging.registry import OPERATORS, check_densities, get_operator, resolve_params
+from simmerge.merging.config import NEUTRAL_SHARED, MergeConfig, MergeSlice, SliceSource
+from simmerge.merging.registry import check_densities, get_operator, resolve_params
 
 OUTPUT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _SIMMERGE_ONLY = ("seed",)
-_IGNORED_MERGEKIT_PARAMS = {"int8_mask": False}  # memory optimisation only, no semantic effect
 
 
 class PlanMember(BaseModel):
@@ -87,7 +86,7 @@ class MergePlan(BaseModel):
                 f"Operator {self.operator!r} works on task vectors and needs a base model.",
                 "set `base_model` to the checkpoint the members were fine-tuned from.",
             )
-        if not spec.needs_base and self.base:
+        if not spec.needs_base and not spec.accepts_base and self.base:
             raise PlanError(
                 f"Operator {self.operator!r} does not use a base model (got {self.base!r}).",
                 "drop `base`, or list that model among the members to include it.",
@@ -192,152 +191,80 @@ class MergePlan(BaseModel):
             atomic_write_text(Path(path), text)
         return text
 
+    def to_config(self) -> MergeConfig:
+        """The same merge as a :class:`~simmerge.merging.config.MergeConfig` (what the engine
+        executes)."""
+        spec = get_operator(self.operator)
+        members = []
+        for m in self.members:
+            mparams: dict[str, Any] = {}
+            if spec.uses_weights:
+                mparams["weight"] = m.weight
+            if m.density is not None:
+                mparams["density"] = m.density
+            members.append(SliceSource(model=m.model, params=mparams))
+        base = self.base
+        sources = list(members)
+        if self.operator == "slerp":
+            base = self.members[0].model  # the model at t = 0
+        elif base is not None:
+            sources.append(SliceSource(model=base))
+        return MergeConfig(
+            operator=self.operator,
+            slices=(MergeSlice(sources=tuple(sources)),),
+            base=base,
+            params={k: v for k, v in self.params.items() if k != "seed"},
+            out_dtype=self.dtype,
+            seed=self.params.get("seed") if spec.randomized else None,
+        )
+
+    @classmethod
+    def from_config(cls, config: MergeConfig) -> MergePlan:
+        """The equal plan of a uniform config; PlanError (with the reasons) otherwise."""
+        reasons = config.non_uniform_reasons()
+        if reasons:
+            raise PlanError(
+                f"This mergekit config is not one uniform merge: {'; '.join(reasons)}.",
+                "merge it with `simmerge merge` (which runs it as written); only uniform "
+                "configs can be predicted or searched over.",
+            )
+        spec = config.spec
+        group = config.group(config.slices[0])
+        per_input = set(spec.per_member) | {"weight"}
+        shared = {k: v for k, v in config.params.items() if k not in per_input or k == "density"}
+        shared = {k: v for k, v in shared.items() if k not in NEUTRAL_SHARED}
+        for k in set(spec.per_member) - {"density"}:
+            values = {s.params.get(k, config.params.get(k)) for s in group.members} - {None}
+            if values:
+                shared[k] = values.pop()
+        if config.seed is not None:
+            shared["seed"] = config.seed
+        default_weight = config.params.get("weight", 1.0)
+        members = tuple(
+            PlanMember(
+                model=s.model,
+                weight=s.params.get("weight", default_weight) if spec.uses_weights else 1.0,
+                density=s.params.get("density"),
+            )
+            for s in group.members
+        )
+        return cls(
+            operator=config.operator,
+            members=members,
+            base=group.base.model if group.base is not None else None,
+            params=shared,
+            dtype=config.output_dtype,
+        )
+
     @classmethod
     def from_mergekit_dict(
         cls, data: Any, *, relative_to: Path | None = None, source: str = "plan"
     ) -> MergePlan:
-        """Build a plan from mergekit's config structure; unknown keys are errors."""
-        return _plan_from_dict(data, relative_to=relative_to, source=source)
+        """Build a plan from mergekit's config structure; unknown keys are errors, and a
+        config that is not one uniform merge (gradients, filters, slices) is a PlanError."""
+        config = MergeConfig.from_mergekit_dict(data, relative_to=relative_to, source=source)
+        return cls.from_config(config)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> MergePlan:
-        from simmerge.infra.files import read_yaml_file
-
-        path = Path(path)
-        data = read_yaml_file(path, "Plan file", PlanError, "check the path to the YAML plan.")
-        return _plan_from_dict(data, relative_to=path.parent, source=str(path))
-
-
-_TOP_KEYS = {"merge_method", "base_model", "models", "parameters", "dtype", "simmerge"}
-_MODEL_KEYS = {"model", "parameters"}
-_MEMBER_PARAM_KEYS = {"weight", "density"}
-
-
-def _resolve_path(value: Any, relative_to: Path | None, source: str, where: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise PlanError(
-            f"{source}: {where} must be a non-empty path string, got {value!r}.",
-            "write the model folder's path (absolute, or relative to the plan file).",
-        )
-    p = Path(value).expanduser()
-    if relative_to is not None and not p.is_absolute():
-        p = relative_to / p
-    return str(p)
-
-
-def _expect_mapping(value: Any, source: str, where: str) -> Mapping[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise PlanError(
-            f"{source}: {where} must be a mapping, got {type(value).__name__}.",
-            "write it as `key: value` lines under that key.",
-        )
-    return value
-
-
-def _plan_from_dict(data: Any, *, relative_to: Path | None, source: str) -> MergePlan:
-    top = _expect_mapping(data, source, "the document")
-    unknown = sorted(set(map(str, top)) - _TOP_KEYS)
-    if unknown:
-        raise PlanError(
-            f"{source}: unknown key(s) {', '.join(map(repr, unknown))}.",
-            f"allowed top-level keys are {', '.join(sorted(_TOP_KEYS))} (slices and modules "
-            "are not supported).",
-        )
-    operator = top.get("merge_method")
-    if not isinstance(operator, str):
-        raise PlanError(
-            f"{source}: `merge_method` is missing or not a string.",
-            f"add `merge_method: NAME` with one of: {', '.join(OPERATORS)}.",
-        )
-    models = top.get("models")
-    if not isinstance(models, list) or not models:
-        raise PlanError(
-            f"{source}: `models` must be a non-empty list of {{model: PATH}} entries.",
-            "list the models to merge as `- model: PATH` lines under `models:`.",
-        )
-    base = top.get("base_model")
-    base = _resolve_path(base, relative_to, source, "`base_model`") if base is not None else None
-    params = dict(_expect_mapping(top.get("parameters"), source, "`parameters`"))
-    for key, neutral in _IGNORED_MERGEKIT_PARAMS.items():
-        if key in params and params.pop(key) not in (neutral, True):
-            raise PlanError(
-                f"{source}: parameter {key!r} must be a boolean.", f"write `{key}: true` or false."
-            )
-    if operator == "model_stock" and params.pop("filter_wise", False) is not False:
-        raise PlanError(
-            f"{source}: model_stock with filter_wise: true is not supported.",
-            "remove `filter_wise` (simmerge computes model_stock per tensor).",
-        )
-    extras = _expect_mapping(top.get("simmerge"), source, "`simmerge`")
-    bad_extras = sorted(set(map(str, extras)) - set(_SIMMERGE_ONLY))
-    if bad_extras:
-        raise PlanError(
-            f"{source}: unknown key(s) under `simmerge`: {', '.join(bad_extras)}.",
-            f"use only: {', '.join(_SIMMERGE_ONLY)}.",
-        )
-    params.update(extras)
-
-    spec_needs_base = _needs_base(operator, source)
-    members: list[dict[str, Any]] = []
-    for i, entry in enumerate(models):
-        entry = _expect_mapping(entry, source, f"models[{i}]")
-        bad = sorted(set(map(str, entry)) - _MODEL_KEYS)
-        if bad:
-            raise PlanError(
-                f"{source}: models[{i}] has unknown key(s) {', '.join(bad)}.",
-                "a model entry takes only `model` and `parameters`.",
-            )
-        path = _resolve_path(entry.get("model"), relative_to, source, f"models[{i}].model")
-        mparams = dict(_expect_mapping(entry.get("parameters"), source, f"models[{i}].parameters"))
-        bad = sorted(set(map(str, mparams)) - _MEMBER_PARAM_KEYS)
-        if bad:
-            raise PlanError(
-                f"{source}: models[{i}].parameters has unsupported key(s) {', '.join(bad)}.",
-                "per-model parameters may be weight and density; put others under `parameters`.",
-            )
-        for key, value in mparams.items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise PlanError(
-                    f"{source}: models[{i}].parameters.{key} must be a number, got {value!r} "
-                    "(per-layer gradients are not supported).",
-                    "give one number for the whole model.",
-                )
-        if spec_needs_base and base is not None and _same_path(path, base):
-            continue  # mergekit lets the base appear in `models`; it carries no task vector
-        members.append({"model": path, **mparams})
-    if operator == "slerp" and base is not None:
-        if not any(_same_path(m["model"], base) for m in members):
-            raise PlanError(
-                f"{source}: for slerp, `base_model` must be one of the two models.",
-                "set `base_model` to the model at t = 0 (one of the two listed).",
-            )
-        members.sort(key=lambda m: not _same_path(m["model"], base))  # base first: t=0
-    if not spec_needs_base:
-        base = None  # linear / slerp: mergekit's base_model only names the config source
-    try:
-        return MergePlan(
-            operator=operator,
-            members=tuple(PlanMember(**m) for m in members),
-            base=base,
-            params=params,
-            dtype=top.get("dtype"),
-        )
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"])
-        raise PlanError(
-            f"{source}: {loc}: {err['msg']}.", "correct that value (see the operator's docs)."
-        ) from None
-
-
-def _same_path(a: str, b: str) -> bool:
-    return os.path.normpath(a) == os.path.normpath(b)
-
-
-def _needs_base(operator: str, source: str) -> bool:
-    try:
-        return get_operator(operator).needs_base
-    except PlanError as exc:
-        raise type(exc)(f"{source}: {exc.what}", exc.fix) from None
+        return cls.from_config(MergeConfig.from_yaml(path))

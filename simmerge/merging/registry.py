@@ -82,6 +82,13 @@ class OperatorCall:
     weights: Sequence[float]
     densities: Sequence[float]
     generator: torch.Generator | None
+    # per-member values of the operator's other per-member parameters (gamma, epsilon, scale),
+    # in member order; an operator falls back to the global value when a name is missing
+    member_params: Mapping[str, Sequence[Any]] = field(default_factory=dict)
+
+    def per_member(self, name: str) -> list[Any]:
+        values = self.member_params.get(name)
+        return list(values) if values is not None else [self.params[name]] * len(self.experts)
 
 
 @dataclass(frozen=True)
@@ -99,6 +106,7 @@ class OperatorSpec:
     per_member: tuple[str, ...] = ()  # parameters a member may override (besides weight)
     randomized: bool = False
     uses_weights: bool = True  # slerp and model_stock take no per-model weight (as mergekit)
+    accepts_base: bool = False  # base optional (nuslerp: with one, it works on task vectors)
 
     def param(self, name: str) -> ParamSpec:
         return next(p for p in self.params if p.name == name)
@@ -112,6 +120,8 @@ _LAMBDA = ParamSpec("lambda", float, 1.0, doc="global scale of the merged task v
 _DENSITY = ParamSpec(
     "density", float, 1.0, low=0.0, high=1.0, low_open=True, doc="fraction of entries kept"
 )
+_GAMMA = ParamSpec("gamma", float, 0.01, low=0.0, high=1.0, doc="fraction of largest dropped")
+_EPSILON = ParamSpec("epsilon", float, 0.15, low=0.0, high=1.0, doc="spread of keep probs")
 _SEED = ParamSpec("seed", int, 0, low=0, doc="seed of the random drop masks")
 
 
@@ -123,18 +133,24 @@ def _rescale(default: bool) -> ParamSpec:
     return ParamSpec("rescale", bool, default, doc="rescale kept entries to the original L1 norm")
 
 
-def check_densities(operator: str, params: Mapping[str, Any], densities: Sequence[float]) -> None:
+def check_densities(
+    operator: str,
+    params: Mapping[str, Any],
+    densities: Sequence[float],
+    epsilons: Sequence[float] | None = None,
+) -> None:
     """Cross-parameter checks that involve the densities actually used (global or per member).
 
     DELLA's keep probabilities ``density -/+ epsilon`` must stay strictly inside (0, 1).
     """
-    if operator != "della":
+    if operator not in ("della", "della_linear"):
         return
-    eps = params["epsilon"]
-    for d in densities:
+    if epsilons is None:
+        epsilons = [params["epsilon"]] * len(densities)
+    for d, eps in zip(densities, epsilons, strict=True):
         if d < 1.0 and not (0.0 < d - eps and d + eps < 1.0):
             raise OperatorParameterError(
-                f"Operator 'della': needs 0 < density - epsilon and density + epsilon < 1 "
+                f"Operator {operator!r}: needs 0 < density - epsilon and density + epsilon < 1 "
                 f"(got density={d:g}, epsilon={eps:g}).",
                 "lower epsilon or move density.",
             )
@@ -169,7 +185,8 @@ def _gta(sign_consensus: bool, sparsify: str | None) -> Callable[[OperatorCall],
                 c.experts,
                 c.weights,
                 c.densities,
-                gamma=p["gamma"],
+                gammas=c.per_member("gamma"),
+                sign_consensus=sign_consensus,
                 rescale=p["rescale"],
                 **common,
             )
@@ -179,7 +196,8 @@ def _gta(sign_consensus: bool, sparsify: str | None) -> Callable[[OperatorCall],
             c.weights,
             c.densities,
             generator=c.generator,
-            epsilon=p["epsilon"],
+            epsilons=c.per_member("epsilon"),
+            sign_consensus=sign_consensus,
             rescale=p["rescale"],
             **common,
         )
@@ -258,17 +276,19 @@ OPERATORS: dict[str, OperatorSpec] = {
             needs_base=True,
             min_members=1,
             max_members=None,
-            params=(
-                _DENSITY,
-                ParamSpec(
-                    "gamma", float, 0.01, low=0.0, high=1.0, doc="fraction of largest dropped"
-                ),
-                _LAMBDA,
-                _normalize(False),
-                _rescale(False),
-            ),
-            per_member=("density",),
+            params=(_DENSITY, _GAMMA, _LAMBDA, _normalize(False), _rescale(False)),
+            per_member=("density", "gamma"),
             apply=_gta(False, "outliers"),
+        ),
+        OperatorSpec(
+            name="breadcrumbs_ties",
+            doc="breadcrumbs sparsification, then TIES sign election",
+            needs_base=True,
+            min_members=1,
+            max_members=None,
+            params=(_DENSITY, _GAMMA, _LAMBDA, _normalize(False), _rescale(False)),
+            per_member=("density", "gamma"),
+            apply=_gta(True, "outliers"),
         ),
         OperatorSpec(
             name="della",
@@ -276,17 +296,21 @@ OPERATORS: dict[str, OperatorSpec] = {
             needs_base=True,
             min_members=1,
             max_members=None,
-            params=(
-                _DENSITY,
-                ParamSpec("epsilon", float, 0.15, low=0.0, high=1.0, doc="spread of keep probs"),
-                _LAMBDA,
-                _normalize(True),
-                _rescale(True),
-                _SEED,
-            ),
-            per_member=("density",),
+            params=(_DENSITY, _EPSILON, _LAMBDA, _normalize(True), _rescale(True), _SEED),
+            per_member=("density", "epsilon"),
             randomized=True,
             apply=_gta(True, "della"),
+        ),
+        OperatorSpec(
+            name="della_linear",
+            doc="magnitude-ranked random drop + rescale, then weighted sum (DELLA, no signs)",
+            needs_base=True,
+            min_members=1,
+            max_members=None,
+            params=(_DENSITY, _EPSILON, _LAMBDA, _normalize(False), _rescale(True), _SEED),
+            per_member=("density", "epsilon"),
+            randomized=True,
+            apply=_gta(False, "della"),
         ),
         OperatorSpec(
             name="model_stock",
@@ -298,8 +322,73 @@ OPERATORS: dict[str, OperatorSpec] = {
             uses_weights=False,
             apply=lambda c: ops.model_stock(c.base, c.experts),
         ),
+        OperatorSpec(
+            name="nuslerp",
+            doc="spherical interpolation of two models (of their task vectors with a base)",
+            needs_base=False,
+            accepts_base=True,
+            min_members=2,
+            max_members=2,
+            params=(
+                ParamSpec("nuslerp_flatten", bool, True, doc="one vector per tensor"),
+                ParamSpec("nuslerp_row_wise", bool, False, doc="columns, not rows, unflattened"),
+            ),
+            apply=lambda c: ops.nuslerp(
+                c.experts[0],
+                c.experts[1],
+                c.base,
+                t=_nuslerp_t(c.weights),
+                flatten=c.params["nuslerp_flatten"],
+                row_wise=c.params["nuslerp_row_wise"],
+            ),
+        ),
+        OperatorSpec(
+            name="sce",
+            doc="select high-variance entries, weight by mean square, erase minority signs",
+            needs_base=True,
+            min_members=1,
+            max_members=None,
+            params=(
+                ParamSpec(
+                    "select_topk", float, 1.0, low=0.0, high=1.0, doc="fraction of entries kept"
+                ),
+            ),
+            uses_weights=False,
+            apply=lambda c: ops.sce(c.base, c.experts, select_topk=c.params["select_topk"]),
+        ),
+        OperatorSpec(
+            name="karcher",
+            doc="Riemannian (Karcher) mean of the members' directions, times their mean norm",
+            needs_base=False,
+            min_members=1,
+            max_members=None,
+            params=(
+                ParamSpec("max_iter", int, 10, low=1, doc="iterations of the log-map step"),
+                ParamSpec("tol", float, 1e-5, low=0.0, low_open=True, doc="stopping tolerance"),
+            ),
+            uses_weights=False,
+            apply=lambda c: ops.karcher(
+                c.experts, max_iter=c.params["max_iter"], tol=c.params["tol"]
+            ),
+        ),
+        OperatorSpec(
+            name="passthrough",
+            doc="copy one model's tensors (with slices: stack layers of several models)",
+            needs_base=False,
+            min_members=1,
+            max_members=1,
+            params=(ParamSpec("scale", float, 1.0, doc="multiplies the tensor"),),
+            per_member=("scale",),
+            uses_weights=False,
+            apply=lambda c: ops.passthrough(c.experts[0], scale=c.per_member("scale")[0]),
+        ),
     )
 }
+
+
+def _nuslerp_t(weights: Sequence[float]) -> float:
+    total = float(sum(weights))
+    return 0.5 if abs(total) < 1e-6 else float(weights[1]) / total
 
 
 OPERATOR_NAMES: tuple[str, ...] = tuple(OPERATORS)
@@ -346,6 +435,7 @@ def run_operator(
     densities: Sequence[float],
     *,
     tensor_name: str = "",
+    member_params: Mapping[str, Sequence[Any]] | None = None,
 ) -> torch.Tensor:
     """Run one tensor through its operator. Consumes ``base`` and ``experts`` (see operators).
 
@@ -364,7 +454,10 @@ def run_operator(
         generator = torch.Generator(device="cpu").manual_seed(
             tensor_seed(params["seed"], tensor_name)
         )
-    return spec.apply(OperatorCall(params, base, experts, weights, densities, generator))
+    call = OperatorCall(
+        params, base, experts, weights, densities, generator, dict(member_params or {})
+    )
+    return spec.apply(call)
 
 
 def apply_operator(
@@ -376,6 +469,7 @@ def apply_operator(
     densities: Sequence[float] | None = None,
     *,
     tensor_name: str = "",
+    member_params: Mapping[str, Sequence[Any]] | None = None,
 ) -> torch.Tensor:
     """Merge single tensors without touching the inputs (they are copied to contiguous float32).
 
@@ -386,9 +480,17 @@ def apply_operator(
     weights = list(weights) if weights is not None else [1.0] * len(experts)
     if densities is None:
         densities = [resolved.get("density", 1.0)] * len(experts)
-    check_densities(operator, resolved, densities)
+    epsilons = (member_params or {}).get("epsilon")
+    check_densities(operator, resolved, densities, epsilons)
     work = [x.detach().float().contiguous().clone() for x in experts]
     work_base = base.detach().float().contiguous().clone() if base is not None else None
     return run_operator(
-        operator, resolved, work_base, work, weights, densities, tensor_name=tensor_name
+        operator,
+        resolved,
+        work_base,
+        work,
+        weights,
+        densities,
+        tensor_name=tensor_name,
+        member_params=member_params,
     )

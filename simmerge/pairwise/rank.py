@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from simmerge.catalog import Catalog, CatalogModel
-from simmerge.errors import CatalogError, ConfigError
+from simmerge.errors import CatalogError, ConfigError, NotPredictableError
 from simmerge.learn.anchoring import anchored_scores, check_margin
 from simmerge.learn.loading import load_predictor
 from simmerge.learn.predictor import MergePredictor, design_row
@@ -51,6 +51,55 @@ class RankedCandidate:
         d = asdict(self)
         d["top_features"] = [{"feature": f, "contribution": c} for f, c in self.top_features]
         return d
+
+
+@dataclass(frozen=True)
+class ConfigVerdict:
+    """What ranking made of one user config: its candidate and rank, or why it has none."""
+
+    path: str
+    candidate: str | None
+    reason: str | None = None
+    rank: int | None = None
+    predicted: float | None = None
+
+    def placed(self, ranked: Sequence[RankedCandidate]) -> ConfigVerdict:
+        hit = next((c for c in ranked if c.candidate == self.candidate), None)
+        if hit is None:
+            return self
+        return replace(self, rank=hit.rank, predicted=hit.predicted)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def config_verdicts(
+    catalog: Catalog,
+    experts: Sequence[str],
+    paths: Sequence[str],
+    grid: Sequence[OperatorConfig] = DEFAULT_GRID,
+) -> tuple[list[ConfigVerdict], tuple[OperatorConfig, ...]]:
+    """Read the user's mergekit configs for the pair ``experts``; return a verdict per file and
+    the grid extended by the predictable ones (a config equal to a grid entry adds nothing)."""
+    from simmerge.merging import load_config
+    from simmerge.merging.grid import candidate_from_config
+
+    a, b = _pair(catalog, experts)
+    extended = list(grid)
+    verdicts = []
+    for path in paths:
+        config = load_config(path)
+        try:
+            cand = candidate_from_config(
+                config, str(catalog.base.path), str(a.path), str(b.path), extended
+            )
+        except NotPredictableError as exc:
+            verdicts.append(ConfigVerdict(path=str(path), candidate=None, reason=exc.what))
+            continue
+        if cand not in extended:
+            extended.append(cand)
+        verdicts.append(ConfigVerdict(path=str(path), candidate=cand.id))
+    return verdicts, tuple(extended)
 
 
 def _pair(catalog: Catalog, experts: Sequence[str]) -> tuple[CatalogModel, CatalogModel]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -651,3 +652,68 @@ def test_train_command_refits_on_a_store_of_verified_outcomes(trained, tmp_path,
     card = MergePredictor.load(out).card_
     assert card["training_rows"] == len(trained["outcomes"])
     assert card["training_sources"][0].startswith("store:o.sqlite")
+
+
+def test_rank_configs_places_users_mergekit_files_among_the_candidates(trained, tmp_path, capsys):
+    import yaml
+
+    from simmerge.cli.main import main
+
+    catalog = trained["catalog"]
+    base = str(catalog.base.path)
+    a, b = (str(catalog.model(n).path) for n in ("reverse_a", "sort_a"))
+    files = {
+        # equal to a grid entry once the weights of 0.5 fold into lambda
+        "ta.yaml": {
+            "merge_method": "task_arithmetic",
+            "base_model": base,
+            "models": [
+                {"model": b, "parameters": {"weight": 0.5}},
+                {"model": a, "parameters": {"weight": 0.5}},
+            ],
+            "parameters": {"lambda": 2.0},
+        },
+        "ties.yaml": {  # not in the grid: a new candidate
+            "merge_method": "ties",
+            "base_model": base,
+            "models": [{"model": a}, {"model": b}],
+            "parameters": {"density": 0.35},
+        },
+        "slerp.yaml": {  # members in the other order: t mirrors
+            "merge_method": "slerp",
+            "base_model": b,
+            "models": [{"model": b}, {"model": a}],
+            "parameters": {"t": 0.7},
+        },
+        "gradient.yaml": {
+            "merge_method": "task_arithmetic",
+            "base_model": base,
+            "models": [{"model": a, "parameters": {"weight": [0, 1]}}, {"model": b}],
+        },
+        "sce.yaml": {
+            "merge_method": "sce",
+            "base_model": base,
+            "models": [{"model": a}, {"model": b}],
+        },
+    }
+    paths = []
+    for name, doc in files.items():
+        (tmp_path / name).write_text(yaml.safe_dump(doc))
+        paths.append(str(tmp_path / name))
+    argv = ["rank", str(catalog.source), "--models", "reverse_a,sort_a", "--top", "2"]
+    argv += ["--predictor", str(trained["predictor"]), "--configs", ",".join(paths), "--json"]
+    argv += ["--cache-dir", str(trained["options"].cache_dir)]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    verdicts = {Path(v["path"]).name: v for v in out["configs"]}
+    assert verdicts["ta.yaml"]["candidate"] == "task_arithmetic[lambda=1.0]"
+    assert verdicts["ties.yaml"]["candidate"] == "ties[density=0.35]"
+    assert verdicts["slerp.yaml"]["candidate"] == "slerp[t=0.3]"
+    assert "gradient" in verdicts["gradient.yaml"]["reason"]
+    assert "not trained on operator 'sce'" in verdicts["sce.yaml"]["reason"]
+    ranked = {c["candidate"]: c for c in out["ranking"]}
+    for name in ("ta.yaml", "ties.yaml", "slerp.yaml"):
+        v = verdicts[name]
+        assert ranked[v["candidate"]]["rank"] == v["rank"]  # shown even outside the top 2
+        assert ranked[v["candidate"]]["predicted"] == pytest.approx(v["predicted"])
+    assert sum(c == "task_arithmetic[lambda=1.0]" for c in ranked) == 1  # ranked once

@@ -33,15 +33,22 @@ PARAMS = {
     "breadcrumbs": {"density": 0.5, "gamma": 0.05},
     "della": {"density": 0.5, "epsilon": 0.1},
     "model_stock": {},
+    "breadcrumbs_ties": {"density": 0.6, "gamma": 0.02},
+    "della_linear": {"density": 0.5, "epsilon": 0.2},
+    "nuslerp": {},
+    "sce": {"select_topk": 0.5},
+    "karcher": {},
+    "passthrough": {"scale": 0.5},
 }
+MEMBERS = {"slerp": 2, "nuslerp": 2, "passthrough": 1}
+BASE_FREE = ("linear", "slerp", "karcher", "passthrough")
 
 
 def make_plan(models, operator: str, members=("a", "b", "c"), **kw) -> MergePlan:
-    if operator == "slerp":
-        members = members[:2]
+    members = members[: MEMBERS.get(operator, len(members))]
     return MergePlan(
         operator=operator,
-        base=None if operator in ("linear", "slerp") else str(models["base"]),
+        base=None if operator in BASE_FREE else str(models["base"]),
         members=tuple(PlanMember(model=str(models[m])) for m in members),
         params=PARAMS[operator],
         **kw,

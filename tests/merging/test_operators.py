@@ -19,8 +19,14 @@ def close(a: torch.Tensor, b, tol: float = 1e-6) -> bool:
     return torch.allclose(a, torch.as_tensor(b, dtype=a.dtype), atol=tol, rtol=0)
 
 
-def test_all_nine_operators_are_registered():
+def test_the_grid_operators_and_mergekits_others_are_registered():
     assert set(OPERATOR_NAMES) == {
+        "breadcrumbs_ties",
+        "della_linear",
+        "nuslerp",
+        "sce",
+        "karcher",
+        "passthrough",
         "linear",
         "task_arithmetic",
         "ties",
@@ -343,9 +349,10 @@ def test_selection_falls_back_when_the_sample_misses(monkeypatch):
 @pytest.mark.parametrize("shape", [(), (0,), (0, 5), (3, 4)])
 def test_operators_handle_scalar_empty_and_transposed_tensors(operator, shape):
     g = torch.Generator().manual_seed(0)
-    n_members = 2 if operator == "slerp" else 3
+    n_members = {"slerp": 2, "nuslerp": 2, "passthrough": 1}.get(operator, 3)
     experts = [torch.randn(shape, generator=g) for _ in range(n_members)]
-    base = None if operator in ("linear", "slerp") else torch.randn(shape, generator=g)
+    base_free = ("linear", "slerp", "karcher", "passthrough")
+    base = None if operator in base_free else torch.randn(shape, generator=g)
     if len(shape) == 2:  # non-contiguous views must work too
         experts = [x.t() for x in experts]
         base = base.t() if base is not None else None

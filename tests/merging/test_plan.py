@@ -115,9 +115,9 @@ def test_relative_model_paths_resolve_against_the_plan_file(tmp_path):
             {
                 "merge_method": "ties",
                 "base_model": "/b",
-                "models": [{"model": "/a", "parameters": {"weight": [0, 1]}}],
+                "models": [{"model": "/a", "parameters": {"weight": [0, {"value": 1}]}}],
             },
-            "gradients",
+            "only numbers or only filter entries",
         ),
         ({"merge_method": "ties", "base_model": "/b", "models": []}, "non-empty"),
         ({"base_model": "/b", "models": [{"model": "/a"}]}, "merge_method"),

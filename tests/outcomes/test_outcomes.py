@@ -47,9 +47,12 @@ def _row(**kw) -> Outcome:
 # --- candidates --------------------------------------------------------------------------------
 
 
-def test_default_grid_has_20_candidates_covering_every_operator():
+def test_default_grid_has_20_candidates_covering_every_predictor_operator():
+    from simmerge.merging.grid import PREDICTOR_OPERATORS
+
     assert len(DEFAULT_GRID) >= 20
-    assert {c.operator for c in DEFAULT_GRID} == set(OPERATORS)
+    assert {c.operator for c in DEFAULT_GRID} == set(PREDICTOR_OPERATORS)
+    assert set(PREDICTOR_OPERATORS) <= set(OPERATORS)
     assert len({c.id for c in DEFAULT_GRID}) == len(DEFAULT_GRID)
 
 
