@@ -39,6 +39,9 @@ def make_adapter(base: Path, out: Path, *, seed: int, **config) -> Path:
     wrapped.save_pretrained(out / "adapter")
     merged = wrapped.merge_and_unload()
     merged.save_pretrained(out / "merged")
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (base / name).is_file():
+            (out / "merged" / name).write_bytes((base / name).read_bytes())
     # peft records the base as it was passed; point it at the local folder
     cfg_path = out / "adapter" / "adapter_config.json"
     data = json.loads(cfg_path.read_text())
@@ -130,3 +133,29 @@ def test_dora_and_unnamed_bases_are_typed_errors(lora, tmp_path):
     (hub / "adapter_config.json").write_text(json.dumps(cfg))
     with pytest.raises(Exception, match="not a local folder"):
         open_checkpoint(hub)
+
+
+def test_features_of_an_adapter_expert_equal_those_of_its_merged_model(lora, tmp_path):
+    """Signatures and sketches read the adapter as the merged model they stand for."""
+    from simmerge.catalog import Catalog
+    from simmerge.signals.profiles import FeatureOptions, build_profiles, feature_rows
+
+    def rows(first: Path, name: str) -> dict:
+        catalog = Catalog.from_dict(
+            {
+                "base": {"name": "base", "path": str(lora["base"])},
+                "experts": [
+                    {"name": "x", "path": str(first), "tasks": ["t"]},
+                    {"name": "full", "path": str(lora["expert"]), "tasks": ["t"]},
+                ],
+            },
+            root=tmp_path,
+        )
+        options = FeatureOptions(device="cpu", cache_dir=tmp_path / f"cache-{name}")
+        out = feature_rows(build_profiles(catalog, options, progress=False))
+        return {(r.a, r.b, r.task): r.values for r in out}
+
+    via_adapter, via_merged = rows(lora["adapter"], "adapter"), rows(lora["merged"], "merged")
+    assert via_adapter.keys() == via_merged.keys()
+    for key, values in via_merged.items():
+        assert via_adapter[key] == pytest.approx(values, rel=1e-4, abs=1e-5, nan_ok=True), key

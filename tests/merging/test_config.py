@@ -264,3 +264,22 @@ def test_slices_with_unequal_ranges_and_out_of_range_layers_are_refused(deep):
     }
     with pytest.raises(PlanError, match="does not have"):
         merge(MergeConfig.from_mergekit_dict(beyond))
+
+
+def test_merge_command_runs_a_config_with_gradients(deep, tmp_path, capsys):
+    import yaml
+
+    from simmerge.cli.main import main
+
+    doc = {
+        "merge_method": "task_arithmetic",
+        "base_model": str(deep["base"]),
+        "models": [{"model": str(deep["a"]), "parameters": {"weight": [0.2, 1.0]}}],
+    }
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    assert main(["merge", str(path), "--out", str(tmp_path / "out"), "--json", "--quiet"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["plan_id"] == MergeConfig.from_yaml(path).config_id
+    written = MergeConfig.from_yaml(tmp_path / "out" / "simmerge_plan.yaml")
+    assert written.slices[0].sources[0].params["weight"] == [0.2, 1.0]
