@@ -130,11 +130,7 @@ class Checkpoint:
         check_finite: bool = False,
     ) -> torch.Tensor:
         """Read one tensor (a fresh tensor the caller owns), optionally cast and moved."""
-        info = self.info(name)
-        if self._preloaded is not None:
-            t = self._preloaded[name].clone()
-        else:
-            t = read_tensor(info)
+        t = self._read(name)
         if dtype is not None and t.dtype != dtype:
             t = t.to(device=device, dtype=dtype)
         elif str(device) != "cpu":
@@ -146,6 +142,13 @@ class Checkpoint:
                 "remove it from the catalog or repair it.",
             )
         return t
+
+    def _read(self, name: str) -> torch.Tensor:
+        """The stored tensor, in its stored dtype, on the CPU."""
+        info = self.info(name)
+        if self._preloaded is not None:
+            return self._preloaded[name].clone()
+        return read_tensor(info)
 
     def iter_tensors(self, **kwargs: Any) -> Iterator[tuple[str, torch.Tensor]]:
         for name in self.tensors:
@@ -185,26 +188,10 @@ class LoraCheckpoint(Checkpoint):
             h.update(file.read_bytes())
         return h.hexdigest()
 
-    def get(
-        self,
-        name: str,
-        *,
-        device: str | torch.device = "cpu",
-        dtype: torch.dtype | None = None,
-        check_finite: bool = False,
-    ) -> torch.Tensor:
+    def _read(self, name: str) -> torch.Tensor:
         if self.base is None or self.adapter is None:
             raise CheckpointError(f"{str(self.path)!r} has no base.", "open it with open_lora.")
-        info = self.info(name)
-        t = self.adapter.apply(name, self.base.get(name), info.torch_dtype)
-        t = t.to(device=device, dtype=dtype or t.dtype)
-        if check_finite and t.is_floating_point() and not is_finite(t):
-            raise NonFiniteWeightsError(
-                f"Tensor {name!r} of adapter {str(self.path)!r} over its base contains NaN or "
-                "Inf values.",
-                "the adapter (or its base) is damaged; remove it from the catalog.",
-            )
-        return t
+        return self.adapter.apply(name, self.base.get(name), self.info(name).torch_dtype)
 
 
 def open_lora(

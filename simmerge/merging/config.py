@@ -185,12 +185,8 @@ class MergeConfig:
         return out
 
     def to_mergekit_yaml(self, path: str | Path | None = None, *, strict: bool = False) -> str:
-        text = yaml.safe_dump(self.to_mergekit_dict(include_simmerge=not strict), sort_keys=False)
-        if path is not None:
-            from simmerge.infra.files import atomic_write_text
-
-            atomic_write_text(Path(path), text)
-        return text
+        """YAML text; ``strict`` drops simmerge-only settings so mergekit accepts the file."""
+        return dump_yaml(self.to_mergekit_dict(include_simmerge=not strict), path)
 
     @classmethod
     def from_mergekit_dict(
@@ -205,6 +201,16 @@ class MergeConfig:
         path = Path(path)
         data = read_yaml_file(path, "Plan file", PlanError, "check the path to the YAML plan.")
         return _parse(data, relative_to=path.parent, source=str(path))
+
+
+def dump_yaml(doc: dict[str, Any], path: str | Path | None = None) -> str:
+    """A mergekit document as YAML text, also written atomically to ``path`` if given."""
+    text = yaml.safe_dump(doc, sort_keys=False)
+    if path is not None:
+        from simmerge.infra.files import atomic_write_text
+
+        atomic_write_text(Path(path), text)
+    return text
 
 
 def load_config(path: str | Path) -> MergeConfig:
@@ -578,12 +584,8 @@ def _check_groups(config: MergeConfig, source: str) -> None:
                 _add_base_member(config, sl, base_path, source)
                 return _check_groups(config, source)
         n = len(config.group(sl).members)
-        if n < spec.min_members or (spec.max_members is not None and n > spec.max_members):
-            wanted = (
-                f"exactly {spec.min_members}"
-                if spec.max_members == spec.min_members
-                else f"at least {spec.min_members}"
-            )
+        wanted = spec.members_wanted(n)
+        if wanted is not None:
             raise PlanError(
                 f"{source}: operator {config.operator!r} takes {wanted} model(s) besides the "
                 f"base, got {n} in {where}.",

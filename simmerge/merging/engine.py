@@ -24,6 +24,7 @@ from simmerge.errors import NonFiniteWeightsError, OutputPathError, SimmergeErro
 from simmerge.infra.files import atomic_output_dir
 from simmerge.io.checkpoint import Checkpoint, is_finite, open_checkpoint
 from simmerge.io.compat import check_compatible
+from simmerge.io.lora import split_plus
 from simmerge.io.safetensors_format import SafetensorsStreamWriter
 from simmerge.merging.config import MergeConfig
 from simmerge.merging.layers import LAYER_COUNT_KEYS, PER_LAYER_CONFIG_KEYS
@@ -205,7 +206,11 @@ def _check_clear_of_inputs(out_dir: Path, sources: list[str]) -> None:
     """Refuse an output folder that is, or contains, a model the plan reads: replacing it
     (``overwrite``) would destroy an input while it is being read."""
     out = out_dir.expanduser().resolve()
-    for source in sources:
+    folders = []
+    for source in sources:  # BASE+ADAPTER reads two folders
+        parts = split_plus(source)
+        folders += list(parts) if parts else [source]
+    for source in folders:
         src = Path(source).expanduser().resolve()
         if out == src or out in src.parents:
             relation = "is" if out == src else "contains"

@@ -20,11 +20,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from simmerge.errors import PlanError
-from simmerge.merging.config import NEUTRAL_SHARED, MergeConfig, MergeSlice, SliceSource
+from simmerge.merging.config import (
+    NEUTRAL_SHARED,
+    MergeConfig,
+    MergeSlice,
+    SliceSource,
+    dump_yaml,
+)
 from simmerge.merging.registry import check_densities, get_operator, resolve_params
 
 OUTPUT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -71,12 +76,8 @@ class MergePlan(BaseModel):
     def _validate(self) -> MergePlan:
         spec = get_operator(self.operator)
         n = len(self.members)
-        if n < spec.min_members or (spec.max_members is not None and n > spec.max_members):
-            wanted = (
-                f"exactly {spec.min_members}"
-                if spec.max_members == spec.min_members
-                else f"at least {spec.min_members}"
-            )
+        wanted = spec.members_wanted(n)
+        if wanted is not None:
             raise PlanError(
                 f"Operator {self.operator!r} takes {wanted} member model(s), got {n}.",
                 "add or remove entries under `models`.",
@@ -184,12 +185,7 @@ class MergePlan(BaseModel):
 
     def to_mergekit_yaml(self, path: str | Path | None = None, *, strict: bool = False) -> str:
         """YAML text; ``strict`` drops simmerge-only settings so mergekit accepts the file."""
-        text = yaml.safe_dump(self.to_mergekit_dict(include_simmerge=not strict), sort_keys=False)
-        if path is not None:
-            from simmerge.infra.files import atomic_write_text
-
-            atomic_write_text(Path(path), text)
-        return text
+        return dump_yaml(self.to_mergekit_dict(include_simmerge=not strict), path)
 
     def to_config(self) -> MergeConfig:
         """The same merge as a :class:`~simmerge.merging.config.MergeConfig` (what the engine

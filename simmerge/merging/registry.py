@@ -108,6 +108,16 @@ class OperatorSpec:
     uses_weights: bool = True  # slerp and model_stock take no per-model weight (as mergekit)
     accepts_base: bool = False  # base optional (nuslerp: with one, it works on task vectors)
 
+    def members_wanted(self, n: int) -> str | None:
+        """None if ``n`` members is a valid count, else what is wanted ("exactly 2", ...)."""
+        if n >= self.min_members and (self.max_members is None or n <= self.max_members):
+            return None
+        if self.max_members == self.min_members:
+            return f"exactly {self.min_members}"
+        if n < self.min_members:
+            return f"at least {self.min_members}"
+        return f"at most {self.max_members}"
+
     def param(self, name: str) -> ParamSpec:
         return next(p for p in self.params if p.name == name)
 

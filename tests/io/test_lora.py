@@ -159,3 +159,15 @@ def test_features_of_an_adapter_expert_equal_those_of_its_merged_model(lora, tmp
     assert via_adapter.keys() == via_merged.keys()
     for key, values in via_merged.items():
         assert via_adapter[key] == pytest.approx(values, rel=1e-4, abs=1e-5, nan_ok=True), key
+
+
+def test_a_merge_may_not_write_into_an_adapter_it_reads(lora):
+    from simmerge.errors import OutputPathError
+    from simmerge.merging import MergeConfig, merge
+
+    doc = {
+        "merge_method": "linear",
+        "models": [{"model": f"{lora['base']}+{lora['adapter']}"}, {"model": str(lora["expert"])}],
+    }
+    with pytest.raises(OutputPathError, match="destroy"):
+        merge(MergeConfig.from_mergekit_dict(doc), lora["adapter"], overwrite=True)
