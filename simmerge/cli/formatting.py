@@ -31,7 +31,23 @@ def format_ranking(candidates: Sequence[RankedCandidate]) -> str:
         name = c.candidate + (" *" if c.best_fixed else "")
         lines.append(f"{c.rank:>3} {name:<38} {c.predicted:>6.3f} {c.uncertainty:>6.3f}  {feats}")
     lines.append("* the best single candidate of the predictor's training data (anchor)")
+    lines += out_of_distribution_note(candidates[0])
     return "\n".join(lines)
+
+
+def out_of_distribution_note(candidate: RankedCandidate) -> list[str]:
+    """What to do when the pair is unlike the predictor's training data (nothing otherwise)."""
+    if candidate.in_distribution is not False:
+        return []
+    unusual = ", ".join(f"{f} ({v:.1f} IQR out)" for f, v in candidate.unusual) or "no one column"
+    return [
+        f"! {' + '.join(candidate.models)} is unlike the pairs the predictor was trained on "
+        f"(distance {candidate.domain_score:.2f} > {candidate.domain_threshold:.2f}; most "
+        f"unusual: {unusual}).",
+        "  The predictions are extrapolations and the anchor is kept first. Verify the top k "
+        "(simmerge verify --k 3 --store DB) and refit with `simmerge train --store DB "
+        "--catalog ...`, or let the bandit learn (simmerge bandit).",
+    ]
 
 
 def format_config_verdicts(verdicts: Sequence[ConfigVerdict]) -> str:

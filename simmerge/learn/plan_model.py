@@ -121,6 +121,10 @@ class PlanModel(MergePredictor):
     def target_description(cls) -> str:
         return TARGET
 
+    @classmethod
+    def domain_columns(cls) -> tuple[str, ...]:
+        return plan_columns()
+
     @property
     def operators(self) -> tuple[str, ...] | None:
         """The operator configurations the model was trained on (None: not recorded)."""

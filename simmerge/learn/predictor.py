@@ -45,6 +45,7 @@ import numpy as np
 
 from simmerge.errors import ConfigError, InputNotFoundError, OperatorParameterError, PredictorError
 from simmerge.infra.files import atomic_output_dir
+from simmerge.learn.domain import COVERAGE, DOMAIN_FILE, DomainCheck, TrainingDomain
 from simmerge.merging.grid import HYPERPARAMETERS, PREDICTOR_OPERATORS, OperatorConfig
 from simmerge.signals.similarity import FEATURE_COLUMNS, FUNCTIONAL_COLUMNS
 
@@ -211,6 +212,7 @@ class MergePredictor:
             self.boosters_ = self._train(x, target - level[codes], self.columns)
         else:
             self.boosters_ = self._train(x, target, self.columns)
+        self.domain_ = self._fit_domain(rows, groups, x)
         self.card_ = {
             "format_version": FORMAT_VERSION,
             "features": list(self.columns),
@@ -223,8 +225,67 @@ class MergePredictor:
             "training_rows": len(x),
             "training_data_hash": data_hash(x, target),
             "versions": _versions(),
+            "domain": self._domain_card(),
         }
         return self
+
+    def _fit_domain(self, rows: Any, groups: Sequence[Any] | None, x: np.ndarray) -> TrainingDomain:
+        """One row per (pair, task) group when decomposing, else per distinct row."""
+        sub = x[:, self._domain_index()]
+        if self.decompose:
+            sub = sub[np.unique(_group_codes(rows, groups, len(x)), return_index=True)[1]]
+        else:
+            sub = np.unique(sub, axis=0)
+        return TrainingDomain.fit(sub, self.domain_columns(), seed=self.seed)
+
+    def add_domain(
+        self, rows: Any, y: Sequence[float], groups: Sequence[Any] | None = None
+    ) -> dict[str, Any]:
+        """Fit the training domain of an already fitted predictor from its training data.
+
+        For predictors saved before the domain existed: ``rows`` and ``y`` must be the data it
+        was fitted on (checked against the card's ``training_data_hash``). Returns the card's
+        new ``domain`` entry; :meth:`save_domain` writes both."""
+        x = to_matrix(rows, self.columns)
+        target = np.asarray(y, dtype=np.float64)
+        if data_hash(x, target) != self.card_.get("training_data_hash"):
+            raise PredictorError(
+                "These rows are not the data this predictor was trained on (its card's "
+                "training_data_hash differs).",
+                "pass the card's training_sources, with the library versions it records.",
+            )
+        self.domain_ = self._fit_domain(rows, groups, x)
+        self.card_["domain"] = self._domain_card()
+        return self.card_["domain"]
+
+    def save_domain(self, folder: str | Path) -> None:
+        """Write only the domain file and the card (the boosters stay byte for byte)."""
+        from simmerge.infra.files import atomic_write_text
+
+        folder = Path(folder)
+        tmp = folder / f".{DOMAIN_FILE}.tmp.npz"
+        self.domain_.save(tmp)
+        tmp.replace(folder / DOMAIN_FILE)
+        card = json.dumps(self.card_, indent=2, sort_keys=True) + "\n"
+        atomic_write_text(folder / CARD, card)
+
+    def _domain_card(self) -> dict[str, Any]:
+        d = self.domain_
+        return {
+            "file": DOMAIN_FILE,
+            "reference_rows": int(len(d.reference)),
+            "neighbours": d.k,
+            "threshold": d.threshold,
+            "coverage": COVERAGE,
+        }
+
+    def check_domain(self, rows: Any) -> list[DomainCheck] | None:
+        """Whether each row's pair features lie inside the training data (None for a
+        predictor saved without its training domain; see scripts/add_training_domain.py)."""
+        domain = getattr(self, "domain_", None)
+        if domain is None:
+            return None
+        return domain.check(to_matrix(rows, self.columns)[:, self._domain_index()])
 
     @classmethod
     def expected_columns(cls) -> tuple[str, ...]:
@@ -234,6 +295,15 @@ class MergePredictor:
     @classmethod
     def target_description(cls) -> str:
         return "normalized score (merge score / the task's expert score)"
+
+    @classmethod
+    def domain_columns(cls) -> tuple[str, ...]:
+        """The columns whose training range the domain keeps: the pair's, not the candidate's
+        (a pair unlike the training pairs is out of distribution whatever is merged)."""
+        return level_columns()
+
+    def _domain_index(self) -> list[int]:
+        return [self.columns.index(c) for c in self.domain_columns()]
 
     def _level_index(self) -> list[int]:
         """Positions of the level model's columns in the input matrix."""
@@ -303,6 +373,8 @@ class MergePredictor:
                 booster.save_model(str(tmp / f"model_{i}.txt"))
             for i, booster in enumerate(self.level_boosters_):
                 booster.save_model(str(tmp / f"level_{i}.txt"))
+            if getattr(self, "domain_", None) is not None:
+                self.domain_.save(tmp / DOMAIN_FILE)
             (tmp / CARD).write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
         self.card_ = card
         return folder
@@ -350,6 +422,8 @@ class MergePredictor:
         model.boosters_ = _load_boosters(folder, "model", n)
         model.level_boosters_ = _load_boosters(folder, "level", n) if settings["decompose"] else []
         model.card_ = card
+        domain = folder / DOMAIN_FILE
+        model.domain_ = TrainingDomain.load(domain) if domain.is_file() else None
         return model
 
 

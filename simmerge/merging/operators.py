@@ -109,7 +109,11 @@ def drop_magnitude_ranked_(
     row_block = max(1, (1 << 20) // max(width, 1))
     for start in range(0, rows.shape[0], row_block):
         block = rows[start : start + row_block]
-        ranks = block.abs().argsort(dim=1).argsort(dim=1).to(block.dtype)  # 0 = smallest
+        order = block.abs().argsort(dim=1)  # one sort; ranks by scattering positions
+        ranks = torch.empty_like(block)  # 0 = smallest
+        positions = torch.arange(width, dtype=block.dtype, device=block.device)
+        ranks.scatter_(1, order, positions.expand_as(block))
+        del order
         rank_norm = ranks / (width - 1) if width > 1 else torch.full_like(ranks, 0.5)
         probs = (density - epsilon) + rank_norm * (2.0 * epsilon)
         draw = torch.rand(block.shape, generator=generator, device=generator.device)
@@ -386,8 +390,8 @@ def sce(base: torch.Tensor, experts: Sequence[torch.Tensor], *, select_topk: flo
         if select_topk > 0.0:
             var = deltas.var(dim=0, unbiased=False)
             k = int(int(torch.count_nonzero(var)) * select_topk)
-            if k:
-                mask.view(-1)[torch.topk(var.abs().view(-1), k=k).indices] = 1.0
+            if k:  # the exact top-k of topk.py: torch.topk with k in the millions is slow
+                mask.view(-1)[top_k_mask(var.view(-1), k)] = 1.0
             del var
         deltas.mul_(mask)
     elected = torch.where(deltas.sum(dim=0) >= 0, 1.0, -1.0)

@@ -20,6 +20,7 @@ import numpy as np
 from simmerge.catalog import Catalog, CatalogModel
 from simmerge.errors import CatalogError, ConfigError, NotPredictableError
 from simmerge.learn.anchoring import anchored_scores, check_margin
+from simmerge.learn.domain import DomainCheck
 from simmerge.learn.loading import load_predictor
 from simmerge.learn.predictor import MergePredictor, design_row
 from simmerge.merging.grid import DEFAULT_GRID, OperatorConfig
@@ -42,6 +43,11 @@ class RankedCandidate:
     per_task: dict[str, float]
     top_features: tuple[tuple[str, float], ...]
     best_fixed: bool = False  # the predictor's training data's best single candidate
+    # is the pair inside the predictor's training data (None: the predictor has no domain)
+    in_distribution: bool | None = None
+    domain_score: float | None = None  # distance to the nearest training pairs
+    domain_threshold: float | None = None  # the largest distance called in distribution
+    unusual: tuple[tuple[str, float], ...] = ()  # columns furthest outside the training range
 
     @property
     def config(self) -> OperatorConfig:
@@ -50,6 +56,7 @@ class RankedCandidate:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["top_features"] = [{"feature": f, "contribution": c} for f, c in self.top_features]
+        d["unusual"] = [{"feature": f, "iqr_beyond_range": v} for f, v in self.unusual]
         return d
 
 
@@ -185,7 +192,9 @@ def rank_merges(
     unless another is predicted to beat it by more than the card's margin (the anchored rule
     of :func:`simmerge.learn.anchoring.anchor`, with the margin chosen by cross-validation).
     ``margin`` overrides the card's; 0 is the plain pick (the argmax of the prediction), which
-    closes more of the gap and takes more risk (docs/results/pairwise.md).
+    closes more of the gap and takes more risk (docs/results/pairwise.md). When the pair lies
+    outside the predictor's training data (its training domain, :mod:`simmerge.learn.domain`)
+    and no ``margin`` is given, the anchor is kept first whatever the predictions say.
 
     ``tasks`` defaults to the union of the two experts' tasks; a task with a probe set in the
     catalog also contributes its task-specific functional features. ``inputs`` (from
@@ -204,6 +213,7 @@ def rank_merges(
             rows.append(design_row(general, task_feats[t], t in a.tasks, t in b.tasks, config))
             keys.append((config, t))
     mean, std = model.predict(rows, return_std=True)
+    domain = _pair_domain(model, rows[: len(tasks)])
 
     scored = []
     n_tasks = len(tasks)
@@ -224,6 +234,9 @@ def rank_merges(
     # is preferred unless another candidate is predicted to beat it by more than the margin
     rule = model.card_.get("selection") or {}
     best_fixed = rule.get("best_fixed")
+    outside = domain is not None and not domain.in_distribution
+    if margin is None and outside and best_fixed:
+        margin = math.inf  # out of distribution the predicted gaps mean little: keep the anchor
     margin = float(rule.get("margin", 0.0)) if margin is None else float(margin)
     ranked = anchored_scores([s[0] for s in scored], [s[2].id for s in scored], best_fixed, margin)
     kept = [scored[i] for i in np.argsort(-ranked, kind="stable")][:top]
@@ -241,9 +254,21 @@ def rank_merges(
             per_task=per_task,
             top_features=feats[r] if r < len(feats) else (),
             best_fixed=config.id == best_fixed,
+            in_distribution=None if domain is None else domain.in_distribution,
+            domain_score=None if domain is None else domain.score,
+            domain_threshold=None if domain is None else domain.threshold,
+            unusual=() if domain is None else domain.unusual,
         )
         for r, (pred, unc, config, plan_id, per_task, _) in enumerate(kept)
     ]
+
+
+def _pair_domain(model: MergePredictor, rows: list) -> DomainCheck | None:
+    """The pair's verdict: its worst target task's (the domain ignores the candidate)."""
+    checks = model.check_domain(rows)
+    if not checks:
+        return None
+    return max(checks, key=lambda c: c.score - c.threshold)
 
 
 def _top_features(

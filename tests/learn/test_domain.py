@@ -1,0 +1,81 @@
+"""The training domain: pairs like the training data are in distribution, others are flagged,
+the anchor holds out of distribution, and the CLI says what to do."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from simmerge.learn.domain import DOMAIN_FILE, TrainingDomain
+from simmerge.learn.predictor import MergePredictor
+
+
+def test_rows_like_the_training_rows_are_in_and_a_shifted_column_is_named():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(500, 4))
+    domain = TrainingDomain.fit(x, ["a", "b", "c", "d"])
+    inside = domain.check(rng.normal(size=(200, 4)))
+    assert np.mean([c.in_distribution for c in inside]) >= 0.9
+    far = x[:3].copy()
+    far[:, 2] += 25.0
+    for check in domain.check(far):
+        assert not check.in_distribution and check.score > check.threshold
+        assert check.unusual[0][0] == "c" and check.unusual[0][1] > 5
+
+
+def test_missing_values_sit_at_the_median_and_the_domain_round_trips(tmp_path):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(100, 3))
+    x[::7, 1] = np.nan
+    domain = TrainingDomain.fit(x, ["a", "b", "c"])
+    row = np.array([[0.0, np.nan, 0.0]])
+    assert domain.check(row)[0].in_distribution
+    domain.save(tmp_path / DOMAIN_FILE)
+    again = TrainingDomain.load(tmp_path / DOMAIN_FILE)
+    assert again.check(row)[0].score == pytest.approx(domain.check(row)[0].score)
+
+
+def test_a_fitted_predictor_keeps_its_domain_and_flags_pairs_unlike_its_training_pairs(trained):
+    from simmerge.learn.datasets import training_frame
+
+    model = MergePredictor.load(trained["predictor"])
+    assert model.card_["domain"]["file"] == DOMAIN_FILE
+    frame = training_frame(trained["features"], trained["outcomes"])
+    assert all(c.in_distribution for c in model.check_domain(frame.head(50)))
+    shifted = frame.head(20).copy()
+    feature = "cka_mean" if "cka_mean" in shifted else model.domain_columns()[0]
+    shifted[feature] = shifted[feature] * 1000 + 1000
+    flags = model.check_domain(shifted)
+    assert not any(c.in_distribution for c in flags)
+    assert flags[0].unusual[0][0] == feature
+
+
+def test_out_of_distribution_keeps_the_anchor_first_and_the_cli_says_what_to_do(
+    trained, monkeypatch
+):
+    from simmerge.cli.formatting import format_ranking
+    from simmerge.learn.domain import DomainCheck
+    from simmerge.pairwise.rank import rank_merges
+
+    def rank(margin=None):
+        return rank_merges(
+            trained["catalog"],
+            ["reverse_a", "sort_a"],
+            top=None,
+            predictor=trained["predictor"],
+            options=trained["options"],
+            margin=margin,
+        )
+
+    inside = rank()
+    assert all(c.in_distribution for c in inside)
+    assert "unlike" not in format_ranking(inside)
+    far = DomainCheck(False, 9.0, 2.0, (("cka_mean", 7.5),))
+    monkeypatch.setattr(MergePredictor, "check_domain", lambda self, rows: [far] * len(rows))
+    outside = rank()
+    assert outside[0].best_fixed and outside[0].in_distribution is False
+    assert outside[0].domain_score == 9.0 and outside[0].unusual == (("cka_mean", 7.5),)
+    text = format_ranking(outside)
+    assert "unlike the pairs the predictor was trained on" in text and "simmerge verify" in text
+    plain = rank(margin=0.0)  # an explicit margin is the user's choice
+    assert plain[0].predicted == max(c.predicted for c in plain)
