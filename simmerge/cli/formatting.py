@@ -65,7 +65,14 @@ def format_config_verdicts(verdicts: Sequence[ConfigVerdict]) -> str:
 def format_verify(report: VerifyReport) -> str:
     title = f"verified merges of {' + '.join(report.models)} on {', '.join(report.tasks)}"
     rows = [(v.rank, v.candidate, v.predicted, v.actual) for v in report.verified]
-    return format_verified(title, "candidate", 38, rows)
+    text = format_verified(title, "candidate", 38, rows)
+    if report.in_distribution is False:
+        text += (
+            "\n! the pair is unlike the predictor's training pairs: the predictions above were "
+            "extrapolations. Refit with `simmerge train --store DB --catalog ...` on these "
+            "outcomes, or let the bandit learn."
+        )
+    return text
 
 
 def format_verified(

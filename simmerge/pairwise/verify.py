@@ -45,6 +45,8 @@ class VerifyReport:
     models: tuple[str, str]
     tasks: tuple[str, ...]
     verified: tuple[VerifiedCandidate, ...]
+    # the ranking's verdict on the pair (simmerge.learn.domain); None: no training domain
+    in_distribution: bool | None = None
 
     @property
     def best(self) -> VerifiedCandidate:
@@ -61,6 +63,7 @@ class VerifyReport:
             "verified": [{**asdict(v), "error": v.error} for v in self.verified],
             "best": self.best.candidate,
             "mean_abs_error": self.mean_abs_error,
+            "in_distribution": self.in_distribution,
         }
 
 
@@ -127,4 +130,9 @@ def verify(
     finally:
         if own_store and db is not None:
             db.close()
-    return VerifyReport(models=(a.name, b.name), tasks=tuple(tasks), verified=tuple(verified))
+    return VerifyReport(
+        models=(a.name, b.name),
+        tasks=tuple(tasks),
+        verified=tuple(verified),
+        in_distribution=candidates[0].in_distribution if candidates else None,
+    )

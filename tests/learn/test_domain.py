@@ -79,3 +79,23 @@ def test_out_of_distribution_keeps_the_anchor_first_and_the_cli_says_what_to_do(
     assert "unlike the pairs the predictor was trained on" in text and "simmerge verify" in text
     plain = rank(margin=0.0)  # an explicit margin is the user's choice
     assert plain[0].predicted == max(c.predicted for c in plain)
+
+
+def test_verify_reports_the_pairs_verdict_and_says_what_to_do(trained, monkeypatch):
+    from simmerge.cli.formatting import format_verify
+    from simmerge.learn.domain import DomainCheck
+    from simmerge.pairwise.rank import rank_merges
+    from simmerge.pairwise.verify import verify
+
+    far = DomainCheck(False, 9.0, 2.0, ())
+    monkeypatch.setattr(MergePredictor, "check_domain", lambda self, rows: [far] * len(rows))
+    ranked = rank_merges(
+        trained["catalog"],
+        ["reverse_a", "sort_a"],
+        top=None,
+        predictor=trained["predictor"],
+        options=trained["options"],
+    )
+    report = verify(trained["catalog"], ranked, k=1)
+    assert report.in_distribution is False and report.to_dict()["in_distribution"] is False
+    assert "unlike the predictor's training pairs" in format_verify(report)
