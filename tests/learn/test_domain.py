@@ -10,6 +10,16 @@ from simmerge.learn.domain import DOMAIN_FILE, TrainingDomain
 from simmerge.learn.predictor import MergePredictor
 
 
+def _rank(trained, margin=None):
+    from simmerge.pairwise.rank import rank_merges
+
+    pair = ["reverse_a", "sort_a"]
+    return rank_merges(
+        trained["catalog"], pair, top=None, predictor=trained["predictor"],
+        options=trained["options"], margin=margin,
+    )  # fmt: skip
+
+
 def test_rows_like_the_training_rows_are_in_and_a_shifted_column_is_named():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(500, 4))
@@ -55,17 +65,9 @@ def test_out_of_distribution_keeps_the_anchor_first_and_the_cli_says_what_to_do(
 ):
     from simmerge.cli.formatting import format_ranking
     from simmerge.learn.domain import DomainCheck
-    from simmerge.pairwise.rank import rank_merges
 
     def rank(margin=None):
-        return rank_merges(
-            trained["catalog"],
-            ["reverse_a", "sort_a"],
-            top=None,
-            predictor=trained["predictor"],
-            options=trained["options"],
-            margin=margin,
-        )
+        return _rank(trained, margin)
 
     inside = rank()
     assert all(c.in_distribution for c in inside)
@@ -84,18 +86,11 @@ def test_out_of_distribution_keeps_the_anchor_first_and_the_cli_says_what_to_do(
 def test_verify_reports_the_pairs_verdict_and_says_what_to_do(trained, monkeypatch):
     from simmerge.cli.formatting import format_verify
     from simmerge.learn.domain import DomainCheck
-    from simmerge.pairwise.rank import rank_merges
     from simmerge.pairwise.verify import verify
 
     far = DomainCheck(False, 9.0, 2.0, ())
     monkeypatch.setattr(MergePredictor, "check_domain", lambda self, rows: [far] * len(rows))
-    ranked = rank_merges(
-        trained["catalog"],
-        ["reverse_a", "sort_a"],
-        top=None,
-        predictor=trained["predictor"],
-        options=trained["options"],
-    )
+    ranked = _rank(trained)
     report = verify(trained["catalog"], ranked, k=1)
     assert report.in_distribution is False and report.to_dict()["in_distribution"] is False
     assert "unlike the predictor's training pairs" in format_verify(report)
