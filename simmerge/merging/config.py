@@ -102,17 +102,21 @@ class MergeConfig:
         """mergekit: ``out_dtype`` if set, else ``dtype`` (simmerge always computes in fp32)."""
         return self.out_dtype or self.dtype
 
+    @property
+    def takes_base(self) -> bool:
+        """Whether ``base_model`` is an input of the operator (slerp's is its t = 0 model);
+        otherwise mergekit merges it as one more model."""
+        return takes_base(self.operator)
+
     def slice_base(self, sl: MergeSlice) -> str | None:
         return sl.base or self.base
 
     def group(self, sl: MergeSlice) -> SliceGroup:
         """Split a slice's sources into the operator's base and members (mergekit's rules)."""
-        spec = self.spec
         base_path = self.slice_base(sl)
-        takes_base = spec.needs_base or spec.accepts_base or self.operator == "slerp"
-        if not takes_base or base_path is None:
+        if not self.takes_base or base_path is None:
             return SliceGroup(None, sl.sources)
-        base = next((s for s in sl.sources if _same_path(s.model, base_path)), None)
+        base = next((s for s in sl.sources if same_path(s.model, base_path)), None)
         members = tuple(s for s in sl.sources if base is None or s is not base)
         if self.operator == "slerp":
             # slerp's base is the model at t = 0, its first member
@@ -136,17 +140,26 @@ class MergeConfig:
             for name, value in scope.items():
                 if not st.is_uniform(value):
                     reasons.append(f"{where} parameter {name!r} is a gradient or filtered")
-        spec = self.spec
-        for sl in self.slices:
-            for s in sl.sources:
-                extra = sorted(set(s.params) - {"weight", "density"})
-                if extra and spec.max_members != 1:
-                    reasons.append(f"model {s.model} sets {', '.join(extra)} for itself")
+        for name in self.member_extras:
+            values = self.member_values(name)
+            if any(v != values[0] for v in values):
+                reasons.append(f"its models take different values of {name!r}")
         if self.tokenizer_source is not None:
             reasons.append("it sets tokenizer_source")
         if self.chat_template is not None:
             reasons.append("it sets chat_template")
         return reasons
+
+    @property
+    def member_extras(self) -> tuple[str, ...]:
+        """Per-member parameters besides weight and density (gamma, epsilon, scale)."""
+        return tuple(n for n in self.spec.per_member if n != "density")
+
+    def member_values(self, name: str) -> list[Any]:
+        """The value of per-member parameter ``name`` each member of the first slice uses:
+        its own, else the global one, else the operator's default (uniform settings only)."""
+        default = self.params.get(name, self.spec.param(name).default)
+        return [s.params.get(name, default) for s in self.group(self.slices[0]).members]
 
     @property
     def is_uniform(self) -> bool:
@@ -234,8 +247,14 @@ def _model_dict(s: SliceSource) -> dict[str, Any]:
     return out
 
 
-def _same_path(a: str, b: str) -> bool:
-    return os.path.normpath(a) == os.path.normpath(b)
+def takes_base(operator: str) -> bool:
+    spec = get_operator(operator)
+    return spec.needs_base or spec.accepts_base or operator == "slerp"
+
+
+def same_path(a: str, b: str) -> bool:
+    """Two model paths name the same folder (compared after normalization)."""
+    return os.path.normpath(os.path.abspath(a)) == os.path.normpath(os.path.abspath(b))
 
 
 # --- parsing ---------------------------------------------------------------------------------
@@ -446,6 +465,8 @@ def _parse(data: Any, *, relative_to: Path | None, source: str) -> MergeConfig:
     tok = top.get("tokenizer_source")
     if tok is not None and tok not in ("base", "union"):
         tok = _resolve_path(tok, relative_to, source, "`tokenizer_source`")
+    if has_models and base is not None and not takes_base(operator):
+        slices = (_with_base_member(slices[0], base, operator, params, source),)
     config = MergeConfig(
         operator=operator,
         slices=slices,
@@ -556,13 +577,13 @@ def _check_groups(config: MergeConfig, source: str) -> None:
             )
         base_path = config.slice_base(sl)
         if config.operator == "slerp":
-            if base_path is None or not any(_same_path(s.model, base_path) for s in sl.sources):
+            if base_path is None or not any(same_path(s.model, base_path) for s in sl.sources):
                 raise PlanError(
                     f"{source}: for slerp, `base_model` must be one of the two models.",
                     "set `base_model` to the model at t = 0 (one of the two listed).",
                 )
-        elif config.sliced and base_path is not None and (spec.needs_base or spec.accepts_base):
-            if not any(_same_path(s.model, base_path) for s in sl.sources):
+        elif config.sliced and base_path is not None and config.takes_base:
+            if not any(same_path(s.model, base_path) for s in sl.sources):
                 raise PlanError(
                     f"{source}: {where} does not list the base model {base_path!r} among its "
                     "sources (mergekit requires it there).",
@@ -574,15 +595,6 @@ def _check_groups(config: MergeConfig, source: str) -> None:
                 "base model.",
                 "set `base_model` to the checkpoint the members were fine-tuned from.",
             )
-        if (
-            not config.sliced
-            and base_path is not None
-            and not (spec.needs_base or spec.accepts_base or config.operator == "slerp")
-        ):
-            listed = any(_same_path(s.model, base_path) for s in sl.sources)
-            if not listed:
-                _add_base_member(config, sl, base_path, source)
-                return _check_groups(config, source)
         n = len(config.group(sl).members)
         wanted = spec.members_wanted(n)
         if wanted is not None:
@@ -591,19 +603,21 @@ def _check_groups(config: MergeConfig, source: str) -> None:
                 f"base, got {n} in {where}.",
                 "add or remove models.",
             )
-    return None
 
 
-def _add_base_member(config: MergeConfig, sl: MergeSlice, base_path: str, source: str) -> None:
-    """mergekit adds a base_model that `models` omits as one more input of a base-free
-    operator (linear, karcher, passthrough). Linear then needs a weight for it."""
-    if config.spec.uses_weights and "weight" not in config.params:
+def _with_base_member(
+    sl: MergeSlice, base: str, operator: str, params: Mapping[str, Any], source: str
+) -> MergeSlice:
+    """mergekit merges a base_model that `models` omits as one more input of an operator that
+    takes no base (linear, karcher, passthrough); linear then needs a weight for it."""
+    if any(same_path(s.model, base) for s in sl.sources):
+        return sl
+    if get_operator(operator).uses_weights and "weight" not in params:
         raise PlanError(
-            f"{source}: operator {config.operator!r} takes no base, and mergekit would merge "
-            f"`base_model` {base_path!r} as one more model, which needs a weight.",
+            f"{source}: operator {operator!r} takes no base, and mergekit would merge "
+            f"`base_model` {base!r} as one more model, which needs a weight.",
             "list the base under `models` with its weight, or remove `base_model`.",
         )
-    extended = MergeSlice(
-        sources=(*sl.sources, SliceSource(model=base_path)), params=sl.params, base=sl.base
+    return MergeSlice(
+        sources=(*sl.sources, SliceSource(model=base)), params=sl.params, base=sl.base
     )
-    object.__setattr__(config, "slices", (extended,))

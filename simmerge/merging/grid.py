@@ -16,14 +16,13 @@ measurement records which order was executed in its plan id).
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from simmerge.errors import NotPredictableError, OperatorParameterError
 from simmerge.merging import MergePlan, PlanMember
-from simmerge.merging.config import MergeConfig
+from simmerge.merging.config import MergeConfig, same_path
 from simmerge.merging.registry import OPERATORS, get_operator, resolve_params
 
 # hyper-parameters that become numeric predictor features (NaN where an operator has none)
@@ -170,10 +169,6 @@ _NOT_PREDICTABLE_FIX = (
 )
 
 
-def _same(a: str, b: str) -> bool:
-    return os.path.normpath(os.path.abspath(a)) == os.path.normpath(os.path.abspath(b))
-
-
 def candidate_from_config(
     config: MergeConfig, base: str, a: str, b: str, grid: Sequence[OperatorConfig] = ()
 ) -> OperatorConfig:
@@ -197,13 +192,14 @@ def candidate_from_config(
     plan = MergePlan.from_config(config)
     paths = [m.model for m in plan.members]
     if len(paths) != 2 or not (
-        (_same(paths[0], a) and _same(paths[1], b)) or (_same(paths[0], b) and _same(paths[1], a))
+        (same_path(paths[0], a) and same_path(paths[1], b))
+        or (same_path(paths[0], b) and same_path(paths[1], a))
     ):
         raise NotPredictableError(
             f"it merges {', '.join(paths)}, not the two experts ranked ({a}, {b}).",
             _NOT_PREDICTABLE_FIX,
         )
-    if plan.base is not None and not _same(plan.base, base):
+    if plan.base is not None and not same_path(plan.base, base):
         raise NotPredictableError(
             f"its base_model {plan.base} is not the catalog's base.", _NOT_PREDICTABLE_FIX
         )
@@ -227,7 +223,7 @@ def candidate_from_config(
     # named like the grid's candidates: only the parameters that differ from the defaults
     params = {k: v for k, v in params.items() if v != spec.param(k).default}
     candidate = OperatorConfig.make(plan.operator, params)
-    if plan.operator == "slerp" and _same(paths[0], b):
+    if plan.operator == "slerp" and same_path(paths[0], b):
         candidate = candidate.mirrored()
     for known in grid:
         if known.operator == candidate.operator and known.resolved == candidate.resolved:

@@ -229,10 +229,8 @@ class MergePlan(BaseModel):
         per_input = set(spec.per_member) | {"weight"}
         shared = {k: v for k, v in config.params.items() if k not in per_input or k == "density"}
         shared = {k: v for k, v in shared.items() if k not in NEUTRAL_SHARED}
-        for k in set(spec.per_member) - {"density"}:
-            values = {s.params.get(k, config.params.get(k)) for s in group.members} - {None}
-            if values:
-                shared[k] = values.pop()
+        for k in config.member_extras:  # uniform: every member uses the same value
+            shared[k] = config.member_values(k)[0]
         if config.seed is not None:
             shared["seed"] = config.seed
         default_weight = config.params.get("weight", 1.0)

@@ -15,7 +15,6 @@ resized; that is refused with a typed error rather than done approximately.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -23,7 +22,7 @@ from pathlib import Path
 from simmerge.errors import PlanError
 from simmerge.io.checkpoint import Checkpoint
 from simmerge.io.compat import TOKENIZER_FILES
-from simmerge.merging.config import MergeConfig
+from simmerge.merging.config import MergeConfig, same_path
 
 COPIED_FILES = (
     *TOKENIZER_FILES,
@@ -69,7 +68,7 @@ def _tokenizer_folder(
             )
         choice = config.base
     for path, ckpt in inputs.items():
-        if os.path.normpath(path) == os.path.normpath(choice):
+        if same_path(path, choice):
             return ckpt.support_dir
     raise PlanError(
         f"tokenizer_source {choice!r} is not one of the merged models.",

@@ -283,3 +283,21 @@ def test_merge_command_runs_a_config_with_gradients(deep, tmp_path, capsys):
     assert summary["plan_id"] == MergeConfig.from_yaml(path).config_id
     written = MergeConfig.from_yaml(tmp_path / "out" / "simmerge_plan.yaml")
     assert written.slices[0].sources[0].params["weight"] == [0.2, 1.0]
+
+
+def test_per_model_gamma_is_uniform_only_when_every_model_uses_the_same_value(deep):
+    def doc(*gammas):
+        return {
+            "merge_method": "breadcrumbs",
+            "base_model": str(deep["base"]),
+            "models": [
+                {"model": str(deep[m]), "parameters": {"gamma": g} if g is not None else {}}
+                for m, g in zip(("a", "b"), gammas, strict=True)
+            ],
+        }
+
+    same = MergePlan.from_mergekit_dict(doc(0.05, 0.05))
+    assert same.params["gamma"] == 0.05
+    with pytest.raises(PlanError, match="different values of 'gamma'"):
+        MergePlan.from_mergekit_dict(doc(0.05, None))  # the other model uses the default
+    assert MergePlan.from_mergekit_dict(doc(0.01, None)).params["gamma"] == 0.01
