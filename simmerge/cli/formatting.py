@@ -22,17 +22,28 @@ def format_ranking(candidates: Sequence[RankedCandidate]) -> str:
     if not candidates:
         return "(no candidates)"
     a, b = candidates[0].models
+    level = candidates[0].interval_level
+    band = f"{level:.0%} interval" if level else "± (spread)"
     lines = [
         f"merges of {a} + {b} on {', '.join(candidates[0].tasks)} (predicted normalized score)",
-        f"{'#':>3} {'candidate':<38} {'pred':>6} {'±':>6}  top features",
+        f"{'#':>3} {'candidate':<38} {'pred':>6} {band:>16}  top features",
     ]
     for c in candidates:
         feats = ", ".join(f"{f} {v:+.3f}" for f, v in c.top_features[:3])
         name = c.candidate + (" *" if c.best_fixed else "")
-        lines.append(f"{c.rank:>3} {name:<38} {c.predicted:>6.3f} {c.uncertainty:>6.3f}  {feats}")
+        lines.append(f"{c.rank:>3} {name:<38} {c.predicted:>6.3f} {interval_text(c):>16}  {feats}")
     lines.append("* the best single candidate of the predictor's training data (anchor)")
     lines += out_of_distribution_note(candidates[0])
     return "\n".join(lines)
+
+
+def interval_text(c: RankedCandidate | dict) -> str:
+    """``[low, high]`` of a ranked candidate (or its JSON record); ``± spread`` without one."""
+    get = c.get if isinstance(c, dict) else lambda k: getattr(c, k)
+    interval = get("interval")
+    if interval is None:
+        return f"± {get('uncertainty'):.3f}"
+    return f"[{interval[0]:.2f}, {interval[1]:.2f}]"
 
 
 def out_of_distribution_note(candidate: RankedCandidate) -> list[str]:
@@ -44,7 +55,8 @@ def out_of_distribution_note(candidate: RankedCandidate) -> list[str]:
         f"! {' + '.join(candidate.models)} is unlike the pairs the predictor was trained on "
         f"(distance {candidate.domain_score:.2f} > {candidate.domain_threshold:.2f}; most "
         f"unusual: {unusual}).",
-        "  The predictions are extrapolations and the anchor is kept first. Verify the top k "
+        "  The predictions are extrapolations (the intervals are widened, and may still be too "
+        "narrow) and the anchor is kept first. Verify the top k "
         "(simmerge verify --k 3 --store DB) and refit with `simmerge train --store DB "
         "--catalog ...`, or let the bandit learn (simmerge bandit).",
     ]

@@ -130,6 +130,12 @@ class TrainingDomain:
             ) from None
 
 
+def pair_verdict(checks: Sequence[DomainCheck]) -> DomainCheck | None:
+    """A pair's verdict from its rows' (one per target task): the worst one, the one furthest
+    beyond its threshold (the domain ignores the candidate, so any candidate's rows will do)."""
+    return max(checks, key=lambda c: c.score - c.threshold) if checks else None
+
+
 def _standardize(x: np.ndarray, median: np.ndarray, scale: np.ndarray) -> np.ndarray:
     z = (x - median) / scale
     return np.clip(np.nan_to_num(z, nan=0.0, posinf=CLIP, neginf=-CLIP), -CLIP, CLIP)

@@ -17,11 +17,12 @@ from typing import Any
 import pandas as pd
 
 from simmerge.learn.anchoring import choose_margin
+from simmerge.learn.conformal import LEVEL, IntervalCalibration
 from simmerge.learn.datasets import load_training_tables, pair_objective, training_frame
 from simmerge.learn.metrics import best_fixed_candidate, summarize
 from simmerge.learn.predictor import DEFAULT_ENSEMBLE, MergePredictor
 from simmerge.learn.splits import model_folds
-from simmerge.learn.validation import cross_validate
+from simmerge.learn.validation import calibration_of, conformal_coverage, cross_validate
 
 
 def fit_predictor(
@@ -38,12 +39,15 @@ def fit_predictor(
     (inner cross-validation), then fit on everything; metrics and rule go in the card."""
     frame = training_frame(features, outcomes)
     card: dict[str, Any] = {"training_sources": list(sources)}
+    interval = None
     if cv_folds >= 2:
         factory = partial(MergePredictor, n_models=n_models, seed=seed)
         cv = cross_validate(frame, model_folds(frame, cv_folds, seed), {"simmerge": factory})
         card["cv_held_out_models"] = {
             name: summarize(cv.pooled[name]) for name in ("simmerge", "best_fixed", "oracle")
         }
+        oof = cv.predictions["simmerge"]
+        interval = calibrate_interval(oof) if len(oof) >= MIN_CALIBRATION_ROWS else None
     factory = partial(MergePredictor, n_models=n_models, seed=seed)
     card["selection"] = {
         "best_fixed": best_fixed_candidate(pair_objective(frame, "target")),
@@ -52,7 +56,29 @@ def fit_predictor(
     }
     model = factory().fit(frame, frame["target"].to_numpy())
     model.card_.update(card)
+    if interval is not None:
+        model.set_interval(*interval)
     return model
+
+
+# fewer held-out (pair, candidate) rows than this give no interval (the card says so)
+MIN_CALIBRATION_ROWS = 20
+
+
+def calibrate_interval(
+    oof: pd.DataFrame, level: float = LEVEL
+) -> tuple[IntervalCalibration, dict[str, Any]]:
+    """The interval calibration from held-out-model out-of-fold predictions (all of them), and
+    its coverage measured the cross-conformal way (each fold by the other folds' calibration)."""
+    calibration = calibration_of(oof, level)
+    coverage = conformal_coverage(oof, level)
+    return calibration, {
+        "split": "held-out models",
+        "coverage": coverage["coverage"],
+        "mean_width": coverage["mean_width"],
+        "rows": coverage["rows"],
+        "out_of_distribution_rows": coverage["out_of_distribution"]["rows"],
+    }
 
 
 def gather_training_tables(

@@ -45,6 +45,7 @@ import numpy as np
 
 from simmerge.errors import ConfigError, InputNotFoundError, OperatorParameterError, PredictorError
 from simmerge.infra.files import atomic_output_dir
+from simmerge.learn.conformal import IntervalCalibration
 from simmerge.learn.domain import COVERAGE, DOMAIN_FILE, DomainCheck, TrainingDomain
 from simmerge.merging.grid import HYPERPARAMETERS, PREDICTOR_OPERATORS, OperatorConfig
 from simmerge.signals.similarity import FEATURE_COLUMNS, FUNCTIONAL_COLUMNS
@@ -227,7 +228,13 @@ class MergePredictor:
             "versions": _versions(),
             "domain": self._domain_card(),
         }
+        self.interval_ = None  # calibrated on held-out residuals: set_interval
         return self
+
+    def set_interval(self, calibration: IntervalCalibration, coverage: Mapping[str, Any]) -> None:
+        """Attach an interval calibration and its measured coverage (the card keeps both)."""
+        self.interval_ = calibration
+        self.card_["interval"] = {**calibration.to_card(), "measured": dict(coverage)}
 
     def _fit_domain(self, rows: Any, groups: Sequence[Any] | None, x: np.ndarray) -> TrainingDomain:
         """One row per (pair, task) group when decomposing, else per distinct row."""
@@ -246,28 +253,48 @@ class MergePredictor:
         For predictors saved before the domain existed: ``rows`` and ``y`` must be the data it
         was fitted on (checked against the card's ``training_data_hash``). Returns the card's
         new ``domain`` entry; :meth:`save_domain` writes both."""
+        x = self.check_training_data(rows, y)
+        self.domain_ = self._fit_domain(rows, groups, x)
+        self.card_["domain"] = self._domain_card()
+        return self.card_["domain"]
+
+    def check_training_data(self, rows: Any, y: Sequence[float]) -> np.ndarray:
+        """The design matrix of ``rows``, after checking that they and ``y`` are the data this
+        predictor was fitted on (the card's ``training_data_hash``)."""
         x = to_matrix(rows, self.columns)
-        target = np.asarray(y, dtype=np.float64)
-        if data_hash(x, target) != self.card_.get("training_data_hash"):
+        if data_hash(x, np.asarray(y, dtype=np.float64)) != self.card_.get("training_data_hash"):
             raise PredictorError(
                 "These rows are not the data this predictor was trained on (its card's "
                 "training_data_hash differs).",
                 "pass the card's training_sources, with the library versions it records.",
             )
-        self.domain_ = self._fit_domain(rows, groups, x)
-        self.card_["domain"] = self._domain_card()
-        return self.card_["domain"]
+        return x
+
+    def clone(self) -> MergePredictor:
+        """An unfitted predictor with the same settings (scikit-learn's ``clone``)."""
+        return type(self)(
+            n_models=self.n_models,
+            num_boost_round=self.num_boost_round,
+            params=dict(self.params),
+            seed=self.seed,
+            decompose=self.decompose,
+            columns=self.columns,
+        )
+
+    def save_card(self, folder: str | Path) -> None:
+        """Rewrite only the card (boosters and domain stay byte for byte)."""
+        from simmerge.infra.files import atomic_write_text
+
+        card = json.dumps(self.card_, indent=2, sort_keys=True) + "\n"
+        atomic_write_text(Path(folder) / CARD, card)
 
     def save_domain(self, folder: str | Path) -> None:
         """Write only the domain file and the card (the boosters stay byte for byte)."""
-        from simmerge.infra.files import atomic_write_text
-
         folder = Path(folder)
         tmp = folder / f".{DOMAIN_FILE}.tmp.npz"
         self.domain_.save(tmp)
         tmp.replace(folder / DOMAIN_FILE)
-        card = json.dumps(self.card_, indent=2, sort_keys=True) + "\n"
-        atomic_write_text(folder / CARD, card)
+        self.save_card(folder)
 
     def _domain_card(self) -> dict[str, Any]:
         d = self.domain_
@@ -422,6 +449,7 @@ class MergePredictor:
         model.boosters_ = _load_boosters(folder, "model", n)
         model.level_boosters_ = _load_boosters(folder, "level", n) if settings["decompose"] else []
         model.card_ = card
+        model.interval_ = IntervalCalibration.from_card(card.get("interval"))
         domain = folder / DOMAIN_FILE
         model.domain_ = TrainingDomain.load(domain) if domain.is_file() else None
         return model

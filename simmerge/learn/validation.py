@@ -9,7 +9,7 @@ the oracle; anchored variants use the rule of :mod:`simmerge.learn.anchoring`.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 import numpy as np
@@ -57,6 +57,8 @@ class LinearBaseline:
 class CrossValidation:
     pooled: dict[str, list[PairOutcome]]  # per-pair outcomes of each method over all folds
     margins: list[float]  # anchoring margin chosen in each fold (anchored models)
+    # each model's out-of-fold predictions of the pair objective (:func:`out_of_fold`'s rows)
+    predictions: dict[str, pd.DataFrame] = field(default_factory=dict)
 
     def summary(self) -> dict[str, dict[str, float]]:
         return {name: summarize(outs) for name, outs in self.pooled.items()}
@@ -93,6 +95,7 @@ def cross_validate(
     if remeasured is not None:
         pooled["exhaustive"] = []
     margins: list[float] = []
+    parts: dict[str, list[pd.DataFrame]] = {name: [] for name in models}
     for fold in folds:
         test = frame[fold.test].copy()
         if remeasured is not None:
@@ -111,7 +114,11 @@ def cross_validate(
 
         for name, factory in models.items():
             model = factory().fit(train, train["target"].to_numpy())
-            test[f"pred_{name}"] = model.predict(test)
+            mean, std = predict_with_spread(model, test)
+            test[f"pred_{name}"] = mean
+            parts[name].append(
+                objective_rows(test, mean, std, fold.name, pair_widening(model, test))
+            )
             predicted = pair_objective(test, f"pred_{name}")
             pooled[name] += outcomes(predicted)
             if name in anchored:
@@ -127,4 +134,155 @@ def cross_validate(
         pooled["random"] += random_outcomes(scored, best_fixed, k_verify, verified=first)
         if remeasured is not None:
             pooled["exhaustive"] += outcomes(first)
-    return CrossValidation(pooled, margins)
+    return CrossValidation(pooled, margins, {n: _concat_oof(p) for n, p in parts.items()})
+
+
+OOF_KEYS = ["catalog", "a", "b", "candidate"]
+
+
+def out_of_fold(frame: pd.DataFrame, folds: Iterator[Fold], factory) -> pd.DataFrame:
+    """Held-out predictions of the pair objective: for each fold, a model from ``factory``
+    fitted on its training rows predicts its test rows; per (pair, candidate) the mean over the
+    pair's tasks of target and prediction, and the combined ensemble spread
+    (:func:`simmerge.learn.conformal.combined_spread`). One row per (fold, pair, candidate),
+    with the fold's name in ``fold``: what interval calibration and its coverage check use."""
+    parts = []
+    for fold in folds:
+        test = frame[fold.test]
+        if fold.train.sum() == 0 or test.empty:
+            continue
+        model = factory().fit(frame[fold.train], frame.loc[fold.train, "target"].to_numpy())
+        mean, std = predict_with_spread(model, test)
+        parts.append(objective_rows(test, mean, std, fold.name, pair_widening(model, test)))
+    return _concat_oof(parts)
+
+
+def predict_with_spread(model, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(prediction, ensemble spread) of any selector; NaN spread for one that has none."""
+    import inspect
+
+    if "return_std" in inspect.signature(model.predict).parameters:
+        mean, std = model.predict(frame, return_std=True)
+        return np.asarray(mean, dtype=np.float64), np.asarray(std, dtype=np.float64)
+    mean = np.asarray(model.predict(frame), dtype=np.float64)
+    return mean, np.full(len(mean), np.nan)
+
+
+def pair_widening(model, frame: pd.DataFrame) -> np.ndarray:
+    """Per row of ``frame``, the interval widening of its pair under ``model``'s training domain
+    (:func:`simmerge.learn.conformal.widening` of :func:`simmerge.learn.domain.pair_verdict`,
+    as ranking applies it); 1 for a selector without a domain."""
+    from simmerge.learn.conformal import widening
+    from simmerge.learn.domain import pair_verdict
+
+    check = getattr(model, "check_domain", None)
+    checks = check(frame) if check is not None else None
+    if not checks:
+        return np.ones(len(frame))
+    keys = list(zip(frame["catalog"], frame["a"], frame["b"], strict=True))
+    by_pair: dict[tuple, list] = {}
+    for key, c in zip(keys, checks, strict=True):
+        by_pair.setdefault(key, []).append(c)
+    factor = {}
+    for key, cs in by_pair.items():
+        v = pair_verdict(cs)
+        factor[key] = widening(v.in_distribution, v.score, v.threshold)
+    return np.array([factor[k] for k in keys])
+
+
+def objective_rows(test: pd.DataFrame, mean, std, fold: str, widen: np.ndarray) -> pd.DataFrame:
+    """Per (pair, candidate) of a fold's test rows: mean target and prediction over the pair's
+    tasks, the combined spread (root mean square, as ranking combines it) and the pair's
+    out-of-distribution widening (``in_distribution`` where it is 1)."""
+    rows = test[OOF_KEYS].copy()
+    rows["target"] = test["target"].to_numpy()
+    rows["pred"] = np.asarray(mean, dtype=np.float64)
+    rows["var"] = np.asarray(std, dtype=np.float64) ** 2
+    rows["widen"] = np.asarray(widen, dtype=np.float64)
+    agg = rows.groupby(OOF_KEYS, sort=True).mean().reset_index()
+    agg["in_distribution"] = agg["widen"] <= 1.0
+    agg["spread"] = np.sqrt(agg.pop("var"))
+    agg["fold"] = fold
+    return agg
+
+
+def _concat_oof(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    if not parts:
+        return pd.DataFrame(
+            columns=[*OOF_KEYS, "target", "pred", "widen", "in_distribution", "spread", "fold"]
+        )
+    return pd.concat(parts, ignore_index=True)
+
+
+def conformal_coverage(oof: pd.DataFrame, level: float) -> dict[str, object]:
+    """Cross-conformal check of the interval rule on out-of-fold predictions: each fold's rows
+    are covered or not by the interval calibrated on the other folds' rows of *other pairs*
+    (a pair tested in two folds, as with held-out tasks, never calibrates itself). Returns the
+    pooled coverage and mean interval width (overall, in and out of distribution) and the
+    per-fold figures."""
+    pair = list(zip(oof["catalog"], oof["a"], oof["b"], strict=True))
+    pair_s = pd.Series(pair, index=oof.index)
+    hits: list[pd.Series] = []
+    halves: list[pd.Series] = []
+    per_fold = []
+    for name, test in oof.groupby("fold", sort=True):
+        pairs = set(pair_s[test.index])
+        calib = oof[(oof["fold"] != name) & ~pair_s.isin(pairs)]
+        if len(calib) < 2:
+            continue
+        cal = calibration_of(calib, level)
+        half = cal.half_width(test["spread"].to_numpy(), _widen(test))
+        hit = np.abs(test["target"].to_numpy() - test["pred"].to_numpy()) <= half
+        per_fold.append(
+            {
+                "fold": name,
+                "rows": len(test),
+                "coverage": float(hit.mean()),
+                "mean_width": float(2 * half.mean()),
+                "out_of_distribution": int((~_inside(test)).sum()),
+            }
+        )
+        hits.append(pd.Series(hit, index=test.index))
+        halves.append(pd.Series(half, index=test.index))
+    if not hits:
+        return {"level": level, "rows": 0, "coverage": float("nan"),
+                "mean_width": float("nan"), "folds": per_fold}  # fmt: skip
+    return {"level": level, **coverage_summary(oof.loc[pd.concat(hits).index],
+                                               pd.concat(hits), pd.concat(halves)),
+            "folds": per_fold}  # fmt: skip
+
+
+def calibration_of(oof: pd.DataFrame, level: float):
+    """:class:`~simmerge.learn.conformal.IntervalCalibration` of out-of-fold rows."""
+    from simmerge.learn.conformal import IntervalCalibration
+
+    return IntervalCalibration.fit(
+        oof["target"] - oof["pred"], oof["spread"], level, widen=_widen(oof)
+    )
+
+
+def coverage_summary(rows: pd.DataFrame, hit: pd.Series, half: pd.Series) -> dict[str, object]:
+    """Coverage and mean width of scored rows, overall and in / out of distribution."""
+    inside = _inside(rows).to_numpy()
+    hit, half = hit.to_numpy(dtype=bool), half.to_numpy(dtype=np.float64)
+
+    def part(mask: np.ndarray) -> dict[str, float | int]:
+        n = int(mask.sum())
+        return {
+            "rows": n,
+            "coverage": float(hit[mask].mean()) if n else float("nan"),
+            "mean_width": float(2 * half[mask].mean()) if n else float("nan"),
+        }
+
+    everything = part(np.ones(len(hit), dtype=bool))
+    return {**everything, "in_distribution": part(inside), "out_of_distribution": part(~inside)}
+
+
+def _widen(oof: pd.DataFrame) -> np.ndarray:
+    return oof["widen"].to_numpy() if "widen" in oof else np.ones(len(oof))
+
+
+def _inside(oof: pd.DataFrame) -> pd.Series:
+    if "in_distribution" in oof:
+        return oof["in_distribution"].astype(bool)
+    return pd.Series(True, index=oof.index)

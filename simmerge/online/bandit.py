@@ -8,7 +8,10 @@ features (:data:`CONTEXT_FEATURES`) plus, per arm, the offline predictor's predi
     reward ≈ prior + x·θ_global + x·θ_family + x·θ_arm,      x = [1, prior, features]
 
 so it learns only the *residual* of the offline predictor: on day one it behaves like the
-predictor, and it corrects it wherever measured outcomes disagree. The three ridge levels are
+predictor, and it corrects it wherever measured outcomes disagree. On a pair outside the
+predictor's training data its prior is not to be trusted: the arm's context then carries a
+``prior_sd`` (from the predictor's widened interval), which adds variance that shrinks with
+the arm's pulls, so the bandit explores instead of following the prior. The three ridge levels are
 the priors a new arm inherits: a new configuration of a known operator starts from what its
 operator family has learned, a new family from the global correction. New tasks and models
 need no code: their context comes from signatures and sketches like any other.
@@ -80,6 +83,9 @@ class ArmContext:
     arm: str  # OperatorConfig id
     features: Mapping[str, float]
     prior: float
+    # how far the prior may be off beyond what the levels model: 0 when the predictor has seen
+    # pairs like this one; out of distribution, its widened interval (see prior_sd_of)
+    prior_sd: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -152,6 +158,9 @@ DIM = 2 + len(CONTEXT_FEATURES)
 # residual of one pull mixes the pair's level error into the arm's, and 20 arms see ~23 pulls
 # each in a 462-request stream. The pair features still shape every choice through the prior.
 DEFAULT_LEVEL_DIMS = {"global": 2, "family": 1, "arm": 1}
+# the prior sd out of distribution when the predictor has no calibrated interval: the spread of
+# normalized scores between candidates of one pair is of this order
+UNBACKED_PRIOR_SD = 0.25
 
 
 @dataclass
@@ -328,13 +337,22 @@ class MergeBandit:
     def _peek(self, key: str) -> _Level:
         return self._levels.get(key) or self._new_level(key)
 
-    def estimate(self, arm: str, x: np.ndarray, prior: float) -> tuple[float, float]:
-        """(expected reward, sd) of ``arm`` in context ``x``."""
+    def estimate(
+        self, arm: str, x: np.ndarray, prior: float, prior_sd: float = 0.0
+    ) -> tuple[float, float]:
+        """(expected reward, sd) of ``arm`` in context ``x``; ``prior_sd`` widens the sd of an
+        untrusted prior (:meth:`_prior_var`)."""
         family = self._family(arm)
         levels = [self._peek(k) for k in self._level_keys(arm, family)]
         mean = prior + sum(lv.predict(x) for lv in levels)
-        sd = self.noise * math.sqrt(sum(lv.variance(x) for lv in levels))
-        return mean, sd
+        var = self.noise**2 * sum(lv.variance(x) for lv in levels)
+        return mean, math.sqrt(var + self._prior_var(arm, prior_sd))
+
+    def _prior_var(self, arm: str, prior_sd: float) -> float:
+        """Extra variance of a prior the predictor cannot back (a pair outside its training
+        data): ``prior_sd``² at first, shrinking as 1 / (1 + pulls of the arm), so an arm is
+        explored until its own measurements replace the prior."""
+        return prior_sd**2 / (1 + self.pulls(arm)) if prior_sd else 0.0
 
     def _family(self, arm: str) -> str:
         if arm in self._active:
@@ -359,7 +377,10 @@ class MergeBandit:
             )
         rng = self._rng
         xs = [self.scaler.transform(c.features, _check_prior(c.prior)) for c in candidates]
-        est = [self.estimate(c.arm, x, c.prior) for c, x in zip(candidates, xs, strict=True)]
+        est = [
+            self.estimate(c.arm, x, c.prior, _check_prior_sd(c.prior_sd))
+            for c, x in zip(candidates, xs, strict=True)
+        ]
         if self.policy == "random" or (self.policy == "egreedy" and rng.random() < self.epsilon):
             i = int(rng.integers(len(candidates)))
         elif self.policy == "predictor":
@@ -393,6 +414,9 @@ class MergeBandit:
                 if key not in draws:  # one draw per level per request: arms share levels
                     draws[key] = level.sample(self._rng, self.noise)
                 total += level.predict(x, draws[key])
+            extra = self._prior_var(c.arm, c.prior_sd)
+            if extra:
+                total += math.sqrt(extra) * float(self._rng.standard_normal())
             scores.append(total)
         return scores
 
@@ -543,6 +567,31 @@ def check_reward(reward: Any) -> float:
             "pass a normalized score capped at 1 (merge score / expert score, at most 1).",
         )
     return r
+
+
+def _check_prior_sd(prior_sd: float) -> float:
+    if not isinstance(prior_sd, int | float) or not math.isfinite(prior_sd) or prior_sd < 0:
+        raise BanditStateError(
+            f"Arm prior_sd {prior_sd!r} is not a finite number >= 0.",
+            "pass 0 for a trusted prior, or the predictor's interval half-width out of "
+            "distribution (simmerge.online.bandit.prior_sd_of).",
+        )
+    return float(prior_sd)
+
+
+def prior_sd_of(interval: tuple[float, float] | None, in_distribution: bool | None,
+                level: float | None) -> float:  # fmt: skip
+    """The prior sd of a ranked candidate: 0 when its pair is inside the predictor's training
+    data (or unknown); outside, the sd of a normal distribution with the candidate's (widened)
+    interval at its level, or :data:`UNBACKED_PRIOR_SD` without an interval."""
+    if in_distribution is not False:
+        return 0.0
+    if interval is None or not level:
+        return UNBACKED_PRIOR_SD
+    from statistics import NormalDist
+
+    z = NormalDist().inv_cdf(0.5 + level / 2)
+    return (interval[1] - interval[0]) / (2 * z)
 
 
 def _check_prior(prior: float) -> float:

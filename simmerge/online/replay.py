@@ -25,11 +25,15 @@ class ReplayData:
     priors: np.ndarray  # (requests, arms)
     features: tuple[Mapping[str, float], ...]  # per request
     keys: tuple[tuple[str, ...], ...] = ()  # e.g. (catalog, a, b) per request
+    # (requests, arms): how far each prior may be off (ArmContext.prior_sd); None: all 0
+    prior_sds: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n, k = len(self.features), len(self.arms)
         if self.rewards.shape != (n, k) or self.priors.shape != (n, k):
             raise ValueError(f"rewards/priors must be {(n, k)}")
+        if self.prior_sds is not None and self.prior_sds.shape != (n, k):
+            raise ValueError(f"prior_sds must be {(n, k)}")
 
 
 @dataclass
@@ -84,8 +88,17 @@ def replay(
             r = float(data.rewards[req, col[arm]])
         else:
             feats = data.features[req]
+            sds = data.prior_sds
             choice = bandit.select(
-                [ArmContext(a, feats, float(data.priors[req, col[a]])) for a in available]
+                [
+                    ArmContext(
+                        a,
+                        feats,
+                        float(data.priors[req, col[a]]),
+                        0.0 if sds is None else float(sds[req, col[a]]),
+                    )
+                    for a in available
+                ]
             )
             arm = choice.arm
             r = float(data.rewards[req, col[arm]])

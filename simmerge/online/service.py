@@ -18,7 +18,7 @@ from typing import Any
 
 from simmerge.errors import BanditStateError
 from simmerge.merging.grid import DEFAULT_GRID, OperatorConfig
-from simmerge.online.bandit import ArmContext, Choice, MergeBandit, Scaler
+from simmerge.online.bandit import ArmContext, Choice, MergeBandit, Scaler, prior_sd_of
 
 
 @contextlib.contextmanager
@@ -102,7 +102,16 @@ def select_for_pair(
         "tasks": list(inputs.tasks),
     }
     return bandit.select(
-        [ArmContext(c.candidate, inputs.general, c.predicted) for c in ranked], request
+        [
+            ArmContext(
+                c.candidate,
+                inputs.general,
+                c.predicted,
+                prior_sd_of(c.interval, c.in_distribution, c.interval_level),
+            )
+            for c in ranked
+        ],
+        request,
     )
 
 

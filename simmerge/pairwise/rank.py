@@ -20,7 +20,8 @@ import numpy as np
 from simmerge.catalog import Catalog, CatalogModel
 from simmerge.errors import CatalogError, ConfigError, NotPredictableError
 from simmerge.learn.anchoring import anchored_scores, check_margin
-from simmerge.learn.domain import DomainCheck
+from simmerge.learn.conformal import combined_spread, widening
+from simmerge.learn.domain import DomainCheck, pair_verdict
 from simmerge.learn.loading import load_predictor
 from simmerge.learn.predictor import MergePredictor, design_row
 from simmerge.merging.grid import DEFAULT_GRID, OperatorConfig
@@ -31,7 +32,9 @@ from simmerge.signals.similarity import ModelProfile, functional_features, pair_
 @dataclass(frozen=True)
 class RankedCandidate:
     """A ranked merge: the plan, its predicted score (mean predicted normalized score over the
-    target tasks) with an uncertainty (ensemble spread) and the features that drove it."""
+    target tasks) with an uncertainty (ensemble spread), an interval with a stated coverage
+    (:mod:`simmerge.learn.conformal`; widened out of distribution) and the features that drove
+    it."""
 
     rank: int
     models: tuple[str, str]
@@ -48,6 +51,9 @@ class RankedCandidate:
     domain_score: float | None = None  # distance to the nearest training pairs
     domain_threshold: float | None = None  # the largest distance called in distribution
     unusual: tuple[tuple[str, float], ...] = ()  # columns furthest outside the training range
+    # the calibrated interval (None: the predictor's card has no interval calibration)
+    interval: tuple[float, float] | None = None
+    interval_level: float | None = None  # its nominal coverage, measured in distribution
 
     @property
     def config(self) -> OperatorConfig:
@@ -223,7 +229,7 @@ def rank_merges(
         scored.append(
             (
                 float(mean[sl].mean()),
-                float(math.sqrt(float(np.mean(std[sl] ** 2)))),
+                combined_spread(std[sl]),
                 config,
                 plan.plan_id,
                 {t: float(v) for t, v in zip(tasks, mean[sl], strict=True)},
@@ -242,6 +248,9 @@ def rank_merges(
     kept = [scored[i] for i in np.argsort(-ranked, kind="stable")][:top]
     n_explain = len(kept) if explain is None else min(explain, len(kept))
     feats = _top_features(model, rows, [s[5] for s in kept[:n_explain]], n_tasks, contributions)
+    calibration = getattr(model, "interval_", None)
+    widen = 1.0 if domain is None else widening(domain.in_distribution, domain.score,
+                                                  domain.threshold)  # fmt: skip
     return [
         RankedCandidate(
             rank=r + 1,
@@ -258,6 +267,8 @@ def rank_merges(
             domain_score=None if domain is None else domain.score,
             domain_threshold=None if domain is None else domain.threshold,
             unusual=() if domain is None else domain.unusual,
+            interval=None if calibration is None else calibration.interval(pred, unc, widen),
+            interval_level=None if calibration is None else calibration.level,
         )
         for r, (pred, unc, config, plan_id, per_task, _) in enumerate(kept)
     ]
@@ -265,10 +276,7 @@ def rank_merges(
 
 def _pair_domain(model: MergePredictor, rows: list) -> DomainCheck | None:
     """The pair's verdict: its worst target task's (the domain ignores the candidate)."""
-    checks = model.check_domain(rows)
-    if not checks:
-        return None
-    return max(checks, key=lambda c: c.score - c.threshold)
+    return pair_verdict(model.check_domain(rows) or [])
 
 
 def _top_features(

@@ -419,6 +419,7 @@ def rank_catalog(
             "best_fixed": rule.get("best_fixed"),
             "margin": rule.get("margin"),
             "cv": model.card_.get("cv"),
+            "interval": model.card_.get("interval"),
         },
         "plan_model": (
             {"trained_on": plan_model.card_.get("training_sources")} if plan_model else None

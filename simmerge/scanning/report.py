@@ -7,8 +7,9 @@
 * a **clustering of the catalog** (average linkage) by the symmetric Jensen-Shannon divergence
   of the experts' next-token distributions on the general probes (all probe sets when there is
   no general one): experts that behave alike sit together;
-* the **ranked merge table** (every pair's best candidate with its uncertainty, and the
-  multi-way plans), with the ids ``simmerge export`` takes;
+* the **ranked merge table** (every pair's best candidate with its calibrated interval,
+  whether the pair lies inside the predictor's training data, and the multi-way plans),
+  with the ids ``simmerge export`` takes;
 * **predicted vs actual** for every verified outcome of the catalog in an outcome store
   (``simmerge verify --store``), when there are any;
 * the **top feature contributions**: mean |LightGBM pred_contrib| of the features that drove
@@ -217,6 +218,7 @@ table{border-collapse:collapse;font-size:.85em}
 td,th{padding:.25em .6em;border-bottom:1px solid #eee;text-align:left}th{background:#f5f5f5}
 td.n{text-align:right;font-variant-numeric:tabular-nums}
 code{font-size:.9em}img{max-width:100%}.note{color:#666;font-size:.9em}
+.warn{color:#a40}
 """
 
 
@@ -240,9 +242,19 @@ def _pair_table(ranking: dict, limit: int = 50) -> str:
         else ""
     )
     pairs = pairs[:limit]
+    outside = sum(p["best"].get("in_distribution") is False for p in ranking["pairs"])
+    if outside:
+        note += (
+            f'<p class="warn">{outside} of {len(ranking["pairs"])} pairs are unlike the pairs '
+            "the predictor was trained on (<em>no</em> under seen?): their predictions are "
+            "extrapolations, their intervals are widened, and the anchor is ranked first. "
+            "Verify their top picks (<code>simmerge verify --k 3 --store DB</code>) and refit "
+            "(<code>simmerge train --store DB --catalog ...</code>), or let the bandit learn."
+            "</p>"
+        )
     head = (
         "<tr><th>#</th><th>pair</th><th>tasks</th><th>best merge (predicted)</th>"
-        "<th>pred.</th><th>±</th><th>runner-up</th><th>plan id</th></tr>"
+        "<th>pred.</th><th>interval</th><th>seen?</th><th>runner-up</th><th>plan id</th></tr>"
     )
     rows = []
     for i, p in enumerate(pairs, 1):
@@ -252,11 +264,41 @@ def _pair_table(ranking: dict, limit: int = 50) -> str:
             f"<tr><td class=n>{i}</td><td>{html.escape(' + '.join(p['models']))}</td>"
             f"<td>{html.escape(', '.join(p['tasks']))}</td>"
             f"<td><code>{html.escape(best['candidate'])}</code></td>"
-            f"<td class=n>{_fmt(best['predicted'])}</td><td class=n>{_fmt(best['uncertainty'])}"
-            f"</td><td><code>{html.escape(second)}</code></td>"
+            f"<td class=n>{_fmt(best['predicted'])}</td><td class=n>{_interval(best)}</td>"
+            f"<td>{_seen(best)}</td><td><code>{html.escape(second)}</code></td>"
             f"<td><code>{html.escape(best['plan_id'])}</code></td></tr>"
         )
-    return f"{note}<table>{head}{''.join(rows)}</table>"
+    return f"{note}<table>{head}{''.join(rows)}</table>{_interval_note(ranking)}"
+
+
+def _interval_note(ranking: dict) -> str:
+    cal = (ranking.get("predictor") or {}).get("interval")
+    if not cal:
+        return '<p class="note">± is the ensemble spread (no calibrated interval).</p>'
+    measured = cal.get("measured") or {}
+    cov = measured.get("coverage")
+    got = f", {cov:.0%} measured" if isinstance(cov, (int, float)) else ""
+    return (
+        f"<p class=\"note\">interval: the predictor's {cal['level']:.0%} interval for the merge's "
+        f"score ({cal['split']}{got}); on a pair it has not seen (seen? no) it is widened and "
+        "its coverage is not guaranteed.</p>"
+    )
+
+
+def _interval(c: dict) -> str:
+    """The calibrated interval of a ranked candidate, or its ensemble spread without one."""
+    iv = c.get("interval")
+    if iv is None:
+        return f"± {_fmt(c.get('uncertainty'))}"
+    return f"{iv[0]:.2f} – {iv[1]:.2f}"
+
+
+def _seen(c: dict) -> str:
+    """Whether the pair lies inside the predictor's training data."""
+    flag = c.get("in_distribution")
+    if flag is None:
+        return "–"
+    return "yes" if flag else '<span class="warn">no</span>'
 
 
 def _plan_table(ranking: dict) -> str:

@@ -314,3 +314,54 @@ def test_cli_commands_on_one_state_take_turns(tmp_path):
         order.append("a")  # the second holder waits until the first is done
     t.join(5)
     assert order == ["a", "b"]
+
+
+def _play_untrusted(bandit: MergeBandit, steps: int, true, priors, prior_sd: float):
+    chosen = []
+    for _ in range(steps):
+        arms = tuple(priors)
+        ctx = [ArmContext(a, FEATS, priors[a], prior_sd) for a in arms]
+        choice = bandit.select(ctx)
+        bandit.update(choice, true[choice.arm])
+        chosen.append(choice.arm)
+    return chosen
+
+
+@pytest.mark.parametrize("policy", ["lints", "linucb"])
+def test_an_untrusted_prior_makes_the_bandit_try_more_arms_before_it_settles(policy):
+    # out of distribution the predictor's favourite (ties 0.5) is in truth the worst arm
+    priors = {"linear": 0.6, "ties[density=0.5]": 0.8, "ties[density=0.8]": 0.6,
+              "slerp[t=0.5]": 0.7}  # fmt: skip
+    true = {"linear": 0.6, "ties[density=0.5]": 0.3, "ties[density=0.8]": 0.55, "slerp[t=0.5]": 0.8}
+    trusted = _play_untrusted(MergeBandit(arms=ARMS, policy=policy), 30, true, priors, 0.0)
+    wide = _play_untrusted(MergeBandit(arms=ARMS, policy=policy), 30, true, priors, 0.3)
+    assert len(set(wide[:12])) > len(set(trusted[:12]))
+    assert "slerp[t=0.5]" in wide[:6]  # the better arm is tried within the first requests
+
+
+def test_the_untrusted_priors_extra_variance_shrinks_with_the_arms_pulls():
+    bandit = MergeBandit(arms=ARMS, policy="linucb")
+    x = bandit.scaler.transform(FEATS, 0.7)
+    _, sd0 = bandit.estimate("linear", x, 0.7)
+    _, sd_wide = bandit.estimate("linear", x, 0.7, prior_sd=0.3)
+    assert sd_wide > 0.3 > sd0
+    for _ in range(8):
+        choice = bandit.select([ArmContext("linear", FEATS, 0.7, 0.3)])
+        bandit.update(choice, 0.7)
+    _, sd_later = bandit.estimate("linear", x, 0.7, prior_sd=0.3)
+    assert sd_later < 0.3 / 2
+
+
+def test_prior_sd_comes_from_the_widened_interval_out_of_distribution_only():
+    from statistics import NormalDist
+
+    from simmerge.online.bandit import UNBACKED_PRIOR_SD, prior_sd_of
+
+    assert prior_sd_of((0.2, 1.0), True, 0.9) == 0.0
+    assert prior_sd_of((0.2, 1.0), None, 0.9) == 0.0
+    z = NormalDist().inv_cdf(0.95)
+    assert prior_sd_of((0.2, 1.0), False, 0.9) == pytest.approx(0.4 / z)
+    assert prior_sd_of(None, False, None) == UNBACKED_PRIOR_SD
+    bandit = MergeBandit(arms=ARMS)
+    with pytest.raises(BanditStateError, match="prior_sd"):
+        bandit.select([ArmContext("linear", FEATS, 0.7, -1.0)])
