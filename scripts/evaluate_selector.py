@@ -30,6 +30,7 @@ from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+SCORE_PREDICTORS = ("simmerge", "linear")
 METHODS = ("simmerge", "simmerge_anchored", "linear", "best_fixed", "random", "oracle")
 COLUMNS = (
     ("gap_closure", "gap clos."),
@@ -38,6 +39,7 @@ COLUMNS = (
     ("top1_accuracy", "top-1"),
     ("spearman", "spearman"),
     ("risk", "risk"),
+    ("mean_abs_error", "abs. err."),
     ("mean_selected", "mean sel."),
     ("pairs", "pairs"),
 )
@@ -54,7 +56,10 @@ def format_table(title: str, results: dict[str, dict[str, float]], k: int) -> st
         cells = []
         for key, _ in COLUMNS:
             v = r.get(key, float("nan"))
-            cells.append(f"{v:>11d}" if key == "pairs" else f"{v:>11.3f}")
+            if key == "mean_abs_error" and method not in SCORE_PREDICTORS:
+                cells.append(f"{'–':>11}")  # the others rank, they do not predict the score
+            else:
+                cells.append(f"{v:>11d}" if key == "pairs" else f"{v:>11.3f}")
         lo, hi = r.get("gap_closure_90", (float("nan"), float("nan")))
         cells.append(f"{f'{lo:.2f} – {hi:.2f}':>15}")
         lines.append(f"{method:>17} " + " ".join(cells))

@@ -112,7 +112,17 @@ def format_plans(plans: Sequence[PlannedMerge]) -> str:
     ]
     for p in plans:
         cells = " ".join(f"{p.per_task[t]:>8.3f}" for t in tasks)
-        lines.append(f"{p.rank:>3} {p.predicted:>6.3f} {p.uncertainty:>6.3f}  {cells}  {p.plan.id}")
+        flag = "  (unseen)" if p.in_distribution is False else ""
+        lines.append(
+            f"{p.rank:>3} {p.predicted:>6.3f} {p.uncertainty:>6.3f}  {cells}  {p.plan.id}{flag}"
+        )
+    outside = sum(p.in_distribution is False for p in plans)
+    if outside:
+        lines.append(
+            f"! {outside} of {len(plans)} plans are unlike the plans the plan model was trained "
+            "on (unseen): their predictions are extrapolations. Verify the top k (simmerge plan "
+            "... --verify --k 3) before you trust the order."
+        )
     return "\n".join(lines)
 
 

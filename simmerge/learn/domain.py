@@ -6,8 +6,12 @@ the pair-level feature columns (the level model's: everything but the candidate'
 standardization (median and inter-quartile range), the 0.5 % / 99.5 % quantiles, and up to
 :data:`REFERENCE_ROWS` standardized training rows. A query row's **score** is its mean distance
 to its ``k`` nearest reference rows; it is **in distribution** when that is at most the
-threshold, the :data:`COVERAGE` quantile of the reference rows' own scores (each without
-itself). The columns furthest outside their training range (in IQR units) say what is unusual.
+threshold: the :data:`COVERAGE` quantile of the scores of training rows *of held-out models*
+against the rows of the other models (:func:`held_out_scores`), so that a new model like the
+training models is in distribution, while a pair from another family is not. (Without the
+rows' models, the threshold falls back to the reference rows' own scores, each without
+itself, which is stricter: the other rows of a training pair are close.) The columns furthest
+outside their training range (in IQR units) say what is unusual.
 
 Missing values (NaN) sit at the median (z = 0), and standardized values are clipped to
 ``+-CLIP`` so that one absurd column cannot hide all the others. Everything is numpy: a query
@@ -30,6 +34,7 @@ NEIGHBOURS = 5
 COVERAGE = 0.99
 CLIP = 20.0
 DOMAIN_FILE = "domain.npz"
+MIN_HELD_OUT = 20  # held-out-model scores needed to calibrate the threshold on them
 
 
 @dataclass(frozen=True)
@@ -54,8 +59,18 @@ class TrainingDomain:
     k: int
 
     @classmethod
-    def fit(cls, x: np.ndarray, columns: Sequence[str], seed: int = 0) -> TrainingDomain:
-        """Fit on the training rows ``x`` (one per (pair, task), in ``columns`` order)."""
+    def fit(
+        cls,
+        x: np.ndarray,
+        columns: Sequence[str],
+        seed: int = 0,
+        pairs: Sequence[tuple[str, str]] | None = None,
+    ) -> TrainingDomain:
+        """Fit on the training rows ``x`` (one per (pair, task), in ``columns`` order).
+
+        With ``pairs`` (each row's two models) the threshold is calibrated on *held-out
+        models* (:func:`held_out_scores`): what "in distribution" has to admit is a new model
+        of the same kind, not another row of a training pair."""
         x = np.asarray(x, dtype=np.float64)
         if x.ndim != 2 or x.shape[1] != len(columns) or len(x) < 2:
             raise PredictorError(
@@ -77,7 +92,11 @@ class TrainingDomain:
             picked = x[np.sort(rng.choice(len(x), REFERENCE_ROWS, replace=False))]
         reference = _standardize(picked, median, scale)
         k = min(NEIGHBOURS, len(reference) - 1)
-        own = _knn_score(reference, reference, k, exclude_self=True)
+        own = None
+        if pairs is not None:
+            own = held_out_scores(_standardize(x, median, scale), pairs, k, seed)
+        if own is None or len(own) < MIN_HELD_OUT:
+            own = _knn_score(reference, reference, k, exclude_self=True)
         threshold = float(np.quantile(own, COVERAGE))
         return cls(tuple(columns), median, scale, np.nan_to_num(low), np.nan_to_num(high),
                    reference, threshold, k)  # fmt: skip
@@ -128,6 +147,30 @@ class TrainingDomain:
                 f"Training domain {str(path)!r} cannot be read ({exc}).",
                 "recompute it: python scripts/add_training_domain.py --predictor FOLDER.",
             ) from None
+
+
+def held_out_scores(
+    z: np.ndarray, pairs: Sequence[tuple[str, str]], k: int, seed: int, folds: int = 5
+) -> np.ndarray | None:
+    """Domain scores of standardized rows ``z`` against the rows of the other models only: the
+    models are dealt into ``folds`` groups (as held-out-model cross-validation deals them); a
+    row whose two models are both in a group is scored against the rows that involve neither.
+    None when no group has both such rows and enough reference rows."""
+    models = sorted({m for p in pairs for m in p})
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(models))
+    out = []
+    for i in range(folds):
+        held = {models[j] for j in order[i::folds]}
+        a = np.array([p[0] in held for p in pairs])
+        b = np.array([p[1] in held for p in pairs])
+        test, ref = a & b, ~a & ~b
+        if test.any() and ref.sum() > k:
+            r = z[ref]
+            if len(r) > REFERENCE_ROWS:
+                r = r[np.sort(rng.choice(len(r), REFERENCE_ROWS, replace=False))]
+            out.append(_knn_score(z[test], r, k))
+    return np.concatenate(out) if out else None
 
 
 def pair_verdict(checks: Sequence[DomainCheck]) -> DomainCheck | None:

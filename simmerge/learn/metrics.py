@@ -10,7 +10,9 @@ held-out pairs its pick is compared with the **oracle** (best actual candidate),
 * top-1 accuracy (the pick is an oracle candidate); Spearman ρ of predicted vs actual within a
   pair (mean over pairs); risk = share of pairs where the pick is worse than best-fixed by more
   than :data:`RISK_MARGIN`;
-* ``gap_closure_90``: a 90 % bootstrap interval of the gap closure over the test pairs.
+* ``gap_closure_90``: a 90 % bootstrap interval of the gap closure over the test pairs;
+* ``mean_abs_error``: mean over pairs of the mean |predicted - actual| over their candidates
+  (for selectors that predict the score).
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ class PairOutcome:
     top_k: float
     top1: float  # 1.0 when the pick is an oracle candidate (random: the chance of that)
     spearman: float
+    # mean |predicted - actual| over the pair's candidates (meaningful for predictors of the
+    # score, not for indicator selectors such as best-fixed; NaN where not computed)
+    abs_error: float = float("nan")
 
 
 def per_pair(
@@ -80,6 +85,7 @@ def per_pair(
                 top_k=float(act[top[np.argmax(g["verified"].to_numpy()[top])]]),
                 top1=float(act[order[0]] >= oracle - TIE),
                 spearman=rho,
+                abs_error=float(np.mean(np.abs(pred - act))),
             )
         )
     return out
@@ -106,8 +112,14 @@ def summarize(outcomes: list[PairOutcome]) -> dict[str, float]:
         "top1_accuracy": float(np.mean([o.top1 for o in outcomes])),
         "spearman": float(np.mean(rhos)) if rhos else float("nan"),
         "risk": float(np.mean(sel < bf - RISK_MARGIN)),
+        "mean_abs_error": _nanmean([o.abs_error for o in outcomes]),
         "gap_closure_90": list(gap_closure_interval(outcomes)),
     }
+
+
+def _nanmean(values: list[float]) -> float:
+    finite = [v for v in values if v == v]
+    return float(np.mean(finite)) if finite else float("nan")
 
 
 def gap_closure_interval(

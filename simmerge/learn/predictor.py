@@ -239,11 +239,15 @@ class MergePredictor:
     def _fit_domain(self, rows: Any, groups: Sequence[Any] | None, x: np.ndarray) -> TrainingDomain:
         """One row per (pair, task) group when decomposing, else per distinct row."""
         sub = x[:, self._domain_index()]
+        pairs = _row_pairs(rows)
         if self.decompose:
-            sub = sub[np.unique(_group_codes(rows, groups, len(x)), return_index=True)[1]]
+            first = np.unique(_group_codes(rows, groups, len(x)), return_index=True)[1]
+            sub = sub[first]
+            pairs = None if pairs is None else [pairs[i] for i in first]
         else:
-            sub = np.unique(sub, axis=0)
-        return TrainingDomain.fit(sub, self.domain_columns(), seed=self.seed)
+            sub, first = np.unique(sub, axis=0, return_index=True)
+            pairs = None if pairs is None else [pairs[i] for i in first]
+        return TrainingDomain.fit(sub, self.domain_columns(), seed=self.seed, pairs=pairs)
 
     def add_domain(
         self, rows: Any, y: Sequence[float], groups: Sequence[Any] | None = None
@@ -468,6 +472,17 @@ def _load_boosters(folder: Path, stem: str, n: int) -> list[Any]:
             )
         boosters.append(lgb.Booster(model_file=str(path)))
     return boosters
+
+
+def _row_pairs(rows: Any) -> list[tuple[str, str]] | None:
+    """Each row's two models, as (catalog/a, catalog/b), when ``rows`` is a frame that has them
+    (the training frame); None otherwise."""
+    cols = getattr(rows, "columns", ())
+    if not {"a", "b"} <= set(cols):
+        return None
+    cat = rows["catalog"].astype(str) if "catalog" in cols else ""
+    a, b = (cat + "/" + rows[c].astype(str) for c in ("a", "b"))
+    return list(zip(a, b, strict=True))
 
 
 def _group_codes(rows: Any, groups: Sequence[Any] | None, n: int) -> np.ndarray:

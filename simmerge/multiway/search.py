@@ -53,6 +53,7 @@ import numpy as np
 from simmerge.catalog import Catalog
 from simmerge.errors import ConfigError, PlanError
 from simmerge.evaluation.skills import Skills
+from simmerge.learn.domain import pair_verdict
 from simmerge.learn.plan_model import PlanModel, _nanmean, plan_rows
 from simmerge.learn.predictor import MergePredictor, design_row
 from simmerge.merging import MergePlan, PlanMember, merge
@@ -201,6 +202,10 @@ class PlannedMerge:
     mode: str
     uncertainty: float = 0.0
     ranked_by: str = "analytic"  # or "plan model" (simmerge.learn.plan_model)
+    # is the plan inside the plan model's training data (None: analytic, or no domain saved)
+    in_distribution: bool | None = None
+    domain_score: float | None = None
+    domain_threshold: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -214,6 +219,9 @@ class PlannedMerge:
             "per_task": self.per_task,
             "mode": self.mode,
             "ranked_by": self.ranked_by,
+            "in_distribution": self.in_distribution,
+            "domain_score": self.domain_score,
+            "domain_threshold": self.domain_threshold,
             "plan_id": self.plan.plan_id,
         }
 
@@ -257,6 +265,8 @@ class _Planner:
     plan_model: PlanModel | None = None
     table: dict[tuple[str, str, str, str], tuple[float, float]] = field(default_factory=dict)
     skills: Skills | None = None  # (model, task) -> single-model skill, for the plan model
+    # (members, steps, oneshot) -> the plan model's training-domain verdict on the plan's rows
+    verdicts: dict[tuple, Any] = field(default_factory=dict)
 
     def expert_tasks(self, name: str) -> set[str]:
         return set(self.catalog.model(name).tasks)
@@ -300,6 +310,14 @@ class _Planner:
         variances: list[list[float]] = [[] for _ in items]
         if rows and self.plan_model is not None:
             mean, std = self.plan_model.predict(rows, return_std=True)
+            checks = self.plan_model.check_domain(rows)
+            if checks:
+                by_item: dict[int, list] = {}
+                for (i, _), c in zip(index, checks, strict=True):
+                    by_item.setdefault(i, []).append(c)
+                for i, cs in by_item.items():
+                    members, steps, oneshot, _ = items[i]
+                    self.verdicts[(tuple(members), tuple(steps), bool(oneshot))] = pair_verdict(cs)
             for (i, t), m, sd in zip(index, np.clip(mean, 0.0, 1.0), std, strict=True):
                 kept_out[i][t] = float(m)
                 variances[i].append(float(sd) ** 2)
@@ -564,6 +582,7 @@ def plan_merge(
         if plan.id in seen:
             continue
         seen.add(plan.id)
+        verdict = planner.verdicts.get((plan.members, plan.steps, plan.oneshot))
         out.append(
             PlannedMerge(
                 rank=len(out) + 1,
@@ -573,6 +592,9 @@ def plan_merge(
                 mode=mode,
                 uncertainty=unc,
                 ranked_by="analytic" if planner.plan_model is None else "plan model",
+                in_distribution=None if verdict is None else verdict.in_distribution,
+                domain_score=None if verdict is None else verdict.score,
+                domain_threshold=None if verdict is None else verdict.threshold,
             )
         )
         if top is not None and len(out) >= top:

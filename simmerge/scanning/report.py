@@ -306,7 +306,8 @@ def _plan_table(ranking: dict) -> str:
         note = ranking.get("plans_note") or "no plans"
         return f'<p class="note">No multi-way plans: {html.escape(note)}.</p>'
     head = (
-        "<tr><th>#</th><th>plan</th><th>pred.</th><th>±</th><th>per task</th><th>plan id</th></tr>"
+        "<tr><th>#</th><th>plan</th><th>pred.</th><th>±</th><th>seen?</th><th>per task</th>"
+        "<th>plan id</th></tr>"
     )
     rows = []
     for p in ranking["plans"]:
@@ -314,7 +315,7 @@ def _plan_table(ranking: dict) -> str:
         rows.append(
             f"<tr><td class=n>{p['rank']}</td><td><code>{html.escape(p['plan'])}</code></td>"
             f"<td class=n>{_fmt(p['predicted'])}</td><td class=n>{_fmt(p['uncertainty'])}</td>"
-            f"<td>{html.escape(per_task)}</td><td><code>{html.escape(p['plan_id'])}</code></td>"
+            f"<td>{_seen(p)}</td><td>{html.escape(per_task)}</td><td><code>{html.escape(p['plan_id'])}</code></td>"
             "</tr>"
         )
     return f"<table>{head}{''.join(rows)}</table>"

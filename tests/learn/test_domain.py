@@ -94,3 +94,29 @@ def test_verify_reports_the_pairs_verdict_and_says_what_to_do(trained, monkeypat
     report = verify(trained["catalog"], ranked, k=1)
     assert report.in_distribution is False and report.to_dict()["in_distribution"] is False
     assert "unlike the predictor's training pairs" in format_verify(report)
+
+
+def test_the_threshold_admits_new_models_like_the_training_models_not_only_training_rows():
+    # each model has its own offset; a pair's rows sit near each other (its tasks), so the
+    # rows' own leave-one-out distances are small and would flag every new pair
+    rng = np.random.default_rng(2)
+    names = [f"m{i}" for i in range(12)]
+    offset = {m: rng.normal(size=4) for m in names}
+    rows, pairs = [], []
+    for a in names:
+        for b in names:
+            if a != b:
+                centre = offset[a] + offset[b]
+                for _ in range(3):
+                    rows.append(centre + rng.normal(scale=0.05, size=4))
+                    pairs.append((a, b))
+    x = np.array(rows)
+    strict = TrainingDomain.fit(x, list("abcd"))
+    domain = TrainingDomain.fit(x, list("abcd"), pairs=pairs)
+    assert domain.threshold > strict.threshold
+    fresh = {m: rng.normal(size=4) for m in ("n0", "n1", "n2", "n3")}
+    new = np.array([fresh[a] + fresh[b] + rng.normal(scale=0.05, size=4)
+                    for a in fresh for b in fresh if a != b])  # fmt: skip
+    admitted = np.mean([c.in_distribution for c in domain.check(new)])
+    assert admitted >= 0.75 > np.mean([c.in_distribution for c in strict.check(new)])
+    assert not any(c.in_distribution for c in domain.check(new + 30.0))

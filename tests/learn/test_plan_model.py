@@ -158,6 +158,16 @@ def test_plan_merge_ranks_by_the_plan_model(trained, tmp_path):
     mean = np.clip(model.predict(own), 0, 1)
     assert len(own) == len(tasks)  # a row per target task, covered or not
     assert top.predicted == pytest.approx(sum(mean) / len(tasks))
+    # the plan model's training domain judges every plan it scored: its own training plans
+    # are inside it (but the 1 % furthest rows); the analytic ranking has no verdict
+    assert all(p.in_distribution is not None for p in learned)
+    assert np.mean([p.in_distribution for p in learned]) >= 0.9
+    assert all(p.in_distribution is None for p in analytic)
+    from dataclasses import replace
+
+    model.domain_ = replace(model.domain_, threshold=-1.0)  # nothing is close enough now
+    assert all(p.in_distribution is False for p in plan_merge(cat, tasks, plan_model=model,
+                                                              **kwargs))  # fmt: skip
     # without a plan model the analytic ranking is unchanged (a chain may lead)
     assert [p.plan for p in plan_merge(cat, tasks, plan_model=False, **kwargs)] == plans
     # a plan model plans no larger merges than it was trained on

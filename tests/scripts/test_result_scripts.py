@@ -102,3 +102,34 @@ def test_readme_demo_table_shows_every_verified_merge_and_the_best_fixed_one():
     assert "dataset:zoo-large" in text
     block = script.replace_block(f"a\n{script.BEGIN}\nold\n{script.END}\nb", text)
     assert script.readme_block(block) == text and block.startswith("a\n") and block.endswith("b")
+
+
+def _micro_dataset(trained, tmp_path):
+    from simmerge.learn.datasets import write_training_tables
+
+    folder = tmp_path / "micro"
+    write_training_tables(trained["features"], trained["outcomes"], folder)
+    return folder
+
+
+def test_transfer_and_replay_scripts_score_a_saved_predictor_on_another_catalog(
+    trained, tmp_path, capsys
+):
+    data = _micro_dataset(trained, tmp_path)
+    transfer = load_script("evaluate_transfer")
+    out = tmp_path / "t.json"
+    assert transfer.main(["--predictor", str(trained["predictor"]), "--data", str(data),
+                          "--out", str(out)]) == 0  # fmt: skip
+    doc = json.loads(out.read_text())
+    res = doc["results"]
+    assert res["oracle"]["top1_accuracy"] == 1.0 and res["oracle"]["pairs"] > 0
+    assert res["simmerge"]["mean_abs_error"] >= 0
+    assert 0.0 <= doc["pairs_out_of_distribution"] <= 1.0
+    replay = load_script("replay_bandit_real")
+    out = tmp_path / "r.json"
+    assert replay.main(["--stream", str(data), "--predictor", str(trained["predictor"]),
+                        "--seeds", "2", "--out", str(out)]) == 0  # fmt: skip
+    policies = json.loads(out.read_text())["policies"]
+    assert {"lints", "lints, trusting", "predictor", "best_fixed", "random"} <= set(policies)
+    assert all(p["final_regret_mean"] >= 0 for p in policies.values())
+    assert "cum. regret" in capsys.readouterr().out
