@@ -10,7 +10,8 @@ alone (``best_fixed``: the best candidate of the predictor's training data, what
 a predictor would fall back to), random and the oracle. Metrics are those of
 ``scripts/evaluate_selector.py`` (simmerge.learn.metrics; gap closure against the card's
 anchor), plus the mean absolute error of the predictions and the share of pairs flagged out of
-distribution. Prints a table and writes JSON (default
+distribution. The k verified are k distinct merges, as ``simmerge verify`` picks them. Prints a
+table and writes JSON (default
 scripts/results/transfer_<predictor>_<data>.json).
 """
 
@@ -59,9 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     indicator = pd.Series([float(c == fixed) for c in rows.index.get_level_values("candidate")],
                           index=rows.index)  # fmt: skip
     results = {
-        "simmerge": summarize(per_pair(actual, predicted, fixed, args.k)),
-        "simmerge_rank_rule": summarize(per_pair(actual, ranked, fixed, args.k)),
-        "best_fixed": summarize(per_pair(actual, indicator, fixed, args.k)),
+        "simmerge": summarize(per_pair(actual, predicted, fixed, args.k, distinct=True)),
+        "simmerge_rank_rule": summarize(per_pair(actual, ranked, fixed, args.k, distinct=True)),
+        "best_fixed": summarize(per_pair(actual, indicator, fixed, args.k, distinct=True)),
         "random": summarize(random_outcomes(actual, fixed, args.k)),
         "oracle": summarize(per_pair(actual, actual, fixed, args.k)),
     }

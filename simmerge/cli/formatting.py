@@ -78,6 +78,9 @@ def format_verify(report: VerifyReport) -> str:
     title = f"verified merges of {' + '.join(report.models)} on {', '.join(report.tasks)}"
     rows = [(v.rank, v.candidate, v.predicted, v.actual) for v in report.verified]
     text = format_verified(title, "candidate", 38, rows)
+    if report.skipped:
+        same = ", ".join(f"{c} (= {o})" for c, o in report.skipped)
+        text += f"\nnot verified, the same merge as a better-ranked candidate: {same}"
     if report.in_distribution is False:
         text += (
             "\n! the pair is unlike the predictor's training pairs: the predictions above were "

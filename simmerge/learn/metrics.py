@@ -52,6 +52,7 @@ def per_pair(
     best_fixed: str,
     k_verify: int = 3,
     verified: pd.Series | None = None,
+    distinct: bool = False,
 ) -> list[PairOutcome]:
     """Outcome of selecting by ``predicted`` on every pair (both series indexed by
     PAIR + candidate); pairs lacking the best-fixed candidate are skipped.
@@ -59,8 +60,11 @@ def per_pair(
     ``verified`` is the measurement that the k verifications see, when it is not ``actual``:
     with a second, independent measurement as ``actual`` (:func:`cross_validate`'s
     ``remeasured``), a user verifies the top k with the first one and gets the second's
-    score of the one that measured best."""
+    score of the one that measured best. With ``distinct`` the k verified are k distinct merges,
+    as ``simmerge verify`` picks them (:func:`simmerge.merging.grid.distinct_merges`)."""
     from scipy.stats import spearmanr
+
+    from simmerge.merging.grid import distinct_merges
 
     df = pd.DataFrame({"actual": actual, "pred": predicted}).dropna(subset=["actual"])
     df["verified"] = df["actual"] if verified is None else verified.reindex(df.index)
@@ -73,6 +77,9 @@ def per_pair(
         pred = g["pred"].to_numpy()
         order = np.argsort(-pred, kind="stable")
         top = order[:k_verify]
+        if distinct:
+            same = distinct_merges([cands[i] for i in order])
+            top = np.array([i for i in order if cands[i] not in same][:k_verify])
         oracle = float(act.max())
         rho = float("nan")
         if np.ptp(act) > TIE and np.ptp(pred) > TIE:

@@ -72,6 +72,7 @@ def cross_validate(
     anchored: tuple[str, ...] = (),
     extra: pd.DataFrame | None = None,
     remeasured: pd.Series | None = None,
+    distinct: bool = False,
 ) -> CrossValidation:
     """Pooled per-pair outcomes over ``folds`` for each selector in ``models`` (name ->
     factory returning an unfitted model with ``fit(frame, y)`` / ``predict(frame)``), plus
@@ -85,7 +86,9 @@ def cross_validate(
     tested, and every method's pick is scored on it, while the k verifications see the first
     measurement: the test labels then carry no noise that selection, verification or the
     oracle's own argmax was exposed to. It adds ``exhaustive``: the argmax of the first
-    measurement, i.e. what merging and evaluating every candidate would have picked."""
+    measurement, i.e. what merging and evaluating every candidate would have picked.
+    ``distinct``: the k verified are k distinct merges (:func:`~simmerge.learn.metrics.
+    per_pair`), as ``simmerge verify`` picks them."""
     from simmerge.learn.datasets import pair_objective
 
     pooled: dict[str, list[PairOutcome]] = {
@@ -109,7 +112,12 @@ def cross_validate(
         first = pair_objective(test, "target")
         scored = first if remeasured is None else remeasured.reindex(first.index)
         outcomes = partial(
-            per_pair, scored, best_fixed=best_fixed, k_verify=k_verify, verified=first
+            per_pair,
+            scored,
+            best_fixed=best_fixed,
+            k_verify=k_verify,
+            verified=first,
+            distinct=distinct,
         )
 
         for name, factory in models.items():

@@ -153,6 +153,41 @@ DEFAULT_GRID: tuple[OperatorConfig, ...] = tuple(
 )
 
 
+MEAN = "mean of the members"
+
+
+def merge_key(config: OperatorConfig, n_members: int = 2) -> str:
+    """A key shared by the configurations that give the same merge of ``n_members`` equally
+    weighted experts of one base, so that verifying two of them buys one measurement: the
+    plain average is ``linear`` (normalized), ``task_arithmetic`` at lambda = 1/n without
+    normalization (base + (1/n) sum of task vectors) and at lambda = 1 with it. Every other
+    configuration is its own key (slerp at t = 0.5 is close to the average, not equal)."""
+    r = config.resolved
+    if config.operator == "linear" and r.get("normalize", True):
+        return MEAN
+    if config.operator == "task_arithmetic":
+        lam = float(r["lambda"])
+        if (r.get("normalize") and abs(lam - 1.0) < 1e-9) or (
+            not r.get("normalize") and abs(lam * n_members - 1.0) < 1e-9
+        ):
+            return MEAN
+    return config.id
+
+
+def distinct_merges(candidates: Sequence[str], n_members: int = 2) -> dict[str, str]:
+    """For candidate ids in rank order, ``{candidate: earlier candidate}`` for each one that is
+    the same merge (:func:`merge_key`) as a better-ranked one."""
+    seen: dict[str, str] = {}
+    same: dict[str, str] = {}
+    for cand in candidates:
+        key = merge_key(OperatorConfig.from_id(cand), n_members)
+        if key in seen:
+            same[cand] = seen[key]
+        else:
+            seen[key] = cand
+    return same
+
+
 def grid_from_ids(ids: list[str] | None) -> tuple[OperatorConfig, ...]:
     """Parse a user's list of candidate ids (``None``: the default grid)."""
     if not ids:

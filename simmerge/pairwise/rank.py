@@ -24,7 +24,7 @@ from simmerge.learn.conformal import combined_spread, widening
 from simmerge.learn.domain import DomainCheck, pair_verdict
 from simmerge.learn.loading import load_predictor
 from simmerge.learn.predictor import MergePredictor, design_row
-from simmerge.merging.grid import DEFAULT_GRID, OperatorConfig
+from simmerge.merging.grid import DEFAULT_GRID, OperatorConfig, distinct_merges
 from simmerge.signals.profiles import FeatureOptions, build_profiles
 from simmerge.signals.similarity import ModelProfile, functional_features, pair_features
 
@@ -54,6 +54,9 @@ class RankedCandidate:
     # the calibrated interval (None: the predictor's card has no interval calibration)
     interval: tuple[float, float] | None = None
     interval_level: float | None = None  # its nominal coverage, measured in distribution
+    # the better-ranked candidate that is the same merge (merging.grid.merge_key), if any:
+    # verification skips it, as measuring it again would buy nothing
+    same_merge_as: str | None = None
 
     @property
     def config(self) -> OperatorConfig:
@@ -245,7 +248,9 @@ def rank_merges(
         margin = math.inf  # out of distribution the predicted gaps mean little: keep the anchor
     margin = float(rule.get("margin", 0.0)) if margin is None else float(margin)
     ranked = anchored_scores([s[0] for s in scored], [s[2].id for s in scored], best_fixed, margin)
-    kept = [scored[i] for i in np.argsort(-ranked, kind="stable")][:top]
+    order = [scored[i] for i in np.argsort(-ranked, kind="stable")]
+    same = distinct_merges([s[2].id for s in order])
+    kept = order[:top]
     n_explain = len(kept) if explain is None else min(explain, len(kept))
     feats = _top_features(model, rows, [s[5] for s in kept[:n_explain]], n_tasks, contributions)
     calibration = getattr(model, "interval_", None)
@@ -269,6 +274,7 @@ def rank_merges(
             unusual=() if domain is None else domain.unusual,
             interval=None if calibration is None else calibration.interval(pred, unc, widen),
             interval_level=None if calibration is None else calibration.level,
+            same_merge_as=same.get(config.id),
         )
         for r, (pred, unc, config, plan_id, per_task, _) in enumerate(kept)
     ]

@@ -1,9 +1,10 @@
 """Verification: really merge and evaluate the top-k ranked candidates.
 
 The only step of simmerge's loop that costs merges and evaluations, k of them instead of the
-whole grid. Each verified merge becomes :class:`~simmerge.outcomes.store.Outcome` rows (in a store
-when given, so ``simmerge train`` can refit the predictor on them) and is compared with its
-prediction.
+whole grid, so the k are k distinct merges: a candidate that is the same merge as a
+better-ranked one (the average of two experts under several names) is passed over. Each
+verified merge becomes :class:`~simmerge.outcomes.store.Outcome` rows (in a store when given,
+so ``simmerge train`` can refit the predictor on them) and is compared with its prediction.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from simmerge.catalog import Catalog
 from simmerge.errors import ConfigError
 from simmerge.evaluation.scorer import MergeScorer, normalized, reference_score
 from simmerge.merging import merge
+from simmerge.merging.grid import distinct_merges
 from simmerge.outcomes.collection import outcome_rows
 from simmerge.outcomes.store import OutcomeStore
 from simmerge.pairwise.rank import RankedCandidate
@@ -47,6 +49,8 @@ class VerifyReport:
     verified: tuple[VerifiedCandidate, ...]
     # the ranking's verdict on the pair (simmerge.learn.domain); None: no training domain
     in_distribution: bool | None = None
+    # candidates passed over because a better-ranked one is the same merge: (skipped, same as)
+    skipped: tuple[tuple[str, str], ...] = ()
 
     @property
     def best(self) -> VerifiedCandidate:
@@ -64,6 +68,7 @@ class VerifyReport:
             "best": self.best.candidate,
             "mean_abs_error": self.mean_abs_error,
             "in_distribution": self.in_distribution,
+            "skipped_as_same_merge": [{"candidate": c, "same_as": o} for c, o in self.skipped],
         }
 
 
@@ -105,7 +110,8 @@ def verify(
         refs = scorer.expert_scores([*tasks, *general], cache_dir=cache_dir)
         hashes = {t: scorer.eval_hash(t) for t in tasks}
         verified = []
-        for cand in sorted(candidates, key=lambda c: c.rank)[:k]:
+        picked, skipped = distinct_top(candidates, k)
+        for cand in picked:
             plan = cand.config.plan(str(catalog.base.path), str(a.path), str(b.path))
             raw = scorer.score_state(merge(plan, device=str(scorer.device)), [*tasks, *general])
             own = {t: raw[t] for t in tasks}
@@ -135,4 +141,23 @@ def verify(
         tasks=tuple(tasks),
         verified=tuple(verified),
         in_distribution=candidates[0].in_distribution if candidates else None,
+        skipped=tuple(skipped),
     )
+
+
+def distinct_top(
+    candidates: Sequence[RankedCandidate], k: int
+) -> tuple[list[RankedCandidate], list[tuple[str, str]]]:
+    """The ``k`` best-ranked candidates that are distinct merges, and the (candidate, same as)
+    pairs passed over on the way (:func:`simmerge.merging.grid.distinct_merges`)."""
+    ordered = sorted(candidates, key=lambda c: c.rank)
+    same = distinct_merges([c.candidate for c in ordered])
+    picked, skipped = [], []
+    for c in ordered:
+        if len(picked) == k:
+            break
+        if c.candidate in same:
+            skipped.append((c.candidate, same[c.candidate]))
+        else:
+            picked.append(c)
+    return picked, skipped
