@@ -28,7 +28,7 @@ from simmerge.evaluation.harness import evaluate
 from simmerge.evaluation.scorer import MergeScorer
 from simmerge.learn.loading import load_predictor
 from simmerge.pairwise.rank import rank_merges
-from simmerge.pairwise.verify import verify
+from simmerge.pairwise.verify import distinct_top, verify
 
 
 def demo_pairs(catalog: Catalog, n_pairs: int) -> list[tuple[CatalogModel, CatalogModel]]:
@@ -88,9 +88,11 @@ def run_demo(
         ranked = rank_merges(
             catalog, [a.name, b.name], top=None, predictor=predictor, options=options
         )
-        top = ranked[:k]
+        top = distinct_top(ranked, k)[0]  # what `simmerge verify --k` verifies
         wanted = ranked if exhaustive else top
-        measured = verify(catalog, wanted, k=len(wanted), scorer=scorer, store=store).verified
+        measured = verify(
+            catalog, wanted, k=len(wanted), scorer=scorer, store=store, distinct=False
+        ).verified
         actual = {v.candidate: v.actual for v in measured}
         kept = {v.candidate: v.kept_general for v in measured}
         if fixed is not None and fixed not in actual:

@@ -81,9 +81,12 @@ def verify(
     device: Any | None = None,
     scorer: MergeScorer | None = None,
     cache_dir: str | Path | None = None,
+    distinct: bool = True,
 ) -> VerifyReport:
     """Merge and evaluate the ``k`` best of ``candidates`` (ranked output of
-    :func:`~simmerge.pairwise.rank.rank_merges`); record outcomes in ``store`` when given."""
+    :func:`~simmerge.pairwise.rank.rank_merges`); record outcomes in ``store`` when given.
+    With ``distinct`` (the default) the k are distinct merges (:func:`distinct_top`); without
+    it, the k best-ranked whatever they repeat (an exhaustive measurement of a grid)."""
     if k < 1:
         raise ConfigError(f"verify needs k >= 1, got {k}.", "verify at least one candidate.")
     if not candidates:
@@ -110,7 +113,10 @@ def verify(
         refs = scorer.expert_scores([*tasks, *general], cache_dir=cache_dir)
         hashes = {t: scorer.eval_hash(t) for t in tasks}
         verified = []
-        picked, skipped = distinct_top(candidates, k)
+        if distinct:
+            picked, skipped = distinct_top(candidates, k)
+        else:
+            picked, skipped = sorted(candidates, key=lambda c: c.rank)[:k], []
         for cand in picked:
             plan = cand.config.plan(str(catalog.base.path), str(a.path), str(b.path))
             raw = scorer.score_state(merge(plan, device=str(scorer.device)), [*tasks, *general])

@@ -261,7 +261,8 @@ def test_demo_ranks_verifies_the_top_k_and_compares_with_the_whole_grid(tiny_zoo
     report = run_demo(cat, n_pairs=1, k=3, device="cpu", progress=False, exhaustive=True)
     assert {e["name"] for e in report["experts"]} == set(cat.expert_names)
     (pair,) = report["pairs"]
-    assert [c["rank"] for c in pair["top"]] == [1, 2, 3]
+    ranks = [c["rank"] for c in pair["top"]]  # the 3 best-ranked distinct merges
+    assert len(ranks) == 3 and ranks[0] == 1 and ranks == sorted(ranks)
     assert len(pair["measured"]) == len(DEFAULT_GRID)
     assert pair["oracle_actual"] == max(pair["measured"].values())
     assert pair["chosen_actual"] == max(c["actual"] for c in pair["top"])
