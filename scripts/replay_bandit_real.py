@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     from simmerge.learn.datasets import load_training_tables
     from simmerge.learn.predictor import MergePredictor
     from simmerge.online.bandit import Scaler
-    from simmerge.online.replay import replay
+    from simmerge.online.replay import regret_summary, replay
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--stream", required=True, help="dataset whose pairs are requested")
@@ -105,15 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             replay(d, o, policy, seed=s, scaler=scaler, fixed_arm=fixed)
             for s, o in enumerate(orders)
         ]
-        finals = np.array([r.cumulative_regret[-1] for r in results])
-        summary[name] = {
-            "final_regret_mean": float(finals.mean()),
-            "final_regret_sd": float(finals.std()),
-            "mean_reward": float(np.mean([np.mean(r.reward) for r in results])),
-            "late_regret_per_request": float(
-                np.mean([np.mean(r.regret[-len(r.regret) // 4 :]) for r in results])
-            ),
-        }
+        summary[name] = regret_summary(results)
     title = (
         f"{n} requests from {args.stream}; predictor {args.predictor} (anchor {fixed}); "
         f"{flagged:.0%} of the pairs out of its distribution; {args.seeds} seeds"

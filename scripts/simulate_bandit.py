@@ -75,18 +75,9 @@ def scaler_for(frame, features):
 
 
 def summarize_runs(runs: dict[str, list]) -> dict[str, dict[str, float]]:
-    out = {}
-    for policy, results in runs.items():
-        finals = np.array([r.cumulative_regret[-1] for r in results])
-        out[policy] = {
-            "final_regret_mean": float(finals.mean()),
-            "final_regret_sd": float(finals.std()),
-            "mean_reward": float(np.mean([np.mean(r.reward) for r in results])),
-            "late_regret_per_request": float(
-                np.mean([np.mean(r.regret[-len(r.regret) // 4 :]) for r in results])
-            ),
-        }
-    return out
+    from simmerge.online.replay import regret_summary
+
+    return {policy: regret_summary(results) for policy, results in runs.items()}
 
 
 def format_table(title: str, summary: dict[str, dict[str, float]]) -> str:

@@ -107,3 +107,17 @@ def replay(
         out.reward.append(r)
         out.regret.append(best - r)
     return out
+
+
+def regret_summary(results: Sequence[ReplayResult]) -> dict[str, float]:
+    """One policy's replays (one per seed) summarized: mean and sd of the final cumulative
+    regret, mean reward, and regret per request over the last quarter of each stream."""
+    finals = np.array([r.cumulative_regret[-1] for r in results])
+    return {
+        "final_regret_mean": float(finals.mean()),
+        "final_regret_sd": float(finals.std()),
+        "mean_reward": float(np.mean([np.mean(r.reward) for r in results])),
+        "late_regret_per_request": float(
+            np.mean([np.mean(r.regret[-len(r.regret) // 4 :]) for r in results])
+        ),
+    }
