@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from simmerge.multiway.search import PlannedMerge
     from simmerge.multiway.verify import PlanVerifyReport
+    from simmerge.pairwise.budgeted import BudgetedReport
     from simmerge.pairwise.rank import ConfigVerdict, RankedCandidate
     from simmerge.pairwise.verify import VerifyReport
     from simmerge.scanning.pipeline import ScanResult
@@ -88,6 +89,36 @@ def format_verify(report: VerifyReport) -> str:
             "outcomes, or let the bandit learn."
         )
     return text
+
+
+def format_budgeted(report: BudgetedReport) -> str:
+    """Successive halving's result: each scored candidate with how far it got."""
+    lines = [
+        f"budgeted verification of {' + '.join(report.models)} on {', '.join(report.tasks)}: "
+        f"{report.spent} of {report.budget} example evaluations, {report.merges} merges, "
+        "rungs " + " -> ".join(f"{r.candidates}x{r.examples}" for r in report.rungs),
+        f"{'rank':>4} {'candidate':<38} {'predicted':>9} {'measured':>8} {'examples':>8}",
+    ]
+    for s in report.scored:
+        note = "" if s.full else " (part of the eval set)"
+        lines.append(
+            f"{s.rank:>4} {s.candidate:<38} {s.predicted:>9.3f} {s.measured:>8.3f} "
+            f"{s.examples:>8}{note}"
+        )
+    best = report.best
+    lines.append(
+        f"pick: {best.candidate} (measured {best.measured:.3f} on {best.examples} examples per "
+        "task" + ("" if best.full else ", a sample: verify it with --k 1 for its full score") + ")"
+    )
+    if report.skipped:
+        same = ", ".join(f"{c} (= {o})" for c, o in report.skipped)
+        lines.append(f"not scored, the same merge as a better-ranked candidate: {same}")
+    if report.in_distribution is False:
+        lines.append(
+            "! the pair is unlike the predictor's training pairs: the order the halving started "
+            "from was an extrapolation; with a small budget, prefer a larger one."
+        )
+    return "\n".join(lines)
 
 
 def format_verified(

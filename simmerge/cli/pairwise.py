@@ -101,7 +101,14 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
         help="rank two experts' merges, then really merge and evaluate the top k",
     )
     add_pair(p)
-    p.add_argument("--k", type=int, default=3, help="number of candidates to verify")
+    p.add_argument("--k", type=int, default=None, help="number of candidates to verify (3)")
+    p.add_argument(
+        "--budget",
+        type=int,
+        default=None,
+        help="instead of k full evaluations, spend N evaluated examples (one example of one "
+        "task for one candidate) by successive halving over the ranking",
+    )
     p.add_argument("--margin", type=float, default=None, help=MARGIN_HELP)
     p.add_argument("--store", default=None, help="outcome store to record the verified merges")
     p.set_defaults(func=run_verify)
@@ -229,9 +236,20 @@ def run_rank(args: argparse.Namespace) -> int:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from simmerge.cli.formatting import format_verify
+    from simmerge.cli.formatting import format_budgeted, format_verify
+    from simmerge.errors import ConfigError
+    from simmerge.pairwise.budgeted import verify_budgeted
     from simmerge.pairwise.verify import verify
 
+    if args.budget is not None and args.k is not None:
+        raise ConfigError(
+            "verify takes --k or --budget, not both.",
+            "pass --k K for k full evaluations, or --budget N to spend N evaluated examples.",
+        )
     catalog, ranked = _ranked(args, None)
-    report = verify(catalog, ranked, k=args.k, store=args.store, device=args.device)
+    if args.budget is not None:
+        report = verify_budgeted(catalog, ranked, args.budget, store=args.store, device=args.device)
+        return emit(args, report.to_dict(), format_budgeted(report))
+    k = 3 if args.k is None else args.k
+    report = verify(catalog, ranked, k=k, store=args.store, device=args.device)
     return emit(args, report.to_dict(), format_verify(report))

@@ -88,6 +88,39 @@ class MergeScorer:
             for t in tasks
         }
 
+    def example_order(self, task: str) -> tuple[int, ...]:
+        """A fixed shuffle of ``task``'s examples, seeded by its eval hash: budgeted
+        verification scores prefixes of it, so a prefix is a random sample of the task (an eval
+        file ordered by difficulty or topic would bias a plain prefix) and every candidate of
+        a pair is scored on the same examples."""
+        import random
+
+        order = list(range(len(self.tasks[task].examples)))
+        random.Random(int(self.eval_hash(task), 16)).shuffle(order)
+        return tuple(order)
+
+    def score_state_slice(
+        self, state: dict[str, Any], tasks: Iterable[str], start: int, stop: int
+    ) -> dict[str, tuple[float, int]]:
+        """(sum of example scores, number of examples) of ``state`` on the examples
+        ``[start, stop)`` of each task's :meth:`example_order` (fewer where a task has fewer)."""
+        from dataclasses import replace
+
+        load_state_into(self._model, state, self._ref_dir)
+        out = {}
+        for t in tasks:
+            task = self.tasks[t]
+            picked = self.example_order(t)[start:stop]
+            if not picked:
+                out[t] = (0.0, 0)
+                continue
+            part = replace(task, examples=tuple(task.examples[i] for i in picked))
+            result = evaluate(
+                self._model, part, tokenizer=self._tokenizer, batch_size=self.batch_size
+            )
+            out[t] = (sum(e.score for e in result.examples), result.n)
+        return out
+
     def score_folder(self, model: CatalogModel, tasks: Iterable[str]) -> dict[str, float]:
         return self.score_state(dict(self.catalog.checkpoint(model.name).iter_tensors()), tasks)
 
