@@ -1,10 +1,10 @@
 """Selector variants tried against the shipped predictor's recipe (negative results kept).
 
-    python scripts/explore_selector_variants.py [--splits models,tasks]
+    python scripts/explore_selector_variants.py [--data zoo-large] [--splits models,tasks]
 
-Same data and splits as scripts/evaluate_selector.py (zoo-large, plus the ``--extra``
-training-only datasets if any -- none by default, as there; group 5-fold by model and
-leave-one-task-out), without the anchored rule except in the ``anchoring`` group. Variants:
+Same data and splits as scripts/evaluate_selector.py (``--data``, default zoo-large, plus the
+``--extra`` training-only datasets if any -- none by default, as there; group 5-fold by model
+and leave-one-task-out), without the anchored rule except in the ``anchoring`` group. Variants:
 
 * ``regression`` -- the shipped recipe: level + deviation LightGBM regression, argmax of the
   mean predicted normalized score over the pair's tasks;
@@ -120,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     from simmerge.signals.similarity import FEATURE_COLUMNS, FUNCTIONAL_COLUMNS
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default="zoo-large", help="shipped dataset name or folder")
     parser.add_argument("--splits", default="models,tasks")
     parser.add_argument("--groups", default=",".join(GROUPS), help="variant groups to run")
     parser.add_argument(
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         "--out", default=str(ROOT / "scripts/results/explore_selector_variants.json")
     )
     args = parser.parse_args(argv)
-    frame = training_frame(*load_training_tables("zoo-large"))
+    frame = training_frame(*load_training_tables(args.data))
     extra = extra_training_frame(args.extra)
     cols = list(predictor_columns())
     similarity_columns = {*FEATURE_COLUMNS, *(TASK_PREFIX + c for c in FUNCTIONAL_COLUMNS)}
@@ -162,9 +163,10 @@ def main(argv: list[str] | None = None) -> int:
             data = relative(frame, how)
             other = None if extra is None else relative(extra, how)
         for fold in folds(split):
-            train, test = with_extra(data[fold.train], other), data[fold.test].copy()
+            test = data[fold.test].copy()
+            train = with_extra(data[fold.train], other, test)
             if not test.empty and fold.train.sum():
-                yield train, test, best_fixed_candidate(pair_objective(train, "target"))
+                yield train, test, best_fixed_candidate(pair_objective(data[fold.train], "target"))
 
     def score(outs):
         r = summarize(outs)
@@ -245,10 +247,11 @@ def main(argv: list[str] | None = None) -> int:
         outs = {name: [] for name in names}
         chosen = {name: [] for name in inner}
         for fold in folds(split):
-            train, test = with_extra(frame[fold.train], extra), frame[fold.test].copy()
+            test = frame[fold.test].copy()
+            train = with_extra(frame[fold.train], extra, test)
             if test.empty or not fold.train.sum():
                 continue
-            bf = best_fixed_candidate(pair_objective(train, "target"))
+            bf = best_fixed_candidate(pair_objective(frame[fold.train], "target"))
             model = factory().fit(train, train["target"].to_numpy())
             test["pred"] = model.predict(test)
             actual, predicted = pair_objective(test, "target"), pair_objective(test, "pred")

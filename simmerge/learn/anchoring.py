@@ -72,7 +72,8 @@ def choose_margin(
 
     preds, actuals, fixed = [], [], []
     for fold in model_folds(frame, k, seed):
-        train, test = with_extra(frame[fold.train], extra), frame[fold.test].copy()
+        test = frame[fold.test].copy()
+        train = with_extra(frame[fold.train], extra, test)
         if train.empty or test.empty:
             continue
         model = factory().fit(train, train["target"].to_numpy())

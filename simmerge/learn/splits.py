@@ -52,12 +52,15 @@ def task_folds(frame: pd.DataFrame) -> Iterator[Fold]:
         yield Fold(f"task-{task}", train=~involved, test=involved)
 
 
-def with_extra(train: pd.DataFrame, extra: pd.DataFrame | None) -> pd.DataFrame:
+def with_extra(train: pd.DataFrame, extra: pd.DataFrame | None, test: pd.DataFrame) -> pd.DataFrame:
     """A fold's training rows plus training-only rows from other catalogs (``extra``). Extra
-    pairs that involve a task absent from ``train`` are dropped, so a held-out task stays
-    unseen; extra catalogs hold other models, so held-out models stay unseen too."""
+    pairs that involve a held-out task -- a task of ``test`` that ``train`` lacks -- are
+    dropped, so a held-out task stays unseen; extra catalogs hold other models, so held-out
+    models stay unseen too. Extra pairs on tasks the catalog does not have at all (another
+    family's tasks) are kept: they are what cross-catalog training data is for."""
     if extra is None or extra.empty:
         return train
-    unseen = ~extra["task"].isin(set(train["task"]))
-    drop = unseen.groupby([extra[k] for k in PAIR]).transform("any")
+    held_out = set(test["task"]) - set(train["task"])
+    involved = extra["task"].isin(held_out)
+    drop = involved.groupby([extra[k] for k in PAIR]).transform("any")
     return pd.concat([train, extra[~drop.to_numpy()]], ignore_index=True)

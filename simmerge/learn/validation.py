@@ -105,10 +105,11 @@ def cross_validate(
             pairs = set(remeasured.index.droplevel("candidate"))
             keys = zip(test["catalog"], test["a"], test["b"], strict=True)
             test = test[[k in pairs for k in keys]]
-        train = with_extra(frame[fold.train], extra)
+        train = with_extra(frame[fold.train], extra, test)
         if fold.train.sum() == 0 or test.empty:
             continue
-        best_fixed = best_fixed_candidate(pair_objective(train, "target"))
+        # best-fixed from the catalog's own training pairs: what a user of this catalog knows
+        best_fixed = best_fixed_candidate(pair_objective(frame[fold.train], "target"))
         first = pair_objective(test, "target")
         scored = first if remeasured is None else remeasured.reindex(first.index)
         outcomes = partial(

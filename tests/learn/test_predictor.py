@@ -322,13 +322,23 @@ def test_extra_training_rows_never_bring_back_a_held_out_task():
     extra = _frame().assign(catalog="other")
     for fold in task_folds(frame):
         task = fold.name.removeprefix("task-")
-        train = with_extra(frame[fold.train], extra)
+        train = with_extra(frame[fold.train], extra, frame[fold.test])
         assert task not in set(train["task"])
         assert (train["catalog"] == "other").any()  # pairs without the task are kept
         kept = train[train["catalog"] == "other"].groupby(["a", "b"]).size()
         whole = extra.groupby(["a", "b"]).size()
         assert (kept == whole.reindex(kept.index)).all()  # whole pairs, never half a pair
-    assert with_extra(frame, None) is frame
+    assert with_extra(frame, None, frame) is frame
+
+
+def test_extra_rows_on_tasks_the_catalog_lacks_are_kept():
+    """Another family's tasks (the tiny zoo's string tasks next to a real catalog's) are never
+    held out, so cross-family training data reaches every fold instead of being dropped."""
+    frame = _frame()
+    extra = _frame().assign(catalog="other", task=lambda d: "other_" + d["task"])
+    for fold in [*task_folds(frame), *model_folds(frame, 3, 0)]:
+        train = with_extra(frame[fold.train], extra, frame[fold.test])
+        assert (train["catalog"] == "other").sum() == len(extra)
 
 
 # --- end to end on a micro zoo -------------------------------------------------------------------
