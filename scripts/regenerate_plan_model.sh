@@ -8,7 +8,8 @@
 # (leave one zoo out). The shipped model is the one fitted on seeds 1 to 4, so the default zoo
 # (seed 0, the main command's demo) stays unseen.
 # Every step is cached or resumable: rerun the script after an interruption. The tables hold
-# the shipped 2-way predictor's step predictions: rerun after changing models/default.
+# the step predictions of the 2-way predictor models/tiny-zoo (the tiny-zoo-trained one, which
+# the plan model's card names as its step_predictor): rerun after changing that predictor.
 # About two hours on 2 CPU cores (measured times in features/DATASHEET.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,12 +27,13 @@ for seed in "${SEEDS[@]}"; do
     pids=()
     for k in 0 1; do
         "$PY" scripts/evaluate_multiway.py "$zoo/catalog.yaml" --cache "$cache" --shard "$k/2" \
-            --modes fast --rankers analytic --quiet &
+            --modes fast --rankers analytic --predictor models/tiny-zoo --quiet &
         pids+=($!)
     done
     for pid in "${pids[@]}"; do wait "$pid"; done
     "$PY" scripts/evaluate_multiway.py "$zoo/catalog.yaml" --cache "$cache" --modes fast \
-        --rankers analytic --quiet --data-out "features/multiway/$name.parquet" \
+        --rankers analytic --predictor models/tiny-zoo --quiet \
+        --data-out "features/multiway/$name.parquet" \
         --json "runs/multiway/analytic_$name.json"
 done
 for seed in "${SEEDS[@]}"; do
@@ -45,7 +47,8 @@ for seed in "${SEEDS[@]}"; do
     "$PY" scripts/train_plan_model.py "${train[@]}" --out "$model" \
         --test "features/multiway/$name.parquet"
     "$PY" scripts/evaluate_multiway.py "$(zoo_dir "$seed")/catalog.yaml" \
-        --cache "runs/multiway/$name.jsonl" --plan-model "$model" --quiet
+        --cache "runs/multiway/$name.jsonl" --plan-model "$model" --predictor models/tiny-zoo \
+        --quiet
 done
 "$PY" scripts/pool_multiway.py
 "$PY" scripts/explore_plan_model_variants.py

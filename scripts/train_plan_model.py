@@ -13,6 +13,7 @@ over rows, and the mean Spearman rho of plans within each task -- and writes the
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -43,6 +44,16 @@ def agreement(frame, predicted: np.ndarray) -> dict[str, float]:
     }
 
 
+def shipped_predictor(hashes: list[str]) -> str | None:
+    """The name of the shipped 2-way predictor (``models/<name>``) fitted on the data whose
+    hash the tables record, or None (the tables hold no shipped predictor's predictions)."""
+    for card in sorted((ROOT / "models").glob("*/card.json")):
+        meta = json.loads(card.read_text())
+        if "selection" in meta and meta.get("training_data_hash") in hashes:
+            return card.parent.name
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     from simmerge.learn.plan_model import PlanModel
 
@@ -65,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
         # the 2-way predictor(s) whose predictions the tables hold (plan_merge warns on another)
         "predictor_hashes": sorted(train["predictor_hash"].dropna().unique()),
     }
+    # ...and the shipped one among them, which plan_merge then uses for the steps by default
+    step = shipped_predictor(card["predictor_hashes"])
+    if step is not None:
+        card["step_predictor"] = step
     if args.test:
         test = load(args.test)
         predicted = np.clip(model.predict(test), 0.0, 1.0)

@@ -137,6 +137,14 @@ class PlanModel(MergePredictor):
         return SKILL_COLUMN in self.columns
 
     @property
+    def step_predictor(self) -> str | None:
+        """The shipped 2-way predictor (a ``models/<name>``) whose step predictions the model
+        was trained on, or None when not recorded. Its inputs must come from that predictor:
+        another one's predictions are another distribution, so ``plan_merge`` uses this one
+        unless told otherwise."""
+        return self.card_.get("step_predictor") or None
+
+    @property
     def max_members(self) -> int | None:
         """The most experts of a plan the model was trained on (None: not recorded)."""
         n = self.card_.get("max_members")

@@ -416,7 +416,9 @@ def plan_merge(
     model that reads single-model skills (the shipped one does) gets ``skills`` ((model,
     task) -> normalized score), or they are measured: one evaluation per candidate expert and
     target task, cached (:func:`simmerge.evaluation.skills.measure_skills`; the catalog's tasks
-    need eval data), never a merge."""
+    need eval data), never a merge. With a plan model and no ``predictor``, the steps are
+    predicted by the 2-way predictor the plan model was trained on (its card's
+    ``step_predictor``), not by the shipped default."""
     from simmerge.learn.loading import load_predictor
     from simmerge.learn.plan_model import load_plan_model
 
@@ -442,13 +444,16 @@ def plan_merge(
             "add experts for these tasks to the catalog, or pick other tasks.",
         )
     options = options or FeatureOptions(device=device)
+    learned = load_plan_model(plan_model)
+    if predictor is None and learned is not None and learned.step_predictor is not None:
+        predictor = learned.step_predictor  # the step predictions it was trained on
     model = load_predictor(predictor)
     if profiles is None or any(n not in profiles for n in names):
         profiles = build_profiles(catalog, options, experts=names, progress=progress)
     planner = _Planner(catalog, tasks, model, tuple(grid), options, profiles)
     order = {name: i for i, name in enumerate(catalog.expert_names)}
     names = sorted(names, key=order.__getitem__)
-    planner.plan_model = load_plan_model(plan_model)
+    planner.plan_model = learned
     if planner.plan_model is not None and planner.plan_model.operators is not None:
         known = set(planner.plan_model.operators)
         grid = [c for c in grid if c.id in known]

@@ -636,23 +636,41 @@ def test_extra_training_rows_are_the_named_datasets_concatenated_or_none():
     assert len(two) == 2 * len(one) and two.index.is_unique  # with_extra aligns on the index
 
 
-def test_shipped_predictor_and_training_data_load_and_agree():
+def test_shipped_predictors_and_training_data_load_and_agree():
+    """models/default is fitted on the real SmolLM2 catalog's outcomes, models/tiny-zoo on the
+    large tiny zoo's (the multi-way plan model's step predictor); each card says so and holds
+    exactly its training table's rows."""
     from simmerge.learn.datasets import load_training_tables, shipped_datasets, training_frame
     from simmerge.learn.loading import load_predictor
 
-    assert {"zoo-large", "zoo-default"} <= set(shipped_datasets())
-    for name in ("zoo-default", "zoo-large"):
+    assert {"smol-large", "zoo-large", "zoo-default"} <= set(shipped_datasets())
+    for name in ("zoo-default", "zoo-large", "smol-large"):
         features, outcomes = load_training_tables(name)
         frame = training_frame(features, outcomes)
         assert len(frame) == len(outcomes) and frame["task_of_a"].notna().all()
-    model = load_predictor(None)  # models/default: the large zoo only (the demo's is unseen)
-    card = model.card_
-    assert card["training_rows"] == len(frame) and card["decompose"] and model.level_boosters_
-    assert card["training_sources"] == ["dataset:zoo-large"]
-    assert card["selection"]["best_fixed"] in set(outcomes["candidate"])
-    assert {"gap_closure", "risk"} <= set(card["cv_held_out_models"]["simmerge"])
-    mean, std = model.predict(frame.head(50), return_std=True)
-    assert np.isfinite(mean).all() and (std >= 0).all()
+    for name, data in ((None, "smol-large"), ("tiny-zoo", "zoo-large")):
+        model = load_predictor(name)
+        frame = training_frame(*load_training_tables(data))
+        card = model.card_
+        assert card["training_rows"] == len(frame) and card["decompose"] and model.level_boosters_
+        assert card["training_sources"] == [f"dataset:{data}"]
+        assert card["selection"]["best_fixed"] in set(frame["candidate"])
+        assert {"gap_closure", "risk"} <= set(card["cv_held_out_models"]["simmerge"])
+        mean, std = model.predict(frame.head(50), return_std=True)
+        assert np.isfinite(mean).all() and (std >= 0).all()
+
+
+def test_the_shipped_plan_model_names_the_step_predictor_it_learned_from():
+    from simmerge.learn.loading import load_predictor
+    from simmerge.learn.plan_model import load_plan_model
+
+    plan_model = load_plan_model(None)
+    step = load_predictor(plan_model.step_predictor)
+    assert plan_model.step_predictor == "tiny-zoo"
+    assert step.card_["training_data_hash"] in plan_model.card_["predictor_hashes"]
+    assert (
+        load_predictor(None).card_["training_data_hash"] not in plan_model.card_["predictor_hashes"]
+    )
 
 
 def test_train_command_refits_on_a_store_of_verified_outcomes(trained, tmp_path, capsys):

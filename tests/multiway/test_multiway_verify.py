@@ -84,3 +84,17 @@ def test_plan_verify_cli_plans_and_verifies_for_a_task_set(planned, tiny_zoo, ca
     with pytest.raises(SystemExit) as exc:
         main([*argv, "--store", "x.sqlite"])
     assert exc.value.code == 2 and "--store" in capsys.readouterr().err
+
+
+def test_planning_without_a_predictor_uses_the_plan_models_own_step_predictor(planned):
+    """The shipped plan model learned from models/tiny-zoo's step predictions: with no predictor
+    given it plans with that one (no warning), while the real-model default, passed
+    explicitly, is another distribution of inputs and is warned about."""
+    import warnings
+
+    catalog, _, options = planned
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*2-way predictor.*")
+        assert plan_merge(catalog, TASKS[:2], max_models=2, top=1, options=options)
+    with pytest.warns(UserWarning, match="2-way predictor"):
+        plan_merge(catalog, TASKS[:2], max_models=2, top=1, predictor="default", options=options)

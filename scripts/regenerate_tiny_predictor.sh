@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Regenerate the shipped training data (features/zoo-large, features/zoo-default) and predictor
-# (models/default): build the large and the default zoo, collect every (ordered expert pair x
+# Regenerate the tiny-zoo training data (features/zoo-large, features/zoo-default) and the
+# tiny-zoo predictor (models/tiny-zoo, the plan model's step predictor; models/default is the
+# real-model one, scripts/regenerate_real_predictor.sh): build the large and the default zoo, collect every (ordered expert pair x
 # candidate) outcome, compute the pair features, evaluate the selector on held-out models and
 # tasks of the large zoo (the default zoo's rows are training-only), and fit the predictor.
 # Every step is cached or resumable: rerun the script after an interruption.
@@ -34,4 +35,4 @@ OMP_NUM_THREADS=1 "$SIMMERGE" zoo build --size default --out "$ZOO_DEFAULT"
 # the main command's demo (which runs on the default zoo) then shows models it never saw, and
 # as extra training data the default zoo lowered the held-out-model figures (README)
 "$PY" scripts/evaluate_selector.py --data zoo-large
-"$SIMMERGE" train --data zoo-large --out models/default
+"$SIMMERGE" train --data zoo-large --out models/tiny-zoo
