@@ -89,3 +89,17 @@ def smollm2(tmp_path_factory):
     from simmerge.io.gguf import materialize_gguf
 
     return materialize_gguf(SMOLLM2_GGUF, cache_dir=tmp_path_factory.mktemp("gguf-cache"))
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A real two-node Ray cluster on this machine (tests/_ray_cluster.py: one CPU per node),
+    started for the test module that asks for it and stopped after it, failed or not."""
+    ray = pytest.importorskip("ray", reason="the Ray executor is the extra simmerge[ray]")
+    import crash_jobs
+    from _ray_cluster import LocalRayCluster
+
+    # the test jobs live in the test folder, which Ray's workers do not import from
+    ray.cloudpickle.register_pickle_by_value(crash_jobs)
+    with LocalRayCluster(nodes=2, cpus=1) as cluster:
+        yield cluster

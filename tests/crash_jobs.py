@@ -1,5 +1,6 @@
-"""Jobs that tests/safety/test_crash.py runs in forked children and kills with SIGKILL, and one
-that makes an executor's worker die once (retry tests).
+"""Jobs that tests/safety/test_crash.py runs in forked children and kills with SIGKILL, and the
+executor tests' jobs and wrappers: one that makes an executor's worker die once (retry tests),
+and :class:`Spied`, an executor whose jobs log the node they ran on and can kill their worker.
 
 Test code, so it stays out of the wheel: the fork server imports this module by name from the
 test folder, which pytest puts on ``sys.path`` (``pythonpath`` in pyproject.toml) and which
@@ -36,6 +37,51 @@ def exit_once(marker: str) -> str:
         path.write_text("died once")
         os._exit(1)
     return "ok"
+
+
+def on_worker(fn, log: str, marker: str | None = None, die=None):
+    """``fn`` as a Ray job (a function: Ray's remote wants one) that leaves one file per call in
+    ``log``, named by the node it ran on, and that the first time ``die(item)`` is true
+    (recorded by the file ``marker``) kills its own worker process with SIGKILL before doing the
+    work: a worker dying mid-run."""
+
+    def job(item):
+        import os
+        import signal
+        import uuid
+
+        import ray
+
+        node = ray.get_runtime_context().get_node_id()
+        if die is not None and die(item) and not Path(marker).exists():
+            Path(marker).write_text(f"killed worker {os.getpid()} on node {node}")
+            os.kill(os.getpid(), signal.SIGKILL)
+        (Path(log) / f"{node}.{uuid.uuid4().hex}").write_text(str(os.getpid()))
+        return fn(item)
+
+    return job
+
+
+class Spied:
+    """An executor that runs ``inner``'s jobs wrapped by :func:`on_worker`."""
+
+    def __init__(self, inner, log: str, marker: str | None = None, die=None) -> None:
+        self.inner, self.name = inner, inner.name
+        self.wrap = lambda fn: on_worker(fn, log, marker, die)
+
+    def imap(self, fn, items, **kw):
+        return self.inner.imap(self.wrap(fn), items, **kw)
+
+    def map(self, fn, items, **kw):
+        return self.inner.map(self.wrap(fn), items, **kw)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def nodes_used(log: str | Path) -> set[str]:
+    """The nodes that :func:`on_worker` jobs ran on."""
+    return {p.name.partition(".")[0] for p in Path(log).iterdir()}
 
 
 def crash_scan_settings():

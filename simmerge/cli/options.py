@@ -44,6 +44,17 @@ def add_device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
 
 
+def add_executor(p: argparse.ArgumentParser, what: str) -> None:
+    """``--executor``, ``--workers`` and ``--address`` (:mod:`simmerge.infra.executors`)."""
+    p.add_argument("--executor", default="local", choices=("local", "ray"), help=what)
+    p.add_argument(
+        "--workers", type=int, default=1, help="local: processes (1 = in-process); ray: CPUs"
+    )
+    p.add_argument(
+        "--address", default=None, help="ray: cluster address ('auto' = this machine's cluster)"
+    )
+
+
 def add_cache(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--cache-dir",

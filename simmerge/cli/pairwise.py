@@ -10,6 +10,7 @@ from simmerge.cli.options import (
     add_cache,
     add_catalog,
     add_device,
+    add_executor,
     add_pair,
     comma_list,
 )
@@ -53,6 +54,11 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--models", type=comma_list, default=None, help="expert subset, comma-separated")
     p.add_argument(
         "--shard", default=None, help="K/N: only shard K of N (run N processes on one store)"
+    )
+    add_executor(
+        p,
+        "where the merges run (one job per pair x block of candidates; this process alone "
+        "writes the store)",
     )
     add_device(p)
     p.set_defaults(func=run_collect, resume=RESUME_COLLECT)
@@ -111,6 +117,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     )
     p.add_argument("--margin", type=float, default=None, help=MARGIN_HELP)
     p.add_argument("--store", default=None, help="outcome store to record the verified merges")
+    add_executor(p, "where the k merges run (ray: k tasks side by side; not with --budget)")
     p.set_defaults(func=run_verify)
 
 
@@ -155,7 +162,15 @@ def run_collect(args: argparse.Namespace) -> int:
         pairs = shard_pairs(pairs, *parse_shard(args.shard))
     with OutcomeStore(args.store) as store:
         summary = collect_outcomes(
-            catalog, store, grid, pairs=pairs, device=args.device, progress=progress(args)
+            catalog,
+            store,
+            grid,
+            pairs=pairs,
+            device=args.device,
+            progress=progress(args),
+            executor=args.executor,
+            workers=args.workers,
+            address=args.address,
         )
         total = len(store)
     text = (
@@ -163,7 +178,8 @@ def run_collect(args: argparse.Namespace) -> int:
         f"{summary.merged} merged+evaluated, {summary.reused} reused from an equal merge; "
         f"{summary.rows} new rows ({total} in {args.store}) in {summary.seconds:.0f} s"
     )
-    return emit(args, {**asdict(summary), "store": args.store, "store_rows": total}, text)
+    payload = {**asdict(summary), "store": args.store, "store_rows": total}
+    return emit(args, {**payload, "executor": args.executor}, text)
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -238,6 +254,7 @@ def run_rank(args: argparse.Namespace) -> int:
 def run_verify(args: argparse.Namespace) -> int:
     from simmerge.cli.formatting import format_budgeted, format_verify
     from simmerge.errors import ConfigError
+    from simmerge.infra.executors import in_process
     from simmerge.pairwise.budgeted import verify_budgeted
     from simmerge.pairwise.verify import verify
 
@@ -246,10 +263,24 @@ def run_verify(args: argparse.Namespace) -> int:
             "verify takes --k or --budget, not both.",
             "pass --k K for k full evaluations, or --budget N to spend N evaluated examples.",
         )
+    if args.budget is not None and not in_process(args.executor, args.workers):
+        raise ConfigError(
+            "verify --budget runs in this process (its rounds depend on each other).",
+            "drop --executor/--workers, or verify with --k on the executor.",
+        )
     catalog, ranked = _ranked(args, None)
     if args.budget is not None:
         report = verify_budgeted(catalog, ranked, args.budget, store=args.store, device=args.device)
         return emit(args, report.to_dict(), format_budgeted(report))
     k = 3 if args.k is None else args.k
-    report = verify(catalog, ranked, k=k, store=args.store, device=args.device)
+    report = verify(
+        catalog,
+        ranked,
+        k=k,
+        store=args.store,
+        device=args.device,
+        executor=args.executor,
+        workers=args.workers,
+        address=args.address,
+    )
     return emit(args, report.to_dict(), format_verify(report))

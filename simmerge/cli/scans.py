@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 from dataclasses import asdict
 
-from simmerge.cli.options import add_catalog, add_device, add_plan_search, add_predictor
+from simmerge.cli.options import (
+    add_catalog,
+    add_device,
+    add_executor,
+    add_plan_search,
+    add_predictor,
+)
 from simmerge.cli.output import emit, progress
 
 RESUME_SCAN = (
@@ -22,15 +28,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     )
     add_catalog(p)
     p.add_argument("--out", required=True, help="output folder (re-run to resume)")
-    p.add_argument(
-        "--executor", default="local", choices=("local", "ray"), help="where the O(N) work runs"
-    )
-    p.add_argument(
-        "--workers", type=int, default=1, help="local: processes (1 = in-process); ray: CPUs"
-    )
-    p.add_argument(
-        "--address", default=None, help="ray: cluster address ('auto' = this machine's cluster)"
-    )
+    add_executor(p, "where the O(N) work runs")
     add_predictor(p)
     p.add_argument("--top", type=int, default=5, help="candidates kept per pair")
     p.add_argument("--plans", type=int, default=5, help="multi-way plans kept (0: none)")

@@ -8,14 +8,25 @@ Resumable: a (pair, candidate) is written to the :class:`~simmerge.outcomes.stor
 one transaction with all its task rows, and a rerun skips what the store holds, so a crash or Ctrl-C
 loses at most the merge in flight. Each distinct merge is measured once: ordered pairs that give
 the same merge (see :meth:`OperatorConfig.canonical`) share the measurement.
+
+**Executors.** By default every merge runs in this process, one after the other. Given another
+executor (``executor="ray"``, a local process pool with ``workers`` > 1, or an
+:class:`~simmerge.infra.executors.Executor`), the distinct merges still to measure are cut into
+:class:`MergeBlock` jobs -- up to ``block_size`` candidates of one canonical pair, merged and
+scored by one worker with one loaded model -- and each block's scores come back to this process,
+which alone writes the store, one (pair, candidate) transaction per job as each block arrives;
+the equal merges of a block's candidates are written from its scores. A worker that dies is
+retried by the executor (Ray); a killed driver loses only the blocks in flight, and a rerun
+resumes. Workers must see the checkpoints and the eval files at the same paths.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +35,7 @@ from tqdm.auto import tqdm
 from simmerge.catalog import Catalog, CatalogModel
 from simmerge.errors import CatalogError, ConfigError
 from simmerge.evaluation.scorer import MergeScorer, normalized, reference_score
+from simmerge.infra.executors import Executor, in_process, running
 from simmerge.merging import merge
 from simmerge.merging.grid import DEFAULT_GRID, OperatorConfig
 from simmerge.outcomes.store import Outcome, OutcomeStore, params_json
@@ -116,6 +128,47 @@ class CollectSummary:
     seconds: float
 
 
+@dataclass(frozen=True)
+class MergeBlock:
+    """One executor job of a collection: the merges of ``first`` and ``second`` (catalog order)
+    with each of ``configs`` (canonical), scored on ``tasks``."""
+
+    catalog: Catalog
+    first: str
+    second: str
+    configs: tuple[OperatorConfig, ...]
+    tasks: tuple[str, ...]
+    device: str | None = None
+
+    @classmethod
+    def of(cls, catalog: Catalog, first: str, second: str, configs, tasks, device) -> MergeBlock:
+        """The block, with the catalog sent without its open checkpoints (the workers merge
+        from paths)."""
+        light = replace(catalog, _checkpoints={})
+        dev = None if device is None else str(device)
+        return cls(light, first, second, tuple(configs), tuple(tasks), dev)
+
+    @property
+    def gpu(self) -> bool:
+        """Whether the block runs on a GPU (an executor reserves one for it): ``cuda`` or no
+        device given (the scorer then picks CUDA where there is one)."""
+        return self.device is None or self.device.startswith("cuda")
+
+
+def run_merge_block(block: MergeBlock) -> list[tuple[dict[str, float], str]]:
+    """(score per task, plan id) of each merge of ``block``, in order, built and scored in the
+    calling process (a Ray worker, a pool process) with one scorer for the whole block."""
+    catalog = block.catalog
+    scorer = MergeScorer(catalog, block.device)
+    first, second = catalog.model(block.first).path, catalog.model(block.second).path
+    out = []
+    for config in block.configs:
+        plan = config.plan(str(catalog.base.path), first, second)
+        scores = scorer.score_state(merge(plan, device=str(scorer.device)), block.tasks)
+        out.append((scores, plan.plan_id))
+    return out
+
+
 def collect_outcomes(
     catalog: Catalog,
     store: OutcomeStore,
@@ -125,14 +178,24 @@ def collect_outcomes(
     device: Any | None = None,
     cache_dir: str | Path | None = None,
     progress: bool = True,
+    executor: str | Executor = "local",
+    workers: int = 1,
+    address: str | None = None,
+    block_size: int = 4,
 ) -> CollectSummary:
     """Measure every (ordered pair, candidate) not yet in ``store``; see the module docs.
-    The experts' reference scores come from the single-model score cache under ``cache_dir``."""
+    The experts' reference scores come from the single-model score cache under ``cache_dir``.
+
+    ``executor``: ``"local"`` (``workers`` > 1: a process pool), ``"ray"`` (``address``: an
+    existing cluster, e.g. ``"auto"``; else a new local instance with ``workers`` CPUs) or an
+    :class:`~simmerge.infra.executors.Executor` (left open); all but the in-process default run
+    :class:`MergeBlock` jobs of up to ``block_size`` merges and write their rows here."""
     t0 = time.perf_counter()
+    if block_size < 1:
+        raise ConfigError(f"block_size must be >= 1, got {block_size}.", "pass 1 or more.")
     scorer = MergeScorer(catalog, device)
     refs = scorer.expert_scores(cache_dir=cache_dir)
     pairs = list(pairs) if pairs is not None else expert_pairs(catalog)
-    order = {e.name: i for i, e in enumerate(catalog.experts)}
     # one read of the store: what is measured (for reuse) is also what is done (for skipping)
     measured: dict[tuple[str, str, str, str, str], tuple[float, str]] = {}
     for o in store.outcomes(catalog.name):
@@ -150,13 +213,52 @@ def collect_outcomes(
             else:
                 jobs.append((a, b, config, tasks))
 
+    if in_process(executor, workers):
+        merged, reused, rows = _collect_here(catalog, store, scorer, refs, measured, jobs, progress)
+    else:
+        with running(executor, workers=workers, address=address) as runner:
+            merged, reused, rows = _collect_on(
+                runner, catalog, store, scorer, refs, measured, jobs, device, progress, block_size
+            )
+    return CollectSummary(
+        jobs=len(jobs) + skipped,
+        skipped=skipped,
+        merged=merged,
+        reused=reused,
+        rows=rows,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+_Job = tuple[CatalogModel, CatalogModel, OperatorConfig, list[str]]
+_Measured = dict[tuple[str, str, str, str, str], tuple[float, str]]
+
+
+def _known(measured: _Measured, first: str, second: str, canon: OperatorConfig, tasks, hashes):
+    """(score, plan id) per task of the merge (first, second, canon) from ``measured``, or None
+    when some task of it is not measured."""
+    known = [measured.get((first, second, canon.id, t, hashes[t])) for t in tasks]
+    return None if any(k is None for k in known) else known
+
+
+def _collect_here(
+    catalog: Catalog,
+    store: OutcomeStore,
+    scorer: MergeScorer,
+    refs: dict[tuple[str, str], float],
+    measured: _Measured,
+    jobs: list[_Job],
+    progress: bool,
+) -> tuple[int, int, int]:
+    """Every job in this process, one after the other: (merged, reused, rows)."""
+    order = {e.name: i for i, e in enumerate(catalog.experts)}
     merged = reused = rows = 0
     base_dir = str(catalog.base.path)
     for a, b, config, tasks in tqdm(jobs, desc="merge+eval", disable=not progress):
         first, second, canon = config.canonical(a.name, b.name, order)
         hashes = {t: scorer.eval_hash(t) for t in tasks}
-        known = [measured.get((first, second, canon.id, t, hashes[t])) for t in tasks]
-        if all(k is not None for k in known):
+        known = _known(measured, first, second, canon, tasks, hashes)
+        if known is not None:
             scores = {t: k[0] for t, k in zip(tasks, known, strict=True)}
             plan_id = known[0][1]
             reused += 1
@@ -169,11 +271,57 @@ def collect_outcomes(
                 measured[(first, second, canon.id, t, hashes[t])] = (scores[t], plan_id)
         batch = outcome_rows(catalog, a, b, config, plan_id, scores, hashes, refs)
         rows += store.add(batch)
-    return CollectSummary(
-        jobs=len(jobs) + skipped,
-        skipped=skipped,
-        merged=merged,
-        reused=reused,
-        rows=rows,
-        seconds=time.perf_counter() - t0,
-    )
+    return merged, reused, rows
+
+
+def _collect_on(
+    runner: Executor,
+    catalog: Catalog,
+    store: OutcomeStore,
+    scorer: MergeScorer,
+    refs: dict[tuple[str, str], float],
+    measured: _Measured,
+    jobs: list[_Job],
+    device: Any | None,
+    progress: bool,
+    block_size: int,
+) -> tuple[int, int, int]:
+    """The jobs as :class:`MergeBlock` jobs on ``runner``, the store written here as blocks
+    finish: (merged, reused, rows)."""
+    order = {e.name: i for i, e in enumerate(catalog.experts)}
+    reused = rows = 0
+    # jobs whose merge is in the store are written at once; the others wait for their merge,
+    # which equal jobs (both orders of a pair) share
+    waiting: dict[tuple[str, str, OperatorConfig], list[_Job]] = {}
+    for a, b, config, tasks in jobs:
+        first, second, canon = config.canonical(a.name, b.name, order)
+        hashes = {t: scorer.eval_hash(t) for t in tasks}
+        known = _known(measured, first, second, canon, tasks, hashes)
+        if known is None:
+            waiting.setdefault((first, second, canon), []).append((a, b, config, tasks))
+            continue
+        scores = {t: k[0] for t, k in zip(tasks, known, strict=True)}
+        rows += store.add(outcome_rows(catalog, a, b, config, known[0][1], scores, hashes, refs))
+        reused += 1
+    by_pair: dict[tuple[str, str], list[OperatorConfig]] = {}
+    for first, second, canon in waiting:
+        by_pair.setdefault((first, second), []).append(canon)
+    blocks = []
+    for (first, second), configs in by_pair.items():
+        tasks = waiting[(first, second, configs[0])][0][3]
+        for i in range(0, len(configs), block_size):
+            chunk = configs[i : i + block_size]
+            blocks.append(MergeBlock.of(catalog, first, second, chunk, tasks, device))
+    gpu = bool(blocks) and blocks[0].gpu
+    results = runner.imap(run_merge_block, blocks, desc="merge+eval", progress=progress, gpu=gpu)
+    with contextlib.closing(results):
+        for i, measured_block in results:
+            block = blocks[i]
+            hashes = {t: scorer.eval_hash(t) for t in block.tasks}
+            for canon, (scores, plan_id) in zip(block.configs, measured_block, strict=True):
+                equal = waiting[(block.first, block.second, canon)]
+                for a, b, config, _ in equal:
+                    batch = outcome_rows(catalog, a, b, config, plan_id, scores, hashes, refs)
+                    rows += store.add(batch)
+                reused += len(equal) - 1
+    return len(waiting), reused, rows

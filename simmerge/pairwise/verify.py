@@ -5,6 +5,10 @@ whole grid, so the k are k distinct merges: a candidate that is the same merge a
 better-ranked one (the average of two experts under several names) is passed over. Each
 verified merge becomes :class:`~simmerge.outcomes.store.Outcome` rows (in a store when given,
 so ``simmerge train`` can refit the predictor on them) and is compared with its prediction.
+
+The k merges run in this process one after the other, or, given an ``executor`` (``"ray"``, a
+process pool), as k :class:`~simmerge.outcomes.collection.MergeBlock` jobs side by side (on
+Ray, one GPU each when the cluster has GPUs); this process alone writes the store.
 """
 
 from __future__ import annotations
@@ -17,9 +21,10 @@ from typing import Any
 from simmerge.catalog import Catalog
 from simmerge.errors import ConfigError
 from simmerge.evaluation.scorer import MergeScorer, normalized, reference_score
+from simmerge.infra.executors import Executor, in_process, running
 from simmerge.merging import merge
 from simmerge.merging.grid import distinct_merges
-from simmerge.outcomes.collection import outcome_rows
+from simmerge.outcomes.collection import MergeBlock, outcome_rows, run_merge_block
 from simmerge.outcomes.store import OutcomeStore
 from simmerge.pairwise.rank import RankedCandidate
 
@@ -82,11 +87,16 @@ def verify(
     scorer: MergeScorer | None = None,
     cache_dir: str | Path | None = None,
     distinct: bool = True,
+    executor: str | Executor = "local",
+    workers: int = 1,
+    address: str | None = None,
 ) -> VerifyReport:
     """Merge and evaluate the ``k`` best of ``candidates`` (ranked output of
     :func:`~simmerge.pairwise.rank.rank_merges`); record outcomes in ``store`` when given.
     With ``distinct`` (the default) the k are distinct merges (:func:`distinct_top`); without
-    it, the k best-ranked whatever they repeat (an exhaustive measurement of a grid)."""
+    it, the k best-ranked whatever they repeat (an exhaustive measurement of a grid).
+    ``executor``, ``workers``, ``address``: as for
+    :func:`~simmerge.outcomes.collection.collect_outcomes` (module docs)."""
     if k < 1:
         raise ConfigError(f"verify needs k >= 1, got {k}.", "verify at least one candidate.")
     if not candidates:
@@ -117,11 +127,28 @@ def verify(
             picked, skipped = distinct_top(candidates, k)
         else:
             picked, skipped = sorted(candidates, key=lambda c: c.rank)[:k], []
-        for cand in picked:
-            plan = cand.config.plan(str(catalog.base.path), str(a.path), str(b.path))
-            raw = scorer.score_state(merge(plan, device=str(scorer.device)), [*tasks, *general])
+        scored = [*tasks, *general]
+        if in_process(executor, workers):
+            plans = (
+                cand.config.plan(str(catalog.base.path), str(a.path), str(b.path))
+                for cand in picked
+            )
+            measured = (
+                (scorer.score_state(merge(plan, device=str(scorer.device)), scored), plan.plan_id)
+                for plan in plans
+            )  # lazily: each merge is recorded before the next one starts
+        else:
+            blocks = [
+                MergeBlock.of(catalog, a.name, b.name, (c.config,), scored, device) for c in picked
+            ]
+            with running(executor, workers=workers, address=address) as runner:
+                done = runner.map(
+                    run_merge_block, blocks, desc="verify", progress=False, gpu=blocks[0].gpu
+                )
+            measured = iter([d[0] for d in done])
+        for cand, (raw, plan_id) in zip(picked, measured, strict=True):
             own = {t: raw[t] for t in tasks}
-            rows = outcome_rows(catalog, a, b, cand.config, plan.plan_id, own, hashes, refs)
+            rows = outcome_rows(catalog, a, b, cand.config, plan_id, own, hashes, refs)
             if db is not None:
                 db.add(rows)
             per_task = {r.task: r.normalized for r in rows}
@@ -129,7 +156,7 @@ def verify(
                 VerifiedCandidate(
                     rank=cand.rank,
                     candidate=cand.candidate,
-                    plan_id=plan.plan_id,
+                    plan_id=plan_id,
                     predicted=cand.predicted,
                     actual=sum(per_task.values()) / len(per_task),
                     per_task=per_task,

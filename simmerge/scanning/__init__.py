@@ -1,3 +1,3 @@
-"""Catalog scans: the scan folder layout, executors (local or Ray), the pipeline, the HTML report,
-mergekit export.
+"""Catalog scans: the scan folder layout, the pipeline (its jobs run on an executor of
+:mod:`simmerge.infra.executors`: local or Ray), the HTML report, mergekit export.
 """

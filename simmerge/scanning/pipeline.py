@@ -4,7 +4,7 @@
 
 1. **signatures** -- one probe pass per (expert, distinct probe set): O(N) forward passes;
 2. **sketches** -- one streaming weight pass per expert: O(N);
-   both are jobs for an executor (:mod:`simmerge.scanning.executors`: in-process, a process pool or
+   both are jobs for an executor (:mod:`simmerge.infra.executors`: in-process, a process pool or
    Ray) whose results land in the content-keyed cache, so a re-run or another scan of the same
    checkpoints recomputes none of them;
 3. **profiles** -- the cached signatures and sketches loaded back (O(N) reads);
@@ -37,9 +37,9 @@ from simmerge import __version__
 from simmerge.catalog import Catalog
 from simmerge.errors import ConfigError, OutputPathError
 from simmerge.infra.cache import cache_key, default_cache_dir
+from simmerge.infra.executors import Executor, running
 from simmerge.infra.files import atomic_write_text, ensure_writable_dir
 from simmerge.multiway.settings import DEFAULT_MAX_MODELS, MODES
-from simmerge.scanning.executors import Executor, make_executor
 from simmerge.scanning.layout import (
     FEATURES_FILE,
     KEY_META,
@@ -223,7 +223,7 @@ def scan(
     """Scan ``catalog`` into ``out_dir`` (see the module docs); resumable.
 
     ``executor`` is ``"local"`` (``workers`` > 1: a process pool), ``"ray"`` (``address``:
-    an existing cluster, e.g. ``"auto"``) or an :class:`~simmerge.scanning.executors.Executor`.
+    an existing cluster, e.g. ``"auto"``) or an :class:`~simmerge.infra.executors.Executor`.
     ``store`` is an outcome store whose verified outcomes the report plots against the
     predictions. The cache defaults to ``options.cache_dir`` or the user cache; on a Ray
     cluster it must be a folder every worker can reach at the same path.
@@ -273,9 +273,8 @@ def scan(
     if features_done and ranking_done:
         result.skipped += list(STAGES[:5])
     else:
-        runner = make_executor(executor, workers=workers, address=address)
         on_gpu = (options.device or "cuda").startswith("cuda")  # signatures pick CUDA if any
-        try:
+        with running(executor, workers=workers, address=address) as runner:
             with timer("signatures"):
                 jobs = _signature_jobs(catalog, sets, options)
                 runner.map(
@@ -286,9 +285,6 @@ def scan(
                 jobs = _sketch_jobs(catalog, options)
                 on_gpu = (options.device or "cpu").startswith("cuda")  # sketches: CPU default
                 runner.map(run_sketch_job, jobs, desc="sketches", progress=progress, gpu=on_gpu)
-        finally:
-            if isinstance(executor, str):  # ours to close; a caller's executor stays open
-                runner.close()
         with timer("profiles"):
             profiles = build_profiles(catalog, options, progress=progress)
         if features_done:

@@ -140,3 +140,9 @@ def test_json_output_is_one_document_on_stdout(trained, tmp_path, capsys):
     out = json.loads(captured.out)
     assert out["out"] == str(feats) and out["rows"] > 0 and feats.is_file()
     assert captured.err == ""  # --quiet: no progress bars
+
+
+def test_budgeted_verify_refuses_an_executor_before_any_work(capsys):
+    argv = ["verify", "missing.yaml", "--models", "a,b", "--budget", "100", "--executor", "ray"]
+    assert main(argv) == EXIT_BAD_INPUT  # before the catalog is even read
+    assert "--budget runs in this process" in capsys.readouterr().err

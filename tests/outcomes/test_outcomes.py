@@ -293,3 +293,45 @@ def test_shard_argument_is_k_of_n_or_a_typed_error():
     for bad in ("1", "a/2", "1/2/3", "-1/2"):
         with pytest.raises(ConfigError, match="is not K/N"):
             parse_shard(bad)
+
+
+def _rows(store: OutcomeStore) -> list[tuple]:
+    return sorted(
+        (o.model_a, o.model_b, o.candidate, o.task, o.plan_id, o.score, o.normalized) for o in store
+    )
+
+
+def test_collection_in_blocks_on_an_executor_writes_the_in_process_rows(micro_catalog, tmp_path):
+    """The executor path (here in-process, as Ray runs it: blocks of merges whose scores the
+    caller writes) gives the default path's rows and counts, and resumes from the store: the
+    other order of a stored pair is written from the stored merge, not merged again."""
+    from simmerge.infra.executors import LocalExecutor
+    from simmerge.outcomes.collection import MergeBlock
+
+    with OutcomeStore(tmp_path / "here.sqlite") as store:
+        here = collect_outcomes(micro_catalog, store, SMALL_GRID, progress=False)
+        want = _rows(store)
+    with OutcomeStore(tmp_path / "blocks.sqlite") as store:
+        blocks = collect_outcomes(
+            micro_catalog, store, SMALL_GRID, progress=False, executor=LocalExecutor(), block_size=3
+        )
+        assert _rows(store) == want
+    assert (blocks.merged, blocks.reused, blocks.rows) == (here.merged, here.reused, here.rows)
+
+    order = {e.name: i for i, e in enumerate(micro_catalog.experts)}
+    pairs = expert_pairs(micro_catalog)
+    forward = [(a, b) for a, b in pairs if order[a.name] < order[b.name]]
+    with OutcomeStore(tmp_path / "resumed.sqlite") as store:
+        collect_outcomes(micro_catalog, store, SMALL_GRID, pairs=forward, progress=False)
+        resumed = collect_outcomes(
+            micro_catalog, store, SMALL_GRID, progress=False, executor=LocalExecutor()
+        )
+        assert _rows(store) == want
+    assert resumed.skipped == len(forward) * len(SMALL_GRID) and resumed.merged == 0
+    assert resumed.reused == resumed.jobs - resumed.skipped
+    with OutcomeStore(tmp_path / "x.sqlite") as store, pytest.raises(ConfigError, match="block"):
+        collect_outcomes(micro_catalog, store, SMALL_GRID, executor=LocalExecutor(), block_size=0)
+    # what a worker is sent: no open checkpoints, and a GPU wanted unless the device is a CPU
+    block = MergeBlock.of(micro_catalog, "a", "b", SMALL_GRID[:1], ("t",), None)
+    assert block.catalog._checkpoints == {} and block.gpu
+    assert not MergeBlock.of(micro_catalog, "a", "b", (), (), "cpu").gpu

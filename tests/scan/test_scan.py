@@ -1,7 +1,7 @@
 """Catalog scans: the four outputs, resume (a finished stage is never redone; SIGKILL at random
-points is tests/safety/test_crash.py's), the Ray executor's outputs equal the local ones (and a dead
-worker is retried), the report is self-contained and plots verified outcomes, export to
-mergekit, and the public API. Runs on the default tiny zoo."""
+points is tests/safety/test_crash.py's), the Ray executor's outputs on a real two-node cluster
+equal the local ones (and a dead worker is retried), the report is self-contained and plots
+verified outcomes, export to mergekit, and the public API. Runs on the default tiny zoo."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import yaml
 from _factories import assert_same_outputs, mtimes
 
 from simmerge.errors import ConfigError
+from simmerge.infra.executors import LocalExecutor, make_executor
 from simmerge.learn.plan_model import load_plan_model
-from simmerge.scanning.executors import LocalExecutor, make_executor
 from simmerge.scanning.layout import FEATURES_FILE, REPORT_FILE, load_ranking
 from simmerge.scanning.pipeline import STAGES, ScanSettings, scan
 from simmerge.signals.profiles import FeatureOptions
@@ -161,41 +161,37 @@ def _sleep_then_return(seconds: float) -> float:
     return seconds
 
 
-def test_ray_executor_gives_the_local_outputs(scanned, tmp_path):
-    ray = pytest.importorskip("ray", reason="the Ray executor is the extra simmerge[ray]")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+def test_ray_executor_gives_the_local_outputs(scanned, ray_cluster, tmp_path):
+    """On a real two-node cluster (tests/_ray_cluster.py), not an in-process ``ray.init()``."""
+    options = FeatureOptions(cache_dir=tmp_path / "cache")
+    result = scan(
+        scanned["zoo"] / "catalog.yaml",
+        tmp_path / "out",
+        executor="ray",
+        address=ray_cluster.address,
+        options=options,
+        settings=SETTINGS,
+        progress=False,
+    )
+    assert "signatures" in result.seconds and "sketches" in result.seconds
+    assert any((tmp_path / "cache" / "signatures").iterdir())  # written by Ray workers
+    assert_same_outputs(tmp_path / "out", scanned["root"] / "out")
+
+
+def test_ray_executor_retries_a_job_whose_worker_died(ray_cluster, tmp_path):
+    from crash_jobs import Spied, exit_once, nodes_used
+
+    log = tmp_path / "log"
+    log.mkdir()
+    runner = make_executor("ray", address=ray_cluster.address)
     try:
-        options = FeatureOptions(cache_dir=tmp_path / "cache")
-        result = scan(
-            scanned["zoo"] / "catalog.yaml",
-            tmp_path / "out",
-            executor="ray",
-            options=options,
-            settings=SETTINGS,
-            progress=False,
-        )
-        assert "signatures" in result.seconds and "sketches" in result.seconds
-        assert any((tmp_path / "cache" / "signatures").iterdir())  # written by Ray workers
-        assert_same_outputs(tmp_path / "out", scanned["root"] / "out")
-    finally:
-        ray.shutdown()
-
-
-def test_ray_executor_retries_a_job_whose_worker_died(tmp_path):
-    ray = pytest.importorskip("ray", reason="the Ray executor is the extra simmerge[ray]")
-    import crash_jobs
-    from crash_jobs import exit_once
-
-    # the job lives in the test folder, which Ray's workers do not import from: send it by value
-    ray.cloudpickle.register_pickle_by_value(crash_jobs)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        runner = make_executor("ray")
-        markers = [str(tmp_path / f"m{i}") for i in range(3)]
-        assert runner.map(exit_once, markers, desc="jobs", progress=False) == ["ok"] * 3
+        markers = [str(tmp_path / f"m{i}") for i in range(4)]
+        spied = Spied(runner, str(log))
+        assert spied.map(exit_once, markers, desc="jobs", progress=False) == ["ok"] * 4
         assert all(Path(m).is_file() for m in markers)  # each worker did die once
+        assert len(nodes_used(log)) == 2  # on both nodes
     finally:
-        ray.shutdown()
+        runner.close()
 
 
 def test_local_process_pool_keeps_item_order():

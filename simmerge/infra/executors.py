@@ -1,9 +1,12 @@
-"""Where the O(N) work of a scan runs: this process, a local process pool, or a Ray cluster.
+"""Where lists of independent jobs run: this process, a local process pool, or a Ray cluster.
 
-A scan's expensive stages (one probe pass and one weight pass per checkpoint) are lists of
-independent jobs whose results land in the shared content-keyed cache
-(:mod:`simmerge.infra.cache`); the jobs return only small values (seconds spent). An executor maps a
-picklable top-level function over such a list, in order, with a progress bar:
+A scan's expensive stages (one probe pass and one weight pass per checkpoint) are such jobs,
+whose results land in the shared content-keyed cache (:mod:`simmerge.infra.cache`) and which
+return only small values (seconds spent); so are outcome collection's blocks of merges
+(:mod:`simmerge.outcomes.collection`), which return their scores to the caller, the one writer
+of the store. An executor runs a picklable top-level function over such a list with a progress
+bar: :meth:`~Executor.map` returns the results in item order, :meth:`~Executor.imap` yields
+``(index, result)`` as each job finishes, so that a caller can keep them as they come:
 
 * :class:`LocalExecutor` (default): in this process, one job after the other -- the right
   choice on one GPU, and on CPU where torch already uses every core -- or, with
@@ -12,12 +15,16 @@ picklable top-level function over such a list, in order, with a progress bar:
 * :class:`RayExecutor` (extra ``simmerge[ray]``): one Ray task per job, ``num_gpus=1`` per task
   when the cluster has GPUs, retried when a worker dies. Workers must see the checkpoints and
   the cache folder at the same paths (shared storage); see docs/design.md, "Scans".
+
+A job that raises stops the run: the error reaches the caller with its own type, and the jobs
+not yet finished are cancelled.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from typing import Any, Protocol, TypeVar
@@ -33,9 +40,22 @@ EXECUTORS = ("local", "ray")
 
 
 class Executor(Protocol):
-    """Runs ``fn`` over ``items`` and returns the results in item order."""
+    """Runs ``fn`` over ``items``: :meth:`map` in item order, :meth:`imap` as jobs finish."""
 
     name: str
+
+    def imap(
+        self,
+        fn: Callable[[T], R],
+        items: Sequence[T],
+        *,
+        desc: str,
+        progress: bool,
+        gpu: bool = False,
+    ) -> Iterator[tuple[int, R]]:
+        """``(index of the item, result)`` of each job, in the order the jobs finish.
+        ``gpu``: the jobs run on a GPU (a cluster executor reserves one per job)."""
+        ...
 
     def map(
         self,
@@ -46,10 +66,18 @@ class Executor(Protocol):
         progress: bool,
         gpu: bool = False,
     ) -> list[R]:
-        """``gpu``: the jobs run on a GPU (a cluster executor reserves one per job)."""
+        """The results of :meth:`imap`, in item order."""
         ...
 
     def close(self) -> None: ...
+
+
+def in_item_order(results: Iterator[tuple[int, R]], n: int) -> list[R]:
+    """The ``n`` results of an :meth:`Executor.imap` as a list in item order."""
+    out: list[Any] = [None] * n
+    for i, r in results:
+        out[i] = r
+    return out
 
 
 def _limit_threads(n: int) -> None:
@@ -68,7 +96,7 @@ class LocalExecutor:
             raise ConfigError(f"workers must be >= 1, got {workers}.", "pass --workers 1 or more.")
         self.workers = workers
 
-    def map(
+    def imap(
         self,
         fn: Callable[[T], R],
         items: Sequence[T],
@@ -76,11 +104,12 @@ class LocalExecutor:
         desc: str,
         progress: bool,
         gpu: bool = False,
-    ) -> list[R]:
+    ) -> Iterator[tuple[int, R]]:
         if self.workers == 1 or len(items) <= 1:
-            return [fn(x) for x in tqdm(items, desc=desc, disable=not progress)]
+            for i, x in enumerate(tqdm(items, desc=desc, disable=not progress)):
+                yield i, fn(x)
+            return
         threads = max(1, (os.cpu_count() or 1) // self.workers)
-        results: list[Any] = [None] * len(items)
         # spawn, not fork: torch's thread pools do not survive a fork cleanly
         with ProcessPoolExecutor(
             self.workers,
@@ -92,11 +121,22 @@ class LocalExecutor:
             done = as_completed(futures)
             try:
                 for fut in tqdm(done, total=len(items), desc=desc, disable=not progress):
-                    results[futures[fut]] = fut.result()
-            except BaseException:
-                pool.shutdown(cancel_futures=True)  # report a failed job without the rest
+                    yield futures[fut], fut.result()
+            except BaseException:  # a failed job, or the caller stopped early: drop the rest
+                pool.shutdown(cancel_futures=True)
                 raise
-        return results
+
+    def map(
+        self,
+        fn: Callable[[T], R],
+        items: Sequence[T],
+        *,
+        desc: str,
+        progress: bool,
+        gpu: bool = False,
+    ) -> list[R]:
+        run = self.imap(fn, items, desc=desc, progress=progress, gpu=gpu)
+        return in_item_order(run, len(items))
 
     def close(self) -> None:
         pass
@@ -138,6 +178,33 @@ class RayExecutor:
         )
         self.max_retries = max_retries
 
+    def imap(
+        self,
+        fn: Callable[[T], R],
+        items: Sequence[T],
+        *,
+        desc: str,
+        progress: bool,
+        gpu: bool = False,
+    ) -> Iterator[tuple[int, R]]:
+        ray = self._ray
+        # max_retries re-runs a task whose worker process died; an exception raised by the job
+        # itself (a bad checkpoint) is not retried and reaches the caller with its own type
+        gpus = self.num_gpus if gpu else 0
+        remote = ray.remote(num_gpus=gpus, max_retries=self.max_retries)(fn)
+        index = {remote.remote(x): i for i, x in enumerate(items)}
+        pending = list(index)
+        try:
+            with tqdm(total=len(index), desc=desc, disable=not progress) as bar:
+                while pending:
+                    done, pending = ray.wait(pending, num_returns=1)
+                    bar.update(len(done))
+                    for ref in done:
+                        yield index[ref], ray.get(ref)
+        finally:  # a failed job, or the caller stopped early: the rest would run for nothing
+            for ref in pending:
+                ray.cancel(ref)
+
     def map(
         self,
         fn: Callable[[T], R],
@@ -147,18 +214,8 @@ class RayExecutor:
         progress: bool,
         gpu: bool = False,
     ) -> list[R]:
-        ray = self._ray
-        # max_retries re-runs a task whose worker process died; an exception raised by the job
-        # itself (a bad checkpoint) is not retried and reaches the caller with its own type
-        gpus = self.num_gpus if gpu else 0
-        remote = ray.remote(num_gpus=gpus, max_retries=self.max_retries)(fn)
-        refs = [remote.remote(x) for x in items]
-        pending = list(refs)
-        with tqdm(total=len(refs), desc=desc, disable=not progress) as bar:
-            while pending:
-                done, pending = ray.wait(pending, num_returns=1)
-                bar.update(len(done))
-        return ray.get(refs)
+        run = self.imap(fn, items, desc=desc, progress=progress, gpu=gpu)
+        return in_item_order(run, len(items))
 
     def close(self) -> None:
         if self._owns:
@@ -177,3 +234,21 @@ def make_executor(
     if executor == "ray":
         return RayExecutor(address, num_cpus=workers if address is None and workers > 1 else None)
     raise ConfigError(f"Unknown executor {executor!r}.", f"use one of: {', '.join(EXECUTORS)}.")
+
+
+def in_process(executor: str | Executor, workers: int = 1) -> bool:
+    """Whether ``executor`` and ``workers`` name the default: every job in this process."""
+    return isinstance(executor, str) and executor == "local" and workers == 1
+
+
+@contextlib.contextmanager
+def running(
+    executor: str | Executor = "local", *, workers: int = 1, address: str | None = None
+) -> Iterator[Executor]:
+    """:func:`make_executor`, closed on exit when it was made here (a caller's stays open)."""
+    runner = make_executor(executor, workers=workers, address=address)
+    try:
+        yield runner
+    finally:
+        if isinstance(executor, str):
+            runner.close()
