@@ -1,0 +1,170 @@
+"""Benchmark ``collect --executor ray`` on local Ray clusters of 1, then 2 nodes (one CPU each).
+
+Each cluster is a real multi-node cluster on this machine (tests/_ray_cluster.py: a
+``ray start --head`` and ``ray start --address`` nodes, each with its own raylet and one CPU, so
+one block of merges at a time per node). The same job list -- the ordered pairs of ``--models``
+x ``--candidates`` of the default tiny zoo (built if missing) -- is collected into a fresh store
+on each cluster, after one untimed warm-up job per node, so the table times the merges and not
+the workers' first imports. An in-process collection of the same jobs (the default
+executor) is the baseline whose rows every cluster run must reproduce. Prints a table (nodes,
+jobs, merges, wall s, jobs/s, speed-up over 1 node) and writes JSON (default
+``scripts/results/bench_collect_ray.json``).
+
+The cluster runs share this machine's cores, so a node count above the free cores measures
+contention, not scaling: run it on an idle machine with at least as many cores as nodes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # the local cluster helper is the tests'
+
+DEFAULT_MODELS = "reverse_a,sort_a,rotate_a,caesar_a"
+DEFAULT_CANDIDATES = "linear,task_arithmetic[lambda=0.7],ties[density=0.5],slerp[t=0.3]"
+
+
+def store_rows(path: Path) -> list[tuple]:
+    from simmerge.outcomes.store import OutcomeStore
+
+    with OutcomeStore(path) as store:
+        return sorted(tuple(v for k, v in asdict(o).items() if k != "created") for o in store)
+
+
+def warm_up(nodes: int) -> None:
+    """One job per node in this driver's Ray job (whose workers the collection then reuses),
+    so that every node has a worker with torch and simmerge imported before the clock starts."""
+    import ray
+
+    remote = ray.remote(num_cpus=1)(_import_simmerge)
+    ray.get([remote.options(resources={f"node{i}": 0.01}).remote() for i in range(nodes)])
+
+
+def _import_simmerge() -> int:
+    import simmerge.outcomes.collection  # noqa: F401  (what a block's worker imports)
+
+    return os.getpid()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--zoo", default=str(ROOT / "runs" / "zoo"), help="default tiny zoo")
+    parser.add_argument("--models", default=DEFAULT_MODELS, help="experts, comma-separated")
+    parser.add_argument("--candidates", default=DEFAULT_CANDIDATES, help="candidate ids")
+    parser.add_argument("--nodes", default="1,2", help="cluster sizes, comma-separated")
+    parser.add_argument("--block-size", type=int, default=2, help="merges per Ray task")
+    parser.add_argument("--out", default=None, help="JSON path")
+    args = parser.parse_args(argv)
+
+    import ray
+    import torch
+    from _ray_cluster import LocalRayCluster
+
+    from simmerge.catalog import Catalog
+    from simmerge.evaluation.scorer import MergeScorer
+    from simmerge.infra.files import write_json_report
+    from simmerge.merging.grid import grid_from_ids
+    from simmerge.outcomes.collection import collect_outcomes, expert_pairs
+    from simmerge.outcomes.store import OutcomeStore
+    from simmerge.zoo import build_zoo
+
+    torch.set_num_threads(1)  # as one Ray task gets: the baseline is one worker's speed
+    zoo = build_zoo(args.zoo, size="default", seed=0, progress=True)
+    catalog = Catalog.load(zoo / "catalog.yaml")
+    grid = grid_from_ids(args.candidates.split(","))
+    pairs = expert_pairs(catalog, args.models.split(","))
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-collect-ray-") as tmp:
+        cache = Path(tmp) / "cache"
+        MergeScorer(catalog).expert_scores(cache_dir=cache)  # untimed: every run reads them
+        start = time.perf_counter()
+        with OutcomeStore(Path(tmp) / "local.sqlite") as store:
+            local = collect_outcomes(
+                catalog, store, grid, pairs=pairs, cache_dir=cache, progress=False
+            )
+        rows.append(_row("in-process", 0, local, time.perf_counter() - start))
+        want = store_rows(Path(tmp) / "local.sqlite")
+        print(f"in-process: {rows[-1]['wall_s']:.1f} s", flush=True)
+        for n in [int(x) for x in args.nodes.split(",")]:
+            with LocalRayCluster(nodes=n, cpus=1) as cluster:
+                # one driver connection for the warm-up and the collection (its executor
+                # finds Ray connected and uses this connection)
+                ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False)
+                try:
+                    warm_up(n)
+                    path = Path(tmp) / f"ray-{n}.sqlite"
+                    start = time.perf_counter()
+                    with OutcomeStore(path) as store:
+                        summary = collect_outcomes(
+                            catalog,
+                            store,
+                            grid,
+                            pairs=pairs,
+                            cache_dir=cache,
+                            progress=False,
+                            executor="ray",
+                            address=cluster.address,
+                            block_size=args.block_size,
+                        )
+                    wall = time.perf_counter() - start
+                finally:
+                    ray.shutdown()
+            if store_rows(path) != want:
+                raise SystemExit(f"{n} node(s): the store's rows differ from the in-process run")
+            rows.append(_row("ray", n, summary, wall))
+            print(f"ray, {n} node(s): {wall:.1f} s", flush=True)
+    one = next((r["wall_s"] for r in rows if r["nodes"] == 1), None)
+    for r in rows:
+        r["speedup_vs_1_node"] = round(one / r["wall_s"], 2) if one and r["nodes"] else None
+    print_table(rows)
+    report = {
+        "what": "simmerge collect --executor ray on local clusters of one-CPU nodes, "
+        "default tiny zoo; wall time of the collection on a connected driver with warm workers",
+        "models": args.models.split(","),
+        "candidates": args.candidates.split(","),
+        "block_size": args.block_size,
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "ray": ray.__version__,
+        "torch": torch.__version__,
+        "rows": rows,
+    }
+    out = Path(args.out or ROOT / "scripts" / "results" / "bench_collect_ray.json")
+    write_json_report(out, report)
+    return 0
+
+
+def _row(executor: str, nodes: int, summary, wall: float) -> dict:
+    jobs = summary.jobs - summary.skipped
+    return {
+        "executor": executor,
+        "nodes": nodes,
+        "jobs": jobs,
+        "merges": summary.merged,
+        "wall_s": round(wall, 2),
+        "jobs_per_s": round(jobs / wall, 3),
+    }
+
+
+def print_table(rows: list[dict]) -> None:
+    print(f"{'executor':>10} {'nodes':>5} {'jobs':>5} {'merges':>6} {'wall s':>7} {'jobs/s':>7} "
+          f"{'x 1 node':>8}")  # fmt: skip
+    for r in rows:
+        speedup = f"{r['speedup_vs_1_node']:.2f}" if r["speedup_vs_1_node"] else "-"
+        print(
+            f"{r['executor']:>10} {r['nodes'] or '-':>5} {r['jobs']:>5} {r['merges']:>6} "
+            f"{r['wall_s']:>7.1f} {r['jobs_per_s']:>7.2f} {speedup:>8}"
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
