@@ -81,7 +81,7 @@ def run_demo(
         if t in tasks
     ]
     options = FeatureOptions(device=device, cache_dir=cache_dir)
-    chosen = predictor  # None: multi-way planning uses its plan model's own step predictor
+    given_predictor = predictor  # None: multi-way plans use the plan model's step predictor
     predictor = load_predictor(predictor)  # once, not once per pair
     fixed = _best_fixed(predictor)
     out_pairs = []
@@ -140,7 +140,7 @@ def run_demo(
         "experts": experts,
         "general": _general_scores(catalog, scorer),
         "pairs": out_pairs,
-        "multiway": demo_multiway(catalog, scorer, chosen, options),
+        "multiway": demo_multiway(catalog, scorer, given_predictor, options),
     }
 
 
