@@ -256,6 +256,10 @@ def scan(
     options = replace(options, cache_dir=cache_dir)
     model = load_predictor(predictor)
     plan_model = load_plan_model(settings.plan_model)
+    step_model = model
+    if predictor is None and plan_model is not None and plan_model.step_predictor is not None:
+        # with no predictor given, plans are scored by the steps the plan model learned from
+        step_model = load_predictor(plan_model.step_predictor)
     sets = catalog_probe_sets(catalog, options)
     f_key = _features_key(catalog, options, sets)
     r_key = _ranking_key(f_key, model, settings, plan_model)
@@ -299,7 +303,7 @@ def scan(
         else:
             with timer("ranking"):
                 ranking = rank_catalog(
-                    catalog, profiles, model, settings, options, progress, plan_model
+                    catalog, profiles, model, settings, options, progress, plan_model, step_model
                 )
                 ranking.update(key=r_key, features_key=f_key)
                 for part, seconds in ranking["seconds"].items():
@@ -362,9 +366,11 @@ def rank_catalog(
     options: FeatureOptions,
     progress: bool = False,
     plan_model: Any = None,
+    step_model: Any = None,
 ) -> dict[str, Any]:
     """The ``ranking.json`` document (without its keys): every unordered pair of experts in
-    catalog order, ranked on the union of its two experts' tasks, and the multi-way plans."""
+    catalog order, ranked on the union of its two experts' tasks, and the multi-way plans,
+    whose steps ``step_model`` predicts (default: ``model``)."""
     from tqdm.auto import tqdm
 
     from simmerge.pairwise.rank import inputs_from_profiles, rank_merges
@@ -397,7 +403,7 @@ def rank_catalog(
     seconds = {"pairs": time.perf_counter() - start}
     start = time.perf_counter()
     plans, plan_tasks, plan_note = _multiway(
-        catalog, profiles, model, plan_model, settings, options, progress
+        catalog, profiles, step_model or model, plan_model, settings, options, progress
     )
     seconds["plans"] = time.perf_counter() - start
     rule = model.card_.get("selection") or {}
@@ -418,7 +424,12 @@ def rank_catalog(
             "interval": model.card_.get("interval"),
         },
         "plan_model": (
-            {"trained_on": plan_model.card_.get("training_sources")} if plan_model else None
+            {
+                "trained_on": plan_model.card_.get("training_sources"),
+                "step_predictor": plan_model.step_predictor if step_model is not model else None,
+            }
+            if plan_model
+            else None
         ),
         "settings": asdict(settings),
         "pairs": pairs,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -30,10 +31,17 @@ SETTINGS = ScanSettings(top=3, plans=3, max_models=3, beam=2)
 def scanned(tiny_zoo, tmp_path_factory):
     root = tmp_path_factory.mktemp("scan")
     options = FeatureOptions(cache_dir=root / "cache")
-    result = scan(
-        tiny_zoo / "catalog.yaml", root / "out", options=options, settings=SETTINGS, progress=False
-    )
-    return {"root": root, "result": result, "options": options, "zoo": tiny_zoo}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = scan(
+            tiny_zoo / "catalog.yaml",
+            root / "out",
+            options=options,
+            settings=SETTINGS,
+            progress=False,
+        )
+    warned = [str(w.message) for w in caught]
+    return {"root": root, "result": result, "options": options, "zoo": tiny_zoo, "warned": warned}
 
 
 def test_scan_writes_features_ranking_report_and_figures(scanned):
@@ -56,6 +64,10 @@ def test_scan_writes_features_ranking_report_and_figures(scanned):
     assert {p["ranked_by"] for p in ranking["plans"]} == {"plan model"}
     shipped = load_plan_model(None).card_["training_sources"]
     assert ranking["plan_model"]["trained_on"] == shipped and "tiny-zoo" not in shipped
+    # no predictor given: plan steps come from the predictor the plan model learned from
+    step = load_plan_model(None).step_predictor
+    assert step and ranking["plan_model"]["step_predictor"] == step
+    assert not [w for w in scanned["warned"] if "step predictions" in w]
     for fig in ("heatmap", "clusters", "features"):
         assert (out / f"report_{fig}.png").read_bytes()[:4] == b"\x89PNG"
     assert set(scanned["result"].seconds) == {*STAGES, "ranking_pairs", "ranking_plans"}
