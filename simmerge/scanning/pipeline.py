@@ -256,10 +256,6 @@ def scan(
     options = replace(options, cache_dir=cache_dir)
     model = load_predictor(predictor)
     plan_model = load_plan_model(settings.plan_model)
-    step_model = model
-    if predictor is None and plan_model is not None and plan_model.step_predictor is not None:
-        # with no predictor given, plans are scored by the steps the plan model learned from
-        step_model = load_predictor(plan_model.step_predictor)
     sets = catalog_probe_sets(catalog, options)
     f_key = _features_key(catalog, options, sets)
     r_key = _ranking_key(f_key, model, settings, plan_model)
@@ -303,7 +299,15 @@ def scan(
         else:
             with timer("ranking"):
                 ranking = rank_catalog(
-                    catalog, profiles, model, settings, options, progress, plan_model, step_model
+                    catalog,
+                    profiles,
+                    model,
+                    settings,
+                    options,
+                    progress,
+                    plan_model,
+                    # none given: plan_merge picks the plan model's own step predictor
+                    step_predictor=model if predictor is not None else None,
                 )
                 ranking.update(key=r_key, features_key=f_key)
                 for part, seconds in ranking["seconds"].items():
@@ -366,11 +370,11 @@ def rank_catalog(
     options: FeatureOptions,
     progress: bool = False,
     plan_model: Any = None,
-    step_model: Any = None,
+    step_predictor: Any = None,
 ) -> dict[str, Any]:
     """The ``ranking.json`` document (without its keys): every unordered pair of experts in
     catalog order, ranked on the union of its two experts' tasks, and the multi-way plans,
-    whose steps ``step_model`` predicts (default: ``model``)."""
+    whose steps ``step_predictor`` predicts (None: as ``plan_merge`` chooses with none given)."""
     from tqdm.auto import tqdm
 
     from simmerge.pairwise.rank import inputs_from_profiles, rank_merges
@@ -403,7 +407,7 @@ def rank_catalog(
     seconds = {"pairs": time.perf_counter() - start}
     start = time.perf_counter()
     plans, plan_tasks, plan_note = _multiway(
-        catalog, profiles, step_model or model, plan_model, settings, options, progress
+        catalog, profiles, step_predictor, plan_model, settings, options, progress
     )
     seconds["plans"] = time.perf_counter() - start
     rule = model.card_.get("selection") or {}
@@ -426,7 +430,7 @@ def rank_catalog(
         "plan_model": (
             {
                 "trained_on": plan_model.card_.get("training_sources"),
-                "step_predictor": plan_model.step_predictor if step_model is not model else None,
+                "step_predictor": plan_model.step_predictor if step_predictor is None else None,
             }
             if plan_model
             else None
@@ -443,7 +447,7 @@ def rank_catalog(
 def _multiway(
     catalog: Catalog,
     profiles: dict[str, Any],
-    model: Any,
+    step_predictor: Any,
     plan_model: Any,
     settings: ScanSettings,
     options: FeatureOptions,
@@ -466,7 +470,7 @@ def _multiway(
         beam=settings.beam,
         mode=settings.mode,
         top=settings.plans,
-        predictor=model,
+        predictor=step_predictor,
         options=options,
         profiles=profiles,
         progress=progress,
