@@ -5,10 +5,11 @@ Each cluster is a real multi-node cluster on this machine (tests/_ray_cluster.py
 one block of merges at a time per node). The same job list -- the ordered pairs of ``--models``
 x ``--candidates`` of the default tiny zoo (built if missing) -- is collected into a fresh store
 on each cluster, after one untimed warm-up job per node, so the table times the merges and not
-the workers' first imports. An in-process collection of the same jobs (the default
-executor) is the baseline whose rows every cluster run must reproduce. Prints a table (nodes,
-jobs, merges, wall s, jobs/s, speed-up over 1 node) and writes JSON (default
-``scripts/results/bench_collect_ray.json``).
+the workers' first imports, once per ``--block-sizes`` entry (merges per Ray task: fewer,
+larger tasks pay Ray's per-task cost less often). An in-process collection of the same jobs
+(the default executor) is the baseline whose rows every cluster run must reproduce. Prints a
+table (block size, nodes, jobs, merges, wall s, jobs/s, speed-up over 1 node at that block
+size) and writes JSON (default ``scripts/results/bench_collect_ray.json``).
 
 The cluster runs share this machine's cores, so a node count above the free cores measures
 contention, not scaling: run it on an idle machine with at least as many cores as nodes.
@@ -60,7 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default=DEFAULT_MODELS, help="experts, comma-separated")
     parser.add_argument("--candidates", default=DEFAULT_CANDIDATES, help="candidate ids")
     parser.add_argument("--nodes", default="1,2", help="cluster sizes, comma-separated")
-    parser.add_argument("--block-size", type=int, default=2, help="merges per Ray task")
+    parser.add_argument(
+        "--block-sizes",
+        default="2,4",
+        help="merges per Ray task, comma-separated: each is run on every cluster size "
+        "(4 is collect's default; with 4 candidates it is one task per pair)",
+    )
     parser.add_argument("--out", default=None, help="JSON path")
     args = parser.parse_args(argv)
 
@@ -80,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     zoo = build_zoo(args.zoo, size="default", seed=0, progress=True)
     catalog = Catalog.load(zoo / "catalog.yaml")
     grid = grid_from_ids(args.candidates.split(","))
+    block_sizes = [int(b) for b in args.block_sizes.split(",")]
     pairs = expert_pairs(catalog, args.models.split(","))
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-collect-ray-") as tmp:
@@ -90,17 +97,18 @@ def main(argv: list[str] | None = None) -> int:
             local = collect_outcomes(
                 catalog, store, grid, pairs=pairs, cache_dir=cache, progress=False
             )
-        rows.append(_row("in-process", 0, local, time.perf_counter() - start))
+        rows.append(_row("in-process", 0, local, time.perf_counter() - start, None))
         want = store_rows(Path(tmp) / "local.sqlite")
         print(f"in-process: {rows[-1]['wall_s']:.1f} s", flush=True)
-        for n in [int(x) for x in args.nodes.split(",")]:
+        runs = [(b, int(n)) for b in block_sizes for n in args.nodes.split(",")]
+        for block_size, n in runs:
             with LocalRayCluster(nodes=n, cpus=1) as cluster:
                 # one driver connection for the warm-up and the collection (its executor
                 # finds Ray connected and uses this connection)
                 ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False)
                 try:
                     warm_up(n)
-                    path = Path(tmp) / f"ray-{n}.sqlite"
+                    path = Path(tmp) / f"ray-{block_size}-{n}.sqlite"
                     start = time.perf_counter()
                     with OutcomeStore(path) as store:
                         summary = collect_outcomes(
@@ -112,17 +120,20 @@ def main(argv: list[str] | None = None) -> int:
                             progress=False,
                             executor="ray",
                             address=cluster.address,
-                            block_size=args.block_size,
+                            block_size=block_size,
                         )
                     wall = time.perf_counter() - start
                 finally:
                     ray.shutdown()
             if store_rows(path) != want:
                 raise SystemExit(f"{n} node(s): the store's rows differ from the in-process run")
-            rows.append(_row("ray", n, summary, wall))
-            print(f"ray, {n} node(s): {wall:.1f} s", flush=True)
-    one = next((r["wall_s"] for r in rows if r["nodes"] == 1), None)
+            rows.append(_row("ray", n, summary, wall, block_size))
+            print(f"ray, block {block_size}, {n} node(s): {wall:.1f} s", flush=True)
     for r in rows:
+        one = next(
+            (o["wall_s"] for o in rows if o["nodes"] == 1 and o["block_size"] == r["block_size"]),
+            None,
+        )
         r["speedup_vs_1_node"] = round(one / r["wall_s"], 2) if one and r["nodes"] else None
     print_table(rows)
     report = {
@@ -130,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         "default tiny zoo; wall time of the collection on a connected driver with warm workers",
         "models": args.models.split(","),
         "candidates": args.candidates.split(","),
-        "block_size": args.block_size,
+        "block_sizes": block_sizes,
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "python": sys.version.split()[0],
@@ -143,10 +154,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _row(executor: str, nodes: int, summary, wall: float) -> dict:
+def _row(executor: str, nodes: int, summary, wall: float, block_size: int | None) -> dict:
     jobs = summary.jobs - summary.skipped
     return {
         "executor": executor,
+        "block_size": block_size,
         "nodes": nodes,
         "jobs": jobs,
         "merges": summary.merged,
@@ -156,12 +168,13 @@ def _row(executor: str, nodes: int, summary, wall: float) -> dict:
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"{'executor':>10} {'nodes':>5} {'jobs':>5} {'merges':>6} {'wall s':>7} {'jobs/s':>7} "
-          f"{'x 1 node':>8}")  # fmt: skip
+    print(f"{'executor':>10} {'block':>5} {'nodes':>5} {'jobs':>5} {'merges':>6} {'wall s':>7} "
+          f"{'jobs/s':>7} {'x 1 node':>8}")  # fmt: skip
     for r in rows:
         speedup = f"{r['speedup_vs_1_node']:.2f}" if r["speedup_vs_1_node"] else "-"
         print(
-            f"{r['executor']:>10} {r['nodes'] or '-':>5} {r['jobs']:>5} {r['merges']:>6} "
+            f"{r['executor']:>10} {r['block_size'] or '-':>5} {r['nodes'] or '-':>5} "
+            f"{r['jobs']:>5} {r['merges']:>6} "
             f"{r['wall_s']:>7.1f} {r['jobs_per_s']:>7.2f} {speedup:>8}"
         )
 
