@@ -643,8 +643,8 @@ def test_shipped_predictors_and_training_data_load_and_agree():
     from simmerge.learn.datasets import load_training_tables, shipped_datasets, training_frame
     from simmerge.learn.loading import load_predictor
 
-    assert {"smol-large", "zoo-large", "zoo-default"} <= set(shipped_datasets())
-    for name in ("zoo-default", "zoo-large", "smol-large"):
+    assert {"smol-large", "gemma-small", "zoo-large", "zoo-default"} <= set(shipped_datasets())
+    for name in ("zoo-default", "zoo-large", "smol-large", "gemma-small"):
         features, outcomes = load_training_tables(name)
         frame = training_frame(features, outcomes)
         assert len(frame) == len(outcomes) and frame["task_of_a"].notna().all()

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Regenerate the second family's outcome table (features/gemma-small) and its transfer rows:
+# build the small Gemma 3 270M catalog (simmerge zoo build --recipe gemma: 4 experts), collect
+# every (ordered expert pair x candidate of the default grid) outcome, compute the pair
+# features, and evaluate the shipped predictors on it without retraining (the SmolLM2-trained
+# models/default and the tiny-zoo one). Every step is cached or resumable: rerun the script
+# after an interruption. About an hour on 2 CPU cores (docs/results/real.md); on a GPU machine,
+# pass DEVICE=cuda.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ZOO=${ZOO:-runs/gemma-small}
+PY=${PY:-.venv/bin/python}
+SIMMERGE=${SIMMERGE:-.venv/bin/simmerge}
+DEVICE=${DEVICE:-cpu}
+"$SIMMERGE" zoo build --recipe gemma --out "$ZOO" --device "$DEVICE"
+export OMP_NUM_THREADS=1  # the build uses every core; the collectors one each
+# one single-threaded collector per core, each on its own shard of the pairs, one store
+SHARDS=${SHARDS:-2}
+pids=()
+for ((k = 0; k < SHARDS; k++)); do
+    "$SIMMERGE" collect "$ZOO/catalog.yaml" --store "$ZOO/outcomes.sqlite" --shard "$k/$SHARDS" \
+        --device "$DEVICE" --quiet &
+    pids+=($!)
+done
+for pid in "${pids[@]}"; do wait "$pid"; done
+"$SIMMERGE" collect "$ZOO/catalog.yaml" --store "$ZOO/outcomes.sqlite" --device "$DEVICE" --quiet
+"$PY" scripts/build_training_data.py "$ZOO/catalog.yaml" --store "$ZOO/outcomes.sqlite" \
+    --out features/gemma-small
+for predictor in default tiny-zoo; do
+    "$PY" scripts/evaluate_transfer.py --predictor "models/$predictor" --data features/gemma-small
+done
