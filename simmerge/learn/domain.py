@@ -8,7 +8,11 @@ standardization (median and inter-quartile range), the 0.5 % / 99.5 % quantiles,
 to its ``k`` nearest reference rows; it is **in distribution** when that is at most the
 threshold: the :data:`COVERAGE` quantile of the scores of training rows *of held-out models*
 against the rows of the other models (:func:`held_out_scores`), so that a new model like the
-training models is in distribution, while a pair from another family is not. (Without the
+training models is in distribution, while a pair from another family is not. The held-out
+scores are pooled over :data:`HELD_OUT_PARTITIONS` partitions of the models: one partition
+tests only the pairs whose two models fall in one group (a fifth of them), too few rows for a
+99th percentile on a catalog of twenty models, whose estimate then falls short and flags new
+models of the same kind too often. (Without the
 rows' models, the threshold falls back to the reference rows' own scores, each without
 itself, which is stricter: the other rows of a training pair are close.) The columns furthest
 outside their training range (in IQR units) say what is unusual.
@@ -35,6 +39,7 @@ COVERAGE = 0.99
 CLIP = 20.0
 DOMAIN_FILE = "domain.npz"
 MIN_HELD_OUT = 20  # held-out-model scores needed to calibrate the threshold on them
+HELD_OUT_PARTITIONS = 4  # partitions of the models into folds whose held-out scores are pooled
 
 
 @dataclass(frozen=True)
@@ -150,26 +155,33 @@ class TrainingDomain:
 
 
 def held_out_scores(
-    z: np.ndarray, pairs: Sequence[tuple[str, str]], k: int, seed: int, folds: int = 5
+    z: np.ndarray,
+    pairs: Sequence[tuple[str, str]],
+    k: int,
+    seed: int,
+    folds: int = 5,
+    partitions: int = HELD_OUT_PARTITIONS,
 ) -> np.ndarray | None:
     """Domain scores of standardized rows ``z`` against the rows of the other models only: the
     models are dealt into ``folds`` groups (as held-out-model cross-validation deals them); a
     row whose two models are both in a group is scored against the rows that involve neither.
-    None when no group has both such rows and enough reference rows."""
+    Pooled over ``partitions`` such deals (seeds ``seed`` onwards), so a row can count once per
+    deal that tests it. None when no group has both such rows and enough reference rows."""
     models = sorted({m for p in pairs for m in p})
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(models))
     out = []
-    for i in range(folds):
-        held = {models[j] for j in order[i::folds]}
-        a = np.array([p[0] in held for p in pairs])
-        b = np.array([p[1] in held for p in pairs])
-        test, ref = a & b, ~a & ~b
-        if test.any() and ref.sum() > k:
-            r = z[ref]
-            if len(r) > REFERENCE_ROWS:
-                r = r[np.sort(rng.choice(len(r), REFERENCE_ROWS, replace=False))]
-            out.append(_knn_score(z[test], r, k))
+    for part in range(partitions):
+        rng = np.random.default_rng(seed + part)
+        order = rng.permutation(len(models))
+        for i in range(folds):
+            held = {models[j] for j in order[i::folds]}
+            a = np.array([p[0] in held for p in pairs])
+            b = np.array([p[1] in held for p in pairs])
+            test, ref = a & b, ~a & ~b
+            if test.any() and ref.sum() > k:
+                r = z[ref]
+                if len(r) > REFERENCE_ROWS:
+                    r = r[np.sort(rng.choice(len(r), REFERENCE_ROWS, replace=False))]
+                out.append(_knn_score(z[test], r, k))
     return np.concatenate(out) if out else None
 
 

@@ -96,11 +96,10 @@ def test_verify_reports_the_pairs_verdict_and_says_what_to_do(trained, monkeypat
     assert "unlike the predictor's training pairs" in format_verify(report)
 
 
-def test_the_threshold_admits_new_models_like_the_training_models_not_only_training_rows():
-    # each model has its own offset; a pair's rows sit near each other (its tasks), so the
-    # rows' own leave-one-out distances are small and would flag every new pair
-    rng = np.random.default_rng(2)
-    names = [f"m{i}" for i in range(12)]
+def _models_with_offsets(rng, n=12):
+    """Rows of every ordered pair of ``n`` models, each model with its own offset; a pair's
+    three rows (its tasks) sit near each other."""
+    names = [f"m{i}" for i in range(n)]
     offset = {m: rng.normal(size=4) for m in names}
     rows, pairs = [], []
     for a in names:
@@ -110,7 +109,14 @@ def test_the_threshold_admits_new_models_like_the_training_models_not_only_train
                 for _ in range(3):
                     rows.append(centre + rng.normal(scale=0.05, size=4))
                     pairs.append((a, b))
-    x = np.array(rows)
+    return np.array(rows), pairs
+
+
+def test_the_threshold_admits_new_models_like_the_training_models_not_only_training_rows():
+    # the rows' own leave-one-out distances are small (a pair's rows are close) and would
+    # flag every new pair
+    rng = np.random.default_rng(2)
+    x, pairs = _models_with_offsets(rng)
     strict = TrainingDomain.fit(x, list("abcd"))
     domain = TrainingDomain.fit(x, list("abcd"), pairs=pairs)
     assert domain.threshold > strict.threshold
@@ -120,3 +126,19 @@ def test_the_threshold_admits_new_models_like_the_training_models_not_only_train
     admitted = np.mean([c.in_distribution for c in domain.check(new)])
     assert admitted >= 0.75 > np.mean([c.in_distribution for c in strict.check(new)])
     assert not any(c.in_distribution for c in domain.check(new + 30.0))
+
+
+def test_the_threshold_pools_the_held_out_scores_of_several_partitions_of_the_models():
+    from simmerge.learn.domain import COVERAGE, HELD_OUT_PARTITIONS, _standardize, held_out_scores
+
+    x, pairs = _models_with_offsets(np.random.default_rng(3))
+    one = held_out_scores(x, pairs, 5, seed=0, partitions=1)
+    pooled = held_out_scores(x, pairs, 5, seed=0, partitions=4)
+    # one partition tests only the pairs inside a group; four test several times as many rows,
+    # the first partition's among them
+    assert len(pooled) > 2 * len(one)
+    np.testing.assert_array_equal(pooled[: len(one)], one)
+    domain = TrainingDomain.fit(x, list("abcd"), pairs=pairs)
+    z = _standardize(x, domain.median, domain.scale)
+    scores = held_out_scores(z, pairs, domain.k, seed=0, partitions=HELD_OUT_PARTITIONS)
+    assert HELD_OUT_PARTITIONS > 1 and domain.threshold == float(np.quantile(scores, COVERAGE))
