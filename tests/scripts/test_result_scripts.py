@@ -133,3 +133,44 @@ def test_transfer_and_replay_scripts_score_a_saved_predictor_on_another_catalog(
     assert {"lints", "lints, trusting", "predictor", "best_fixed", "random"} <= set(policies)
     assert all(p["final_regret_mean"] >= 0 for p in policies.values())
     assert "cum. regret" in capsys.readouterr().out
+
+
+def test_out_of_fold_replay_priors_come_from_predictors_that_never_saw_the_pairs_experts(trained):
+    import pandas as pd
+
+    from simmerge.learn.datasets import training_frame
+    from simmerge.learn.predictor import MergePredictor
+    from simmerge.learn.splits import model_folds
+
+    replay = load_script("replay_bandit_real")
+    # two copies of the micro catalog: six experts, so a split in two groups always leaves a
+    # pair of one copy in each group (one to test, one to train on)
+    frame = training_frame(trained["features"], trained["outcomes"])
+    frame = pd.concat([frame, frame.assign(catalog="copy")], ignore_index=True)
+    model = MergePredictor.load(trained["predictor"])
+    rows = replay.out_of_fold_rows(frame, model, partitions=3, groups=2)
+    assert not rows.empty
+    assert not rows.duplicated(["catalog", "a", "b", "candidate"]).any()
+    folds = {f"partition-{s}/{f.name}": f for s in range(3) for f in model_folds(frame, 2, s)}
+    for (cat, a, b, fold), _ in rows.groupby(["catalog", "a", "b", "fold"]):
+        f = folds[fold]
+        pair = (frame["catalog"] == cat) & (frame["a"] == a) & (frame["b"] == b)
+        assert f.test[pair.to_numpy()].all()  # the pair is tested in that fold ...
+        touched = (frame["catalog"] == cat) & frame["a"].isin([a, b]) | (
+            frame["catalog"] == cat
+        ) & frame["b"].isin([a, b])
+        assert not f.train[touched.to_numpy()].any()  # ... and no row with its experts trains
+
+
+def test_best_fixed_with_an_arm_per_request_is_scored_against_each_requests_best():
+    import numpy as np
+
+    from simmerge.online.replay import ReplayData
+
+    replay = load_script("replay_bandit_real")
+    rewards = np.array([[0.2, 0.9], [0.7, 0.4], [0.5, 0.5]])
+    data = ReplayData(arms=("x", "y"), rewards=rewards, priors=rewards,
+                      features=({}, {}, {}))  # fmt: skip
+    (res,) = replay.fixed_results(data, [[2, 0, 1]], ["x", "y", "x"])
+    assert res.chosen == ["x", "x", "y"]
+    assert res.regret == pytest.approx([0.0, 0.7, 0.3])
