@@ -3,9 +3,9 @@
 # build the small Gemma 3 270M catalog (simmerge zoo build --recipe gemma: 4 experts), collect
 # every (ordered expert pair x candidate of the default grid) outcome, compute the pair
 # features, and evaluate the shipped predictors on it without retraining (the SmolLM2-trained
-# models/default and the tiny-zoo one). Every step is cached or resumable: rerun the script
-# after an interruption. About an hour on 2 CPU cores (docs/results/real.md); on a GPU machine,
-# pass DEVICE=cuda.
+# models/default and the tiny-zoo one), then the same for multi-way plans (the shipped plan
+# model). Every step is cached or resumable: rerun the script after an interruption. About
+# two hours on 2 CPU cores (features/DATASHEET.md); on a GPU machine, pass DEVICE=cuda.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ZOO=${ZOO:-runs/gemma-small}
@@ -29,3 +29,18 @@ for pid in "${pids[@]}"; do wait "$pid"; done
 for predictor in default tiny-zoo; do
     "$PY" scripts/evaluate_transfer.py --predictor "models/$predictor" --data features/gemma-small
 done
+# multi-way: every plan of the bounded space of each 3-task set (plans of <= 3 experts), two
+# shard processes on one resumable score cache, then the report with the shipped plan model
+# (models/multiway, fitted on tiny zoos; its step predictor models/tiny-zoo) and its table
+cache=runs/multiway/gemma-small.jsonl
+pids=()
+for k in 0 1; do
+    "$PY" scripts/evaluate_multiway.py "$ZOO/catalog.yaml" --sample 0 --cache "$cache" \
+        --shard "$k/2" --modes fast --rankers analytic --predictor models/tiny-zoo --quiet &
+    pids+=($!)
+done
+for pid in "${pids[@]}"; do wait "$pid"; done
+"$PY" scripts/evaluate_multiway.py "$ZOO/catalog.yaml" --sample 0 --cache "$cache" --modes fast \
+    --rankers analytic,model --predictor models/tiny-zoo --quiet \
+    --data-out features/multiway/gemma-small.parquet \
+    --json scripts/results/evaluate_multiway_gemma-small.json
