@@ -85,13 +85,24 @@ def main(argv: list[str] | None = None) -> int:
         or ROOT / "scripts" / "results"
         / f"transfer_{Path(args.predictor).name}_{Path(args.data).name}.json"
     )  # fmt: skip
+    by_pair = ["catalog", "a", "b"]
     doc = {"predictor": args.predictor, "data": args.data, "k_verify": args.k,
            "best_fixed": fixed, "margin": margin, "pairs_out_of_distribution": pairs_out,
-           "results": results}  # fmt: skip
+           "results": results,
+           # what the catalog rewards, whatever the predictor: each candidate's mean objective,
+           # how often it is a pair's best, and how often it is the plain pick
+           "candidate_mean": actual.groupby(level="candidate").mean().round(4).to_dict(),
+           "best_of_pairs": _counts(actual.groupby(level=by_pair).idxmax()),
+           "plain_picks": _counts(predicted.groupby(level=by_pair).idxmax())}  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=2) + "\n")
     print(f"wrote {out}")
     return 0
+
+
+def _counts(argmax) -> dict[str, int]:
+    """Per candidate, the pairs whose argmax (index tuples ending in the candidate) it is."""
+    return argmax.map(lambda key: key[-1]).value_counts().to_dict()
 
 
 if __name__ == "__main__":

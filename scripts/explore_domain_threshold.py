@@ -46,57 +46,32 @@ def domain_rows(frame):
     return rows, x, pairs, cols
 
 
-def held_out(z, pairs, k, partitions):
-    """(score, pair) of every held-out-model row over ``partitions`` 5-fold partitions."""
-    from simmerge.learn.domain import REFERENCE_ROWS, _knn_score
-
-    models = sorted({m for p in pairs for m in p})
-    out = []
-    for seed in range(partitions):
-        rng = np.random.default_rng(seed)
-        order = rng.permutation(len(models))
-        for i in range(5):
-            held = {models[j] for j in order[i::5]}
-            a = np.array([p[0] in held for p in pairs])
-            b = np.array([p[1] in held for p in pairs])
-            test, ref = a & b, ~a & ~b
-            if test.any() and ref.sum() > k:
-                r = z[ref]
-                if len(r) > REFERENCE_ROWS:
-                    r = r[np.sort(rng.choice(len(r), REFERENCE_ROWS, replace=False))]
-                idx = np.flatnonzero(test)
-                out += [
-                    (s, (seed, pairs[j]))
-                    for s, j in zip(_knn_score(z[test], r, k), idx, strict=True)
-                ]
-    return out
-
-
 def fit_variant(x, pairs, cols, variant):
     """The training domain with the threshold of ``variant``."""
     from simmerge.learn.domain import (
         COVERAGE,
         MIN_HELD_OUT,
         TrainingDomain,
-        _knn_score,
         _standardize,
+        held_out_rows,
     )
 
-    domain = TrainingDomain.fit(x, cols, pairs=pairs)  # the shipped rule: rows, 4 partitions
     per, n = variant.split(", ")
-    scores = held_out(_standardize(x, domain.median, domain.scale), pairs, domain.k,
-                      int(n.split()[0]))  # fmt: skip
-    if len(scores) < MIN_HELD_OUT:  # too few: the library's fallback, the rows' own scores
-        own = _knn_score(domain.reference, domain.reference, domain.k, exclude_self=True)
-        return replace(domain, threshold=float(np.quantile(own, COVERAGE)))
-    if per == "pairs":
-        worst: dict = {}
-        for s, key in scores:
-            worst[key] = max(worst.get(key, -np.inf), s)
-        values = np.array(list(worst.values()))
-    else:
-        values = np.array([s for s, _ in scores])
-    return replace(domain, threshold=float(np.quantile(values, COVERAGE)))
+    partitions = int(n.split()[0])
+    domain = TrainingDomain.fit(x, cols, pairs=pairs, partitions=partitions)
+    if per == "rows":
+        return domain
+    z = _standardize(x, domain.median, domain.scale)
+    worst: dict = {}
+    rows = 0
+    for part, idx, scores in held_out_rows(z, pairs, domain.k, 0, partitions=partitions):
+        rows += len(idx)
+        for j, score in zip(idx, scores, strict=True):
+            key = (part, pairs[j])
+            worst[key] = max(worst.get(key, -np.inf), score)
+    if rows < MIN_HELD_OUT:
+        return domain  # too few held-out rows: the library's fallback threshold stands
+    return replace(domain, threshold=float(np.quantile(list(worst.values()), COVERAGE)))
 
 
 def pair_flags(domain, x, rows) -> dict:

@@ -53,26 +53,14 @@ def out_of_fold_rows(frame, model, partitions: int, groups: int = 5):
     """Per (pair, candidate): the prediction of a predictor fitted like ``model`` without
     either of the pair's experts (the first of ``partitions`` held-out-model partitions into
     ``groups`` groups that tests the pair)."""
-    from functools import partial
-
     import pandas as pd
 
-    from simmerge.learn.predictor import MergePredictor
     from simmerge.learn.splits import model_folds
     from simmerge.learn.validation import OOF_KEYS, out_of_fold
 
-    factory = partial(
-        MergePredictor,
-        n_models=model.n_models,
-        num_boost_round=model.num_boost_round,
-        params=dict(model.params),
-        seed=model.seed,
-        decompose=model.decompose,
-        columns=model.columns,
-    )
     parts = []
     for seed in range(partitions):
-        rows = out_of_fold(frame, model_folds(frame, groups, seed), factory)
+        rows = out_of_fold(frame, model_folds(frame, groups, seed), model.clone)
         rows["fold"] = f"partition-{seed}/" + rows["fold"]
         parts.append(rows)
         print(f"partition {seed}: {rows[['catalog', 'a', 'b']].drop_duplicates().shape[0]} "

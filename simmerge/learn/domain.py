@@ -25,7 +25,7 @@ costs one distance matrix against the reference rows.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,12 +70,14 @@ class TrainingDomain:
         columns: Sequence[str],
         seed: int = 0,
         pairs: Sequence[tuple[str, str]] | None = None,
+        partitions: int = HELD_OUT_PARTITIONS,
     ) -> TrainingDomain:
         """Fit on the training rows ``x`` (one per (pair, task), in ``columns`` order).
 
         With ``pairs`` (each row's two models) the threshold is calibrated on *held-out
         models* (:func:`held_out_scores`): what "in distribution" has to admit is a new model
-        of the same kind, not another row of a training pair."""
+        of the same kind, not another row of a training pair; ``partitions`` deals of the
+        models into folds are pooled (:data:`HELD_OUT_PARTITIONS`)."""
         x = np.asarray(x, dtype=np.float64)
         if x.ndim != 2 or x.shape[1] != len(columns) or len(x) < 2:
             raise PredictorError(
@@ -99,7 +101,9 @@ class TrainingDomain:
         k = min(NEIGHBOURS, len(reference) - 1)
         own = None
         if pairs is not None:
-            own = held_out_scores(_standardize(x, median, scale), pairs, k, seed)
+            own = held_out_scores(
+                _standardize(x, median, scale), pairs, k, seed, partitions=partitions
+            )
         if own is None or len(own) < MIN_HELD_OUT:
             own = _knn_score(reference, reference, k, exclude_self=True)
         threshold = float(np.quantile(own, COVERAGE))
@@ -162,13 +166,26 @@ def held_out_scores(
     folds: int = 5,
     partitions: int = HELD_OUT_PARTITIONS,
 ) -> np.ndarray | None:
-    """Domain scores of standardized rows ``z`` against the rows of the other models only: the
-    models are dealt into ``folds`` groups (as held-out-model cross-validation deals them); a
-    row whose two models are both in a group is scored against the rows that involve neither.
-    Pooled over ``partitions`` such deals (seeds ``seed`` onwards), so a row can count once per
-    deal that tests it. None when no group has both such rows and enough reference rows."""
+    """Domain scores of standardized rows ``z`` against the rows of the other models only
+    (:func:`held_out_rows`, pooled); None when no group has both such rows and enough
+    reference rows."""
+    out = [scores for _, _, scores in held_out_rows(z, pairs, k, seed, folds, partitions)]
+    return np.concatenate(out) if out else None
+
+
+def held_out_rows(
+    z: np.ndarray,
+    pairs: Sequence[tuple[str, str]],
+    k: int,
+    seed: int,
+    folds: int = 5,
+    partitions: int = HELD_OUT_PARTITIONS,
+) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """(deal, tested row indices, their scores) per fold: the models are dealt into ``folds``
+    groups (as held-out-model cross-validation deals them), ``partitions`` times (seeds
+    ``seed`` onwards); a row whose two models are both in a group is scored against the rows
+    that involve neither, so a row can count once per deal that tests it."""
     models = sorted({m for p in pairs for m in p})
-    out = []
     for part in range(partitions):
         rng = np.random.default_rng(seed + part)
         order = rng.permutation(len(models))
@@ -181,8 +198,7 @@ def held_out_scores(
                 r = z[ref]
                 if len(r) > REFERENCE_ROWS:
                     r = r[np.sort(rng.choice(len(r), REFERENCE_ROWS, replace=False))]
-                out.append(_knn_score(z[test], r, k))
-    return np.concatenate(out) if out else None
+                yield part, np.flatnonzero(test), _knn_score(z[test], r, k)
 
 
 def pair_verdict(checks: Sequence[DomainCheck]) -> DomainCheck | None:

@@ -125,6 +125,9 @@ def test_transfer_and_replay_scripts_score_a_saved_predictor_on_another_catalog(
     assert res["oracle"]["top1_accuracy"] == 1.0 and res["oracle"]["pairs"] > 0
     assert res["simmerge"]["mean_abs_error"] >= 0
     assert 0.0 <= doc["pairs_out_of_distribution"] <= 1.0
+    pairs = res["oracle"]["pairs"]
+    assert sum(doc["plain_picks"].values()) == sum(doc["best_of_pairs"].values()) == pairs
+    assert set(doc["candidate_mean"]) >= set(doc["best_of_pairs"])
     replay = load_script("replay_bandit_real")
     out = tmp_path / "r.json"
     assert replay.main(["--stream", str(data), "--predictor", str(trained["predictor"]),
