@@ -4,13 +4,17 @@ Makes a base and N experts on the fly (sharded safetensors, written tensor by te
 measures, each in a fresh subprocess so peak RSS is its own:
 
 * ``floor``: the same I/O with no math -- read the tensor from the base and every expert, write
-  one output tensor into the output shards (the engine's own reader and writer);
+  one output tensor into the output shards (the engine's own reader and writer, background
+  writes included, so the floor overlaps reads and writes just as the merge does);
 * the merge itself for each operator (default task_arithmetic and ties).
 
-Reported: GB/s of output weights, wall time, the ratio floor_time / merge_time (1.0 = as fast as
-pure I/O), peak RSS above the process's RSS after imports, and that peak in units of the largest
-tensor (fp32 work copies) plus one output shard. Goals (issue "Foundation"): peak RSS <= 4x the
-largest tensor + one output shard; throughput >= 0.5x the floor on CPU.
+Rounds interleave the modes (floor, operator, operator, floor, ...) and each mode keeps its
+best round. Reported: GB/s of output weights, wall time, the ratio floor_time / merge_time
+(1.0 = as fast as pure I/O), peak RSS above the process's RSS after imports, that peak in units
+of the largest tensor (fp32 work copies) plus one output shard, the process's user and system
+CPU seconds, and every round's time (the spread shows how steady the machine's I/O was). Goals
+(issues "Foundation" and "Merge engine"): peak RSS <= 4x the largest tensor + one output shard;
+throughput >= 0.8x the floor for task arithmetic and >= 0.5x for TIES on CPU.
 
     python scripts/bench_merge.py                      # 1 GiB per model, CPU
     python scripts/bench_merge.py --device cuda        # on a GPU machine
@@ -26,6 +30,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -86,7 +91,7 @@ if mode == "floor":
     for i in range(0, len(names), per):
         shard = names[i:i + per]
         layout = [(n, ref.info(n).torch_dtype, ref.info(n).shape) for n in shard]
-        with SafetensorsStreamWriter(f"{out}/shard{i}.safetensors", layout) as w:
+        with SafetensorsStreamWriter(f"{out}/shard{i}.safetensors", layout, background=True) as w:
             for n in shard:
                 ts = [c.get(n, device=device) for c in ckpts]
                 w.write(n, ts[-1].cpu())
@@ -100,8 +105,9 @@ if device == "cuda":
 elapsed = time.perf_counter() - t0
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 gpu_peak = torch.cuda.max_memory_allocated() if device == "cuda" else 0
+usage = resource.getrusage(resource.RUSAGE_SELF)
 print(json.dumps({"seconds": elapsed, "rss_after_imports": rss0, "peak_rss": peak,
-                  "gpu_peak": gpu_peak}))
+                  "gpu_peak": gpu_peak, "user_s": usage.ru_utime, "sys_s": usage.ru_stime}))
 """
 
 
@@ -134,7 +140,7 @@ def main() -> None:
     ap.add_argument("--operators", default="task_arithmetic,ties")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--repeats", type=int, default=2, help="timed runs per mode (best kept)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed rounds (best kept per mode)")
     ap.add_argument("--workdir", default=None, help="where to write the synthetic models")
     ap.add_argument("--out", default=None, help="JSON results path")
     ap.add_argument("--quick", action="store_true", help="one repeat (smoke runs)")
@@ -164,9 +170,13 @@ def main() -> None:
 
     results = []
     model_bytes = n_tensors * tensor_bytes
-    for mode in ["floor", *args.operators.split(",")]:
-        best = None
-        for r in range(repeats + 1):  # first run warms the page cache and is discarded
+    modes = ["floor", *args.operators.split(",")]
+    # Rounds interleave the modes, so a slow spell of the machine's disk or memory (large on a
+    # virtual machine) hits every mode alike instead of biasing one; round 0 warms the page cache
+    # and is discarded, and each mode keeps its best round.
+    runs: dict[str, list[dict]] = {m: [] for m in modes}
+    for r in range(repeats + 1):
+        for mode in modes:
             out = work / f"out-{mode}-{r}"
             res = run_worker(
                 mode,
@@ -179,8 +189,11 @@ def main() -> None:
                 params.get(mode, {}),
             )
             shutil.rmtree(out)
-            if r > 0 and (best is None or res["seconds"] < best["seconds"]):
-                best = res
+            if r > 0:
+                runs[mode].append(res)
+    for mode in modes:
+        best = min(runs[mode], key=lambda res: res["seconds"])
+        rounds = [round(res["seconds"], 3) for res in runs[mode]]
         peak_over = best["peak_rss"] - best["rss_after_imports"]
         results.append(
             {
@@ -191,20 +204,29 @@ def main() -> None:
                 "peak_in_largest_tensors": round(peak_over / tensor_bytes, 2),
                 "peak_over_bound": round(peak_over / (4 * tensor_bytes + shard_bytes), 3),
                 "gpu_peak_mb": round(best["gpu_peak"] / 1024**2, 1),
+                "user_cpu_s": round(best["user_s"], 2),
+                "sys_cpu_s": round(best["sys_s"], 2),
+                "rounds_seconds": rounds,
             }
         )
     floor_s = results[0]["seconds"]
+    floor_median = statistics.median(results[0]["rounds_seconds"])
     for row in results:
         row["floor_ratio"] = round(floor_s / row["seconds"], 3)
+        row["median_seconds"] = round(statistics.median(row["rounds_seconds"]), 3)
+        row["median_floor_ratio"] = round(floor_median / row["median_seconds"], 3)
 
     header = [
         "mode",
         "seconds",
         "gb_per_s",
         "floor_ratio",
+        "median_floor_ratio",
         "peak_rss_over_baseline_mb",
         "peak_in_largest_tensors",
         "peak_over_bound",
+        "sys_cpu_s",
+        "rounds_seconds",
     ]
     print()
     print(" | ".join(f"{h:>14}" for h in header))

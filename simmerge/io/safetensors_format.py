@@ -26,6 +26,7 @@ import math
 import os
 import struct
 from collections.abc import Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -184,13 +185,23 @@ def read_tensor(info: TensorInfo) -> torch.Tensor:
 
 
 class SafetensorsStreamWriter:
-    """Write a safetensors file tensor by tensor, in a fixed order known up front."""
+    """Write a safetensors file tensor by tensor, in a fixed order known up front.
+
+    With ``background`` the bytes of each tensor are written by one helper thread while the
+    caller computes the next tensor: writing to disk blocks in the kernel (dirty-page
+    throttling on a slow disk), and the merge engine would otherwise leave the CPU idle for that
+    time. At most one tensor is in flight, so memory grows by one output tensor at most; the
+    caller must not modify a tensor after handing it over. A failed background write is raised
+    by the next :meth:`write` or by :meth:`close`.
+    """
 
     def __init__(
         self,
         path: str | Path,
         layout: Iterable[tuple[str, torch.dtype, tuple[int, ...]]],
         metadata: Mapping[str, str] | None = None,
+        *,
+        background: bool = False,
     ) -> None:
         self.path = Path(path)
         self._order: list[tuple[str, torch.dtype, tuple[int, ...]]] = list(layout)
@@ -209,6 +220,8 @@ class SafetensorsStreamWriter:
         self._file = open(self.path, "wb")
         self._file.write(struct.pack("<Q", len(blob)) + blob)
         self._next = 0
+        self._pool = ThreadPoolExecutor(max_workers=1) if background else None
+        self._pending: Future | None = None
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
         expected_name, dtype, shape = self._order[self._next]
@@ -218,16 +231,33 @@ class SafetensorsStreamWriter:
                 f"{tuple(tensor.shape)}"
             )
         data = tensor.detach().to("cpu").contiguous().view(-1).view(torch.uint8)
-        self._file.write(memoryview(data.numpy()))
         self._next += 1
+        if self._pool is None:
+            self._file.write(memoryview(data.numpy()))
+            return
+        self._wait()  # one tensor in flight; re-raises a failed earlier write
+        self._pending = self._pool.submit(self._file.write, memoryview(data.numpy()))
+
+    def _wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def _release(self) -> None:
+        """Stop the helper thread (after its current write) and close the file."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+        self._file.close()
 
     def close(self) -> None:
-        if self._next != len(self._order):
-            self._file.close()
-            raise ValueError(f"{self.path}: only {self._next} of {len(self._order)} written")
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
+        try:
+            self._wait()
+            if self._next != len(self._order):
+                raise ValueError(f"{self.path}: only {self._next} of {len(self._order)} written")
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        finally:
+            self._release()
 
     def __enter__(self) -> SafetensorsStreamWriter:
         return self
@@ -236,4 +266,4 @@ class SafetensorsStreamWriter:
         if exc_type is None:
             self.close()
         else:
-            self._file.close()
+            self._release()

@@ -5,7 +5,10 @@ operators) the engine reads that one tensor from the base and every member, runs
 float32 on the work device, casts to the output dtype and either keeps it (in-memory mode) or
 streams it straight into the current output shard (folder mode). Peak memory is therefore about
 (members + 1) copies of the largest tensor plus small chunk scratch -- not whole models -- and
-the output shard is never buffered.
+the output shard is never buffered. The bytes of each finished tensor are written by a helper
+thread while the next one is computed (one tensor in flight): a write can block in the kernel
+for as long as the math takes, and overlapping the two is most of what separates a compute-heavy
+operator from the I/O floor.
 
 Folder mode builds the result in a hidden temporary sibling folder and renames it into place at
 the end: a crash never leaves a half model under the output name. Non-float tensors (integer
@@ -186,7 +189,7 @@ def merge(
                 else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
             )
             layout = [(n, out_dtypes[n], ref_info(by_name[n]).shape) for n in shard_names]
-            with SafetensorsStreamWriter(tmp / file_name, layout) as writer:
+            with SafetensorsStreamWriter(tmp / file_name, layout, background=True) as writer:
                 for name in shard_names:
                     job = by_name[name]
                     writer.write(name, _merge_one(config, inputs, job, device, check_finite))

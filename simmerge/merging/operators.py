@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import torch
 
-from simmerge.merging.topk import chunks, top_k_mask
+from simmerge.merging.topk import chunks, keep_top_k_, top_k_mask
 
 _EPS = 1e-8
 
@@ -36,8 +36,7 @@ def trim_magnitude_(delta: torch.Tensor, density: float, rescale: bool = False) 
     if density >= 1.0:
         return delta
     l1_before = _l1(delta) if rescale else 0.0
-    flat = delta.view(-1)
-    flat.masked_fill_(~top_k_mask(flat, _keep_count(flat.numel(), density)), 0.0)
+    keep_top_k_(delta.view(-1), _keep_count(delta.numel(), density))
     return _rescale_l1_(delta, l1_before) if rescale else delta
 
 
@@ -58,7 +57,7 @@ def trim_outliers_(
     keep = top_k_mask(flat, n_top + target)
     if n_top:
         keep &= ~top_k_mask(flat, n_top)
-    flat.masked_fill_(~keep, 0.0)
+    flat.mul_(keep)  # zeroing by a multiply: several times faster than masked_fill_
     return _rescale_l1_(delta, l1_before) if rescale else delta
 
 
@@ -84,7 +83,7 @@ def drop_random_(
     flat = delta.view(-1)
     for sl in chunks(flat.numel()):
         draw = torch.rand(sl.stop - sl.start, generator=generator, device=generator.device)
-        flat[sl].masked_fill_(draw.to(flat.device) >= density, 0.0)
+        flat[sl].mul_(draw.to(flat.device) < density)
     return _rescale_l1_(delta, l1_before) if rescale else delta
 
 
@@ -117,7 +116,7 @@ def drop_magnitude_ranked_(
         rank_norm = ranks / (width - 1) if width > 1 else torch.full_like(ranks, 0.5)
         probs = (density - epsilon) + rank_norm * (2.0 * epsilon)
         draw = torch.rand(block.shape, generator=generator, device=generator.device)
-        block.masked_fill_(draw.to(block.device) >= probs, 0.0)
+        block.mul_(draw.to(block.device) < probs)
     return _rescale_l1_(delta, l1_before) if rescale else delta
 
 
@@ -161,7 +160,7 @@ def combine_task_vectors_(
                 if divisor is not None:
                     divisor.add_(agree, alpha=w)
             if divisor is not None:
-                mixed.div_(divisor.masked_fill_(divisor == 0, 1.0))
+                mixed.div_(divisor.add_(divisor == 0))  # no agreeing member: divide by 1
         elif normalize and abs(total_weight) > _EPS:
             mixed.div_(total_weight)
         flat_base[sl].add_(mixed, alpha=lam)

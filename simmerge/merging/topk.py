@@ -1,20 +1,25 @@
-"""Exact top-k-by-magnitude masks in bounded memory.
+"""Exact top-k-by-magnitude selection in bounded memory.
 
 TIES and Breadcrumbs keep an exact number of entries of a task vector ranked by magnitude. The
 obvious tools cost far more memory than the tensor itself on CPU (``torch.kthvalue`` copies the
 input and allocates int64 indices: about 3x the tensor; ``torch.topk`` about 6x), which would break
 the engine's promise that peak memory is a few tensors. Here the threshold is found with a sampled
-bracket, one chunked counting pass and an exact ``kthvalue`` over the few candidates inside the
-bracket (Floyd-Rivest style), so the extra memory is a chunk plus ~1-2 % of the tensor.
+bracket, one chunked counting pass and an exact ``kthvalue`` over the few candidates strictly
+inside the bracket (Floyd-Rivest style), so the extra memory is a chunk plus ~1-2 % of the tensor;
+blocks of tied values at either end of the bracket are counted, never copied.
 
 Ties at the threshold are broken by flat index (lower index kept first), so masks are
 deterministic and nested: ``top_k_mask(x, a)`` is contained in ``top_k_mask(x, b)`` for a <= b.
+:func:`keep_top_k_` applies the same selection in place without a full-size mask; trimming is on
+every TIES merge's critical path, so it zeroes by multiplying with a chunk's comparison
+(``masked_fill_`` is several times slower on CPU).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 
@@ -29,21 +34,38 @@ def chunks(n: int, size: int = CHUNK) -> Iterator[slice]:
         yield slice(start, min(n, start + size))
 
 
+@dataclass(frozen=True)
+class Threshold:
+    """The k-th largest magnitude of a tensor and how its entries fall around it."""
+
+    value: float
+    above: int  # entries with |x| > value
+    equal: int  # entries with |x| == value
+
+
 def kth_largest_abs(flat: torch.Tensor, k: int) -> float:
     """The k-th largest value of ``|flat|`` (1 <= k <= numel), exactly."""
-    return _kth_largest_abs_and_count_above(flat, k)[0]
+    return magnitude_threshold(flat, k).value
 
 
-def _kth_largest_abs_and_count_above(flat: torch.Tensor, k: int) -> tuple[float, int]:
-    """The k-th largest ``|x|`` and how many entries are strictly larger (saves a pass)."""
+def _count(mask: torch.Tensor) -> int:
+    return int(torch.count_nonzero(mask))
+
+
+def _exact(a: torch.Tensor, rank: int) -> Threshold:
+    """Full selection on the magnitudes ``a`` (small tensors, or a missed sample)."""
+    value = float(a.kthvalue(rank).values)
+    return Threshold(value, _count(a > value), _count(a == value))
+
+
+def magnitude_threshold(flat: torch.Tensor, k: int) -> Threshold:
+    """The k-th largest ``|x|`` of ``flat`` with the counts above and at it, exactly."""
     n = flat.numel()
     if not 1 <= k <= n:
         raise ValueError(f"k={k} out of range for a tensor of {n} elements")
     rank = n - k + 1  # 1-based rank in ascending order
     if n <= _SMALL:
-        a = flat.abs()
-        value = a.kthvalue(rank).values
-        return float(value), int((a > value).sum())
+        return _exact(flat.abs(), rank)
     gen = torch.Generator(device="cpu").manual_seed(n)
     idx = torch.randint(n, (_SAMPLE,), generator=gen).to(flat.device)
     sample = flat[idx].abs().sort().values
@@ -51,34 +73,61 @@ def _kth_largest_abs_and_count_above(flat: torch.Tensor, k: int) -> tuple[float,
     margin = 5.0 * math.sqrt(q * (1.0 - q) / _SAMPLE) + 2.0 / _SAMPLE
     lo = float(sample[max(0, math.floor((q - margin) * _SAMPLE))])
     hi = float(sample[min(_SAMPLE - 1, math.ceil((q + margin) * _SAMPLE))])
-    # One chunked pass: count entries below / equal to / above the bracket ends and keep only
-    # those strictly inside it, so a large block of equal values (e.g. exact zeros in a sparse
+    # One chunked pass: count the entries at or below lo and at or above hi, and keep only those
+    # strictly inside (lo, hi), so a large block of equal values (e.g. exact zeros in a sparse
     # task vector) is counted, never copied.
-    below = at_lo = at_hi = 0
+    at_or_below = at_or_above = 0
     inside = []
     for sl in chunks(n):
         a = flat[sl].abs()
-        below += int((a < lo).sum())
-        at_lo += int((a == lo).sum())
+        low = a <= lo
+        at_or_below += _count(low)
         if hi > lo:
-            at_hi += int((a == hi).sum())
-            inside.append(a[(a > lo) & (a < hi)])
+            high = a >= hi
+            at_or_above += _count(high)
+            inside.append(a[high.logical_or_(low).logical_not_()])
     mid = torch.cat(inside) if inside else flat.new_empty(0)
-    above_hi = n - below - at_lo - mid.numel() - at_hi
-    r = rank - below
-    if 0 < r <= at_lo:
-        return lo, n - below - at_lo
-    r -= at_lo
+    r = rank - at_or_below
     if 0 < r <= mid.numel():
         value = float(mid.kthvalue(r).values)
-        return value, int((mid > value).sum()) + at_hi + above_hi
-    r -= mid.numel()
-    if 0 < r <= at_hi:
-        return hi, above_hi
+        return Threshold(value, _count(mid > value) + at_or_above, _count(mid == value))
+    # Rare: the answer is lo or hi itself (a block of equal values), or outside the bracket.
+    if r <= 0:
+        below = sum(_count(flat[sl].abs() < lo) for sl in chunks(n))
+        if rank > below:
+            return Threshold(lo, n - at_or_below, at_or_below - below)
+    elif hi > lo and r <= mid.numel() + at_or_above:
+        above = sum(_count(flat[sl].abs() > hi) for sl in chunks(n))
+        if r <= mid.numel() + at_or_above - above:
+            return Threshold(hi, above, at_or_above - above)
     # The sample missed the bracket (probability ~1e-6): pay for the exact full selection.
-    a = flat.abs()
-    value = a.kthvalue(rank).values
-    return float(value), int((a > value).sum())
+    return _exact(flat.abs(), rank)
+
+
+def keep_top_k_(flat: torch.Tensor, k: int) -> torch.Tensor:
+    """Zero, in place, every entry of ``flat`` outside its top ``k`` by magnitude (the entries
+    :func:`top_k_mask` keeps); one chunked pass, no full-size mask."""
+    n = flat.numel()
+    if k >= n:
+        return flat
+    if k <= 0:
+        return flat.zero_()
+    t = magnitude_threshold(flat, k)
+    # Entries tied at the threshold are kept by index while the quota lasts; when it covers
+    # them all (the usual case), or they are zeros anyway, "drop what is below" is the rule.
+    quota = k - t.above
+    ties_matter = quota < t.equal and t.value != 0.0
+    for sl in chunks(n):
+        part = flat[sl]
+        a = part.abs()
+        if ties_matter:
+            equal = (a == t.value).nonzero().squeeze(1)
+            a[equal[:quota]] = math.inf  # kept
+            quota -= min(quota, equal.numel())
+            part.mul_(a > t.value)
+        else:
+            part.mul_(a >= t.value)  # a multiply is several times faster than masked_fill_
+    return flat
 
 
 def top_k_mask(flat: torch.Tensor, k: int) -> torch.Tensor:
@@ -89,13 +138,13 @@ def top_k_mask(flat: torch.Tensor, k: int) -> torch.Tensor:
         return mask
     if k >= n:
         return mask.fill_(True)
-    threshold, above = _kth_largest_abs_and_count_above(flat, k)
-    quota = k - above  # how many entries equal to the threshold still fit
+    t = magnitude_threshold(flat, k)
+    quota = k - t.above  # how many entries equal to the threshold still fit
     for sl in chunks(n):
         a = flat[sl].abs()
-        keep = a > threshold
+        keep = a > t.value
         if quota > 0:
-            equal = (a == threshold).nonzero().squeeze(1)[:quota]
+            equal = (a == t.value).nonzero().squeeze(1)[:quota]
             keep[equal] = True
             quota -= equal.numel()
         mask[sl] = keep

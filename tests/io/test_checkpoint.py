@@ -188,6 +188,48 @@ def test_stream_writer_output_is_read_by_the_safetensors_library(tmp_path):
     assert set(read_header(path).tensors) == set(tensors)
 
 
+def test_background_stream_writer_writes_the_same_bytes(tmp_path):
+    tensors = {f"t{i}": torch.randn(64, 33) for i in range(5)}
+    layout = [(k, v.dtype, tuple(v.shape)) for k, v in tensors.items()]
+    for background in (False, True):
+        path = tmp_path / f"{background}.st"
+        with SafetensorsStreamWriter(path, layout, background=background) as w:
+            for k, v in tensors.items():
+                w.write(k, v)
+    assert (tmp_path / "True.st").read_bytes() == (tmp_path / "False.st").read_bytes()
+
+
+def test_a_failed_background_write_is_raised_and_the_file_closed(tmp_path, monkeypatch):
+    import errno
+
+    from simmerge.io import safetensors_format
+
+    opened = []
+
+    class FullDisk:
+        def __init__(self, path, mode):
+            self.inner = open(path, mode)  # noqa: SIM115
+            self.writes = 0
+            opened.append(self)
+
+        def write(self, data):
+            self.writes += 1
+            if self.writes == 3:  # header, first tensor, then the disk fills up
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.inner.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    monkeypatch.setattr(safetensors_format, "open", FullDisk, raising=False)
+    layout = [(f"t{i}", torch.float32, (8,)) for i in range(4)]
+    with pytest.raises(OSError, match="No space left"):
+        with SafetensorsStreamWriter(tmp_path / "x.st", layout, background=True) as w:
+            for name, _, _ in layout:
+                w.write(name, torch.ones(8))
+    assert opened[0].inner.closed
+
+
 def test_stream_writer_rejects_out_of_order_tensors(tmp_path):
     layout = [("a", torch.float32, (2,)), ("b", torch.float32, (2,))]
     with pytest.raises(ValueError, match="expected a"):

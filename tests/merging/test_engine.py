@@ -161,6 +161,42 @@ def test_disk_full_while_writing_leaves_no_output_and_names_the_folder(
     assert list(out_root.iterdir()) == []  # no output, no temporary folder
 
 
+def test_disk_full_in_the_background_writer_leaves_no_output(
+    tiny_models,  # noqa: F811
+    tmp_path,
+    monkeypatch,
+):
+    import errno
+
+    from simmerge.io import safetensors_format as safetensors_io
+
+    class FillsUp:
+        """A file whose third write (a tensor written by the helper thread) hits a full disk."""
+
+        def __init__(self, path, mode):
+            self.inner = open(path, mode)  # noqa: SIM115
+            self.writes = 0
+
+        def write(self, data):
+            self.writes += 1
+            if self.writes == 3:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.inner.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    def fake_open(path, mode="r", *args, **kwargs):
+        return FillsUp(path, mode) if "w" in mode else open(path, mode, *args, **kwargs)  # noqa: SIM115
+
+    monkeypatch.setattr(safetensors_io, "open", fake_open, raising=False)
+    out_root = tmp_path / "outputs"
+    out_root.mkdir()
+    with pytest.raises(OutputPathError, match="No space left on device"):
+        merge(make_plan(tiny_models, "linear"), out_root / "m")
+    assert list(out_root.iterdir()) == []
+
+
 def test_failed_merge_leaves_no_output_and_no_temp_folder(tiny_models, tmp_path):  # noqa: F811
     bad = tmp_path / "bad"
     shutil.copytree(tiny_models["a"], bad)

@@ -9,7 +9,7 @@ import torch
 
 from simmerge.errors import OperatorParameterError, UnknownOperatorError
 from simmerge.merging import OPERATOR_NAMES, apply_operator, resolve_params
-from simmerge.merging.topk import kth_largest_abs, top_k_mask
+from simmerge.merging.topk import keep_top_k_, kth_largest_abs, magnitude_threshold, top_k_mask
 
 T = torch.tensor
 BASE = T([0.0, 0.0, 0.0, 0.0])
@@ -333,6 +333,29 @@ def test_selection_with_a_large_block_of_tied_values_is_exact():
         expected = x.abs().sort(descending=True).values[k - 1].item()
         assert kth_largest_abs(x, k) == expected
         assert int(top_k_mask(x, k).sum()) == k
+
+
+def test_threshold_counts_are_exact_on_heavily_tied_values():
+    # Few distinct magnitudes (as in the deltas of quantized checkpoints): the sampled bracket
+    # lands on blocks of equal values at either end.
+    x = torch.randint(-6, 7, (2_500_000,), generator=torch.Generator().manual_seed(3)) / 4.0
+    magnitudes = x.abs().sort(descending=True).values
+    for k in (1, 400_000, 1_000_000, 1_250_000, 2_000_000, 2_499_999):
+        t = magnitude_threshold(x, k)
+        assert t.value == magnitudes[k - 1].item()
+        assert t.above == int((x.abs() > t.value).sum())
+        assert t.equal == int((x.abs() == t.value).sum())
+
+
+def test_trimming_in_place_zeroes_exactly_what_the_mask_drops():
+    g = torch.Generator().manual_seed(4)
+    tied = torch.randint(-6, 7, (2_500_000,), generator=g) / 4.0
+    smooth = torch.randn(2_500_000, generator=g)
+    smooth[:100] = smooth[100]  # a few ties at whatever the threshold turns out to be
+    for x in (tied, smooth):
+        for k in (0, 1, 777_777, 1_250_000, 2_500_000):
+            expected = x * top_k_mask(x, k)
+            assert torch.equal(keep_top_k_(x.clone(), k), expected)
 
 
 def test_selection_falls_back_when_the_sample_misses(monkeypatch):
