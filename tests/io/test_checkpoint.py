@@ -188,7 +188,10 @@ def test_stream_writer_output_is_read_by_the_safetensors_library(tmp_path):
     assert set(read_header(path).tensors) == set(tensors)
 
 
-def test_background_stream_writer_writes_the_same_bytes(tmp_path):
+def test_background_stream_writer_writes_the_same_bytes(tmp_path, monkeypatch):
+    from simmerge.io import safetensors_format
+
+    monkeypatch.setattr(safetensors_format, "BACKGROUND_MIN_BYTES", 0)  # every tensor
     tensors = {f"t{i}": torch.randn(64, 33) for i in range(5)}
     layout = [(k, v.dtype, tuple(v.shape)) for k, v in tensors.items()]
     for background in (False, True):
@@ -222,6 +225,7 @@ def test_a_failed_background_write_is_raised_and_the_file_closed(tmp_path, monke
             return getattr(self.inner, name)
 
     monkeypatch.setattr(safetensors_format, "open", FullDisk, raising=False)
+    monkeypatch.setattr(safetensors_format, "BACKGROUND_MIN_BYTES", 0)  # every tensor
     layout = [(f"t{i}", torch.float32, (8,)) for i in range(4)]
     with pytest.raises(OSError, match="No space left"):
         with SafetensorsStreamWriter(tmp_path / "x.st", layout, background=True) as w:
@@ -277,3 +281,32 @@ def test_shard_names_with_path_parts_are_refused(tiny_models, tmp_path):  # noqa
     index_path.write_text(json.dumps(index))
     with pytest.raises(CheckpointError, match="outside the folder"):
         open_checkpoint(folder)
+
+
+def test_background_writer_hands_large_tensors_to_its_thread_and_writes_small_ones_inline(
+    tmp_path, monkeypatch
+):
+    import threading
+
+    from simmerge.io import safetensors_format
+
+    writers = []
+
+    class Recording:
+        def __init__(self, path, mode):
+            self.inner = open(path, mode)  # noqa: SIM115
+
+        def write(self, data):
+            writers.append((len(data), threading.current_thread() is threading.main_thread()))
+            return self.inner.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    monkeypatch.setattr(safetensors_format, "open", Recording, raising=False)
+    monkeypatch.setattr(safetensors_format, "BACKGROUND_MIN_BYTES", 64)
+    layout = [("small", torch.float32, (4,)), ("large", torch.float32, (32,))]
+    with SafetensorsStreamWriter(tmp_path / "x.st", layout, background=True) as w:
+        w.write("small", torch.ones(4))
+        w.write("large", torch.ones(32))
+    assert writers[1:] == [(16, True), (128, False)]  # after the header: inline, then thread

@@ -190,6 +190,7 @@ def test_disk_full_in_the_background_writer_leaves_no_output(
         return FillsUp(path, mode) if "w" in mode else open(path, mode, *args, **kwargs)  # noqa: SIM115
 
     monkeypatch.setattr(safetensors_io, "open", fake_open, raising=False)
+    monkeypatch.setattr(safetensors_io, "BACKGROUND_MIN_BYTES", 0)  # every tensor in the thread
     out_root = tmp_path / "outputs"
     out_root.mkdir()
     with pytest.raises(OutputPathError, match="No space left on device"):
