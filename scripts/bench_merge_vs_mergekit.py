@@ -105,9 +105,9 @@ def main() -> None:
     from simmerge.io.gguf import materialize_gguf
     from simmerge.zoo.bases import BASES
 
-    gguf = Path(args.bases_dir) / BASES["smollm2"].filename
+    gguf = Path(args.bases_dir).resolve() / BASES["smollm2"].filename
     base = materialize_gguf(gguf)
-    a, b = (Path(args.zoo) / "experts" / n for n in args.experts.split(","))
+    a, b = (Path(args.zoo).resolve() / "experts" / n for n in args.experts.split(","))
     simmerge_cli = str(Path(sys.executable).with_name("simmerge"))
     work = Path(tempfile.mkdtemp(prefix="simmerge-vs-mergekit-"))
     rows = []
