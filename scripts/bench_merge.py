@@ -103,9 +103,9 @@ else:
 if device == "cuda":
     torch.cuda.synchronize()
 elapsed = time.perf_counter() - t0
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-gpu_peak = torch.cuda.max_memory_allocated() if device == "cuda" else 0
 usage = resource.getrusage(resource.RUSAGE_SELF)
+peak = usage.ru_maxrss * 1024
+gpu_peak = torch.cuda.max_memory_allocated() if device == "cuda" else 0
 print(json.dumps({"seconds": elapsed, "rss_after_imports": rss0, "peak_rss": peak,
                   "gpu_peak": gpu_peak, "user_s": usage.ru_utime, "sys_s": usage.ru_stime}))
 """

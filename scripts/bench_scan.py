@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_ZOO = ROOT / "runs" / "zoo-large"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     from simmerge.zoo.micro import sub_catalog
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--zoo", default=str(ROOT / "runs" / "zoo-large"))
+    parser.add_argument("--zoo", type=Path, default=DEFAULT_ZOO)
     parser.add_argument("--sizes", default="4,8,16")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
@@ -55,9 +56,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    zoo = Path(args.zoo)
-    if not (zoo / "catalog.yaml").is_file():  # only the tiny zoo is built here
-        zoo = build_zoo(args.zoo, size="large", seed=0, progress=True)
+    zoo = args.zoo
+    if not (zoo / "catalog.yaml").is_file():
+        if zoo.resolve() != DEFAULT_ZOO:  # only the default, tiny zoo is built here
+            raise SystemExit(
+                f"{zoo} holds no built zoo: build it first (simmerge zoo build --out {zoo} ...)."
+            )
+        zoo = build_zoo(zoo, size="large", seed=0, progress=True)
     sizes = [int(s) for s in args.sizes.split(",")]
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-scan-") as tmp:

@@ -238,11 +238,8 @@ class SafetensorsStreamWriter:
             )
         data = tensor.detach().to("cpu").contiguous().view(-1).view(torch.uint8)
         self._next += 1
-        if self._pool is None:
-            self._file.write(memoryview(data.numpy()))
-            return
         self._wait()  # one tensor in flight; re-raises a failed earlier write
-        if data.numel() < BACKGROUND_MIN_BYTES:  # handing it over costs more than it hides
+        if self._pool is None or data.numel() < BACKGROUND_MIN_BYTES:
             self._file.write(memoryview(data.numpy()))
         else:
             self._pending = self._pool.submit(self._file.write, memoryview(data.numpy()))

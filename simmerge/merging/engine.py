@@ -5,10 +5,10 @@ operators) the engine reads that one tensor from the base and every member, runs
 float32 on the work device, casts to the output dtype and either keeps it (in-memory mode) or
 streams it straight into the current output shard (folder mode). Peak memory is therefore about
 (members + 1) copies of the largest tensor plus small chunk scratch -- not whole models -- and
-the output shard is never buffered. The bytes of each finished tensor are written by a helper
-thread while the next one is computed (one tensor in flight): a write can block in the kernel
-for as long as the math takes, and overlapping the two is most of what separates a compute-heavy
-operator from the I/O floor.
+the output shard is never buffered. The bytes of each large finished tensor (4 MB and more) are
+written by a helper thread while the next one is computed (one tensor in flight): a write can
+block in the kernel for as long as the math takes, and overlapping the two is most of what
+separates a compute-heavy operator from the I/O floor.
 
 Folder mode builds the result in a hidden temporary sibling folder and renames it into place at
 the end: a crash never leaves a half model under the output name. Non-float tensors (integer

@@ -104,6 +104,31 @@ def magnitude_threshold(flat: torch.Tensor, k: int) -> Threshold:
     return _exact(flat.abs(), rank)
 
 
+def _kept_chunks(
+    flat: torch.Tensor, k: int, *, zeros_may_stay: bool
+) -> Iterator[tuple[slice, torch.Tensor]]:
+    """Per chunk of ``flat`` (1 <= k < numel), the boolean mask of its top-``k`` entries.
+
+    Entries tied at the threshold are kept by index while the quota lasts. When the quota covers
+    them all (the usual case) "keep what is not below" is the rule and no tie is located. With
+    ``zeros_may_stay`` (callers that use the values, not the count) a threshold of 0 keeps all
+    zeros too: they read the same kept or dropped.
+    """
+    t = magnitude_threshold(flat, k)
+    quota = k - t.above  # how many entries equal to the threshold still fit
+    ties_matter = quota < t.equal and not (zeros_may_stay and t.value == 0.0)
+    for sl in chunks(flat.numel()):
+        a = flat[sl].abs()
+        if not ties_matter:
+            yield sl, a >= t.value
+            continue
+        keep = a > t.value
+        equal = (a == t.value).nonzero().squeeze(1)[:quota]
+        keep[equal] = True
+        quota -= equal.numel()
+        yield sl, keep
+
+
 def keep_top_k_(flat: torch.Tensor, k: int) -> torch.Tensor:
     """Zero, in place, every entry of ``flat`` outside its top ``k`` by magnitude (the entries
     :func:`top_k_mask` keeps); one chunked pass, no full-size mask."""
@@ -112,21 +137,8 @@ def keep_top_k_(flat: torch.Tensor, k: int) -> torch.Tensor:
         return flat
     if k <= 0:
         return flat.zero_()
-    t = magnitude_threshold(flat, k)
-    # Entries tied at the threshold are kept by index while the quota lasts; when it covers
-    # them all (the usual case), or they are zeros anyway, "drop what is below" is the rule.
-    quota = k - t.above
-    ties_matter = quota < t.equal and t.value != 0.0
-    for sl in chunks(n):
-        part = flat[sl]
-        a = part.abs()
-        if ties_matter:
-            equal = (a == t.value).nonzero().squeeze(1)
-            a[equal[:quota]] = math.inf  # kept
-            quota -= min(quota, equal.numel())
-            part.mul_(a > t.value)
-        else:
-            part.mul_(a >= t.value)  # a multiply is several times faster than masked_fill_
+    for sl, keep in _kept_chunks(flat, k, zeros_may_stay=True):
+        flat[sl].mul_(keep)  # a multiply is several times faster than masked_fill_
     return flat
 
 
@@ -138,14 +150,6 @@ def top_k_mask(flat: torch.Tensor, k: int) -> torch.Tensor:
         return mask
     if k >= n:
         return mask.fill_(True)
-    t = magnitude_threshold(flat, k)
-    quota = k - t.above  # how many entries equal to the threshold still fit
-    for sl in chunks(n):
-        a = flat[sl].abs()
-        keep = a > t.value
-        if quota > 0:
-            equal = (a == t.value).nonzero().squeeze(1)[:quota]
-            keep[equal] = True
-            quota -= equal.numel()
+    for sl, keep in _kept_chunks(flat, k, zeros_may_stay=False):
         mask[sl] = keep
     return mask
