@@ -13,6 +13,7 @@ float64 on one device; the result has the same dtype and shape.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -353,54 +354,88 @@ def nuslerp(
     to it), of the raw tensors otherwise. ``flatten`` treats the whole tensor as one vector;
     without it every row (``row_wise``: every column) is interpolated on its own. Unlike
     :func:`slerp` it falls back to lerp only for exactly colinear vectors."""
+    if b is a:  # the same tensor object twice: the in-place steps below need two buffers
+        b = b.clone()
     if base is not None:
         a = a.sub_(base)
         b = b.sub_(base)
-    shape = a.shape
+    a, b = a.contiguous(), b.contiguous()
+    # The result is written into a: the two coefficients per vector (row, column or the whole
+    # tensor) come from norms and dot products, so no full-size temporary is made beyond one
+    # product for the per-row dots.
     if flatten:
-        va, vb = a.reshape(1, -1), b.reshape(1, -1)
+        va, vb = a.view(1, -1), b.view(1, -1)
     elif row_wise and a.dim() > 1:
         va, vb = a.transpose(0, -1), b.transpose(0, -1)
     else:
         va, vb = a, b
-    ua = va / va.norm(dim=-1, keepdim=True).clamp(min=1e-7)
-    ub = vb / vb.norm(dim=-1, keepdim=True).clamp(min=1e-7)
-    cos = (ua * ub).sum(dim=-1, keepdim=True).clamp(-1.0, 1.0)
-    del ua, ub
+    if va.dim() < 2:  # a vector (or scalar) is one row
+        va, vb = va.view(1, -1), vb.view(1, -1)
+    norm_a = torch.linalg.vector_norm(va, dim=-1, keepdim=True).clamp_(min=1e-7)
+    norm_b = torch.linalg.vector_norm(vb, dim=-1, keepdim=True).clamp_(min=1e-7)
+    if va.shape[0] == 1:
+        dot = torch.dot(va.reshape(-1), vb.reshape(-1)).reshape(1, 1)
+    else:
+        dot = (va * vb).sum(dim=-1, keepdim=True)
+    cos = (dot / (norm_a * norm_b)).clamp_(-1.0, 1.0)
     colinear = (1.0 - cos.square()) <= 1e-16
     theta = torch.acos(torch.where(colinear, torch.zeros_like(cos), cos))
     sin_theta = torch.sin(theta)
-    spherical = (torch.sin((1.0 - t) * theta) * va + torch.sin(t * theta) * vb) / sin_theta
-    out = torch.where(colinear, (1.0 - t) * va + t * vb, spherical)
-    if not flatten and row_wise and a.dim() > 1:
-        out = out.transpose(0, -1)
-    out = out.reshape(shape)
-    return out.add_(base) if base is not None else out
+    coef_a = torch.where(colinear, 1.0 - t, torch.sin((1.0 - t) * theta) / sin_theta)
+    coef_b = torch.where(colinear, t, torch.sin(t * theta) / sin_theta)
+    va.mul_(coef_a).add_(vb.mul_(coef_b))
+    return a.add_(base) if base is not None else a
 
 
 def sce(base: torch.Tensor, experts: Sequence[torch.Tensor], *, select_topk: float) -> torch.Tensor:
     """SCE: keep the ``select_topk`` fraction of entries whose task vectors vary most across
     members (Select), weight each task vector by its mean square over the sum of them
     (Calculate), drop entries whose sign disagrees with the elected sign (Erase), and add the
-    weighted mean of what remains to the base."""
-    deltas = torch.stack(_task_vectors_(base, experts))
+    weighted mean of what remains to the base.
+
+    The members are never stacked: the deltas are formed in the experts' own tensors, and the
+    variance and the sign vote run chunk by chunk, so scratch memory is one variance tensor
+    and a few chunks whatever the number of members (a stack costs one extra copy of every
+    member, and each full-size temporary of the vote another)."""
+    deltas = [d.view(-1) for d in _task_vectors_(base, experts)]
+    n = len(deltas)
     if select_topk < 1.0:
-        mask = torch.zeros_like(deltas[0])
         if select_topk > 0.0:
-            var = deltas.var(dim=0, unbiased=False)
+            var = torch.empty_like(deltas[0])
+            for sl in chunks(var.numel()):
+                mean = torch.zeros_like(var[sl])
+                for d in deltas:
+                    mean.add_(d[sl])
+                mean.div_(n)
+                acc = var[sl].zero_()
+                for d in deltas:
+                    acc.add_((d[sl] - mean).square_())
+                acc.div_(n)
             k = int(int(torch.count_nonzero(var)) * select_topk)
-            if k:  # the exact top-k of topk.py: torch.topk with k in the millions is slow
-                mask.view(-1)[top_k_mask(var.view(-1), k)] = 1.0
+            keep = top_k_mask(var, k)
             del var
-        deltas.mul_(mask)
-    elected = torch.where(deltas.sum(dim=0) >= 0, 1.0, -1.0)
-    agree = (deltas.sign() == elected).to(deltas.dtype)
-    msq = deltas.square().reshape(deltas.shape[0], -1).mean(dim=1)
-    total = float(msq.sum())
-    w = msq / total if abs(total) >= 1e-6 else torch.full_like(msq, 1.0 / len(msq))
-    w = w.reshape(-1, *([1] * (deltas.dim() - 1))) * agree
-    merged = (deltas * w).sum(dim=0) / w.sum(dim=0).clamp(min=1e-6)
-    return base.add_(merged)
+            for d in deltas:
+                d.mul_(keep)
+            del keep
+        else:
+            for d in deltas:
+                d.zero_()
+    msq = [float(torch.dot(d, d)) / max(d.numel(), 1) for d in deltas]
+    total = sum(msq)
+    weights = [m / total for m in msq] if abs(total) >= 1e-6 else [1.0 / n] * n
+    flat_base = base.view(-1)
+    for sl in chunks(flat_base.numel()):
+        vote = torch.zeros_like(flat_base[sl])
+        for d in deltas:
+            vote.add_(d[sl])
+        elected = torch.where(vote >= 0, 1.0, -1.0)  # a zero sum elects +
+        merged, divisor = vote.zero_(), torch.zeros_like(vote)
+        for d, w in zip(deltas, weights, strict=True):
+            agree = (d[sl] * elected) > 0  # same sign as elected; zeros never agree
+            merged.add_(d[sl].mul_(agree), alpha=w)
+            divisor.add_(agree, alpha=w)
+        flat_base[sl].add_(merged.div_(divisor.clamp_(min=1e-6)))
+    return base
 
 
 def karcher(tensors: Sequence[torch.Tensor], *, max_iter: int, tol: float) -> torch.Tensor:
@@ -410,39 +445,42 @@ def karcher(tensors: Sequence[torch.Tensor], *, max_iter: int, tol: float) -> to
     n = len(tensors)
     if n == 1:
         return tensors[0]
-    alpha = 1.0 / n
-    norms = [torch.linalg.vector_norm(x) for x in tensors]
-    units = [
-        x / nrm if float(nrm) != 0.0 else torch.zeros_like(x)
-        for x, nrm in zip(tensors, norms, strict=True)
-    ]
-    valid = [i for i in range(n) if float(norms[i]) > tol]
-    if not valid:
+    # Inputs are consumed: each member becomes its unit direction in place, and every step
+    # below is an in-place update of one mean and one tangent buffer with scalar coefficients
+    # (the tangent sum_i c_i (u_i - dot_i m) is sum_i c_i u_i - (sum_i c_i dot_i) m), so
+    # scratch memory is two tensors whatever the number of members or iterations.
+    norms = [float(torch.linalg.vector_norm(x)) for x in tensors]
+    units = [x.div_(nrm) if nrm != 0.0 else x for x, nrm in zip(tensors, norms, strict=True)]
+    points = [units[i] for i in range(n) if norms[i] > tol]
+    if not points:
         return torch.zeros_like(tensors[0])
-    weights = [1.0 / len(valid)] * len(valid)
-    points = [units[i] for i in valid]
+    w = 1.0 / len(points)
     mean = torch.zeros_like(points[0])
-    for w, u in zip(weights, points, strict=True):
+    for u in points:
         mean.add_(u, alpha=w)
-    mean_norm = torch.linalg.vector_norm(mean)
-    mean = points[0].clone() if float(mean_norm) < tol else mean / mean_norm
+    mean_norm = float(torch.linalg.vector_norm(mean))
+    mean = points[0].clone() if mean_norm < tol else mean.div_(mean_norm)
+    tangent = torch.empty_like(mean)
     for _ in range(max_iter):
-        tangent = torch.zeros_like(mean)
-        for w, u in zip(weights, points, strict=True):
-            dot = torch.clamp(torch.dot(mean.reshape(-1), u.reshape(-1)), -1.0, 1.0)
-            theta = torch.arccos(dot)
-            if float(theta) < tol:
+        tangent.zero_()
+        along_mean = 0.0
+        for u in points:
+            dot = min(max(float(torch.dot(mean.reshape(-1), u.reshape(-1))), -1.0), 1.0)
+            theta = math.acos(dot)
+            if theta < tol:
                 continue
-            tangent += w * (theta / torch.sin(theta)) * (u - dot * mean)
-        step = torch.linalg.vector_norm(tangent)
-        if float(step) < tol:
+            c = w * theta / math.sin(theta)
+            tangent.add_(u, alpha=c)
+            along_mean += c * dot
+        tangent.add_(mean, alpha=-along_mean)
+        step = float(torch.linalg.vector_norm(tangent))
+        if step < tol:
             break
-        mean = torch.cos(step) * mean + torch.sin(step) * (tangent / step)
-        unit_norm = torch.linalg.vector_norm(mean)
-        if float(unit_norm) > tol:
-            mean = mean / unit_norm
-    scale = sum(alpha * nrm for nrm in norms)
-    return scale * mean
+        mean.mul_(math.cos(step)).add_(tangent, alpha=math.sin(step) / step)
+        unit_norm = float(torch.linalg.vector_norm(mean))
+        if unit_norm > tol:
+            mean.div_(unit_norm)
+    return mean.mul_(sum(norms) / n)
 
 
 def passthrough(x: torch.Tensor, *, scale: float) -> torch.Tensor:
