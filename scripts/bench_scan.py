@@ -6,9 +6,9 @@ missing); any built zoo with enough experts can be given instead, e.g. the real 
 (``simmerge zoo build --recipe smol --size large --out runs/smol-large``; issue goal for a real
 catalog of 16 experts: <= 20 s per expert on 2 cores, the "/expert" column):
 
-* signatures -- one probe pass per (expert, distinct probe set): O(N) for a fixed task set
-  (the sub-catalogs add tasks with their experts, so the jobs per model grow too: see the
-  "sig jobs" column);
+* signatures -- one job per expert (the model loaded once) with one probe pass per distinct
+  probe set: O(N) for a fixed task set (the sub-catalogs add tasks with their experts, so the
+  passes per model grow too: see the "passes" column);
 * sketches -- one streaming weight pass per expert: O(N);
 * profiles -- the cached signatures/sketches read back: O(N);
 * pair features -- every ordered pair x probe set: O(N²);
@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                     "pairs": n * (n - 1) // 2,
                     "feature_rows": cold.counts.get("feature_rows"),
                     "signature_jobs": cold.counts.get("signature_jobs"),
+                    "probe_passes": cold.counts.get("probe_passes"),
                     "seconds": {s: round(v, 3) for s, v in cold.seconds.items()},
                     "total_seconds": round(total, 2),
                     "seconds_per_expert": round(total / n, 2),
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def print_table(rows: list[dict]) -> None:
     head = (
-        f"{'N':>3} {'sig jobs':>8} {'sig s':>7} {'/model':>7} {'sketch s':>8} {'/model':>7} "
+        f"{'N':>3} {'passes':>7} {'sig s':>7} {'/model':>7} {'sketch s':>8} {'/model':>7} "
         f"{'pairs s':>8} "
         f"{'/o.pair ms':>10} {'rank s':>7} {'/pair ms':>9} {'plans s':>8} {'report s':>8} "
         f"{'total s':>8} {'/expert':>8} {'resume s':>8}"
@@ -121,7 +122,7 @@ def print_table(rows: list[dict]) -> None:
     for r in rows:
         s, n = r["seconds"], r["n"]
         print(
-            f"{n:>3} {r['signature_jobs']:>8} {s['signatures']:>7.2f} {s['signatures'] / n:>7.3f} "
+            f"{n:>3} {r['probe_passes']:>7} {s['signatures']:>7.2f} {s['signatures'] / n:>7.3f} "
             f"{s['sketches']:>8.2f} "
             f"{s['sketches'] / n:>7.3f} {s['pair_features']:>8.2f} "
             f"{1000 * s['pair_features'] / r['ordered_pairs']:>10.2f} "

@@ -2,7 +2,8 @@
 
 ``scan(catalog, out_dir)`` runs, in order (each stage timed, with a progress bar):
 
-1. **signatures** -- one probe pass per (expert, distinct probe set): O(N) forward passes;
+1. **signatures** -- one job per expert: the model loaded once, one probe pass per distinct
+   probe set: O(N) model loads and forward passes;
 2. **sketches** -- one streaming weight pass per expert: O(N);
    both are jobs for an executor (:mod:`simmerge.infra.executors`: in-process, a process pool or
    Ray) whose results land in the content-keyed cache, so a re-run or another scan of the same
@@ -68,20 +69,21 @@ STAGES = ("signatures", "sketches", "profiles", "pair_features", "ranking", "rep
 
 @dataclass(frozen=True)
 class SignatureJob:
-    """One probe pass: ``path`` on ``probes``, stored in the cache under ``cache_dir``."""
+    """One model's probe passes: ``path`` on each set of ``probes`` (loaded once), each stored in
+    the cache under ``cache_dir``."""
 
     path: str
-    probes: ProbeSet
+    probes: tuple[ProbeSet, ...]
     config: SignatureConfig
     device: str | None
     cache_dir: str
 
 
 def run_signature_job(job: SignatureJob) -> float:
-    from simmerge.signals.signatures import compute_signature
+    from simmerge.signals.signatures import compute_signatures
 
     start = time.perf_counter()
-    compute_signature(
+    compute_signatures(
         job.path,
         job.probes,
         config=job.config,
@@ -281,6 +283,7 @@ def scan(
                     run_signature_job, jobs, desc="signatures", progress=progress, gpu=on_gpu
                 )
                 result.counts["signature_jobs"] = len(jobs)
+                result.counts["probe_passes"] = sum(len(j.probes) for j in jobs)
             with timer("sketches"):
                 jobs = _sketch_jobs(catalog, options)
                 on_gpu = (options.device or "cpu").startswith("cuda")  # sketches: CPU default
@@ -329,11 +332,12 @@ def scan(
 def _signature_jobs(
     catalog: Catalog, sets: dict[str, ProbeSet], options: FeatureOptions
 ) -> list[SignatureJob]:
-    distinct = {p.hash: p for p in sets.values()}
+    distinct = tuple({p.hash: p for p in sets.values()}.values())
     return [
-        SignatureJob(str(e.path), probes, options.signature, options.device, str(options.cache_dir))
+        SignatureJob(
+            str(e.path), distinct, options.signature, options.device, str(options.cache_dir)
+        )
         for e in catalog.experts
-        for probes in distinct.values()
     ]
 
 

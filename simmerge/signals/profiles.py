@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from simmerge.catalog import Catalog
 from simmerge.infra.files import atomic_output_path
 from simmerge.signals.probes import DEFAULT_PROBE_SET, ProbeSet
-from simmerge.signals.signatures import SignatureConfig, compute_signature
+from simmerge.signals.signatures import SignatureConfig, compute_signatures
 from simmerge.signals.similarity import (
     GENERAL,
     ModelProfile,
@@ -91,19 +91,17 @@ def model_profile(
 ) -> ModelProfile:
     """Signatures on every probe set and the task-vector sketch of one model folder (also a
     folder outside the catalog, such as an intermediate multi-way merge)."""
-    done: dict[str, Any] = {}  # probe hash -> signature
-    sigs = {}
-    for key, probes in sets.items():
-        if probes.hash not in done:
-            done[probes.hash] = compute_signature(
-                path,
-                probes,
-                config=options.signature,
-                device=options.device,
-                cache_dir=options.cache_dir,
-                progress=False,
-            )
-        sigs[key] = done[probes.hash]
+    distinct = list({p.hash: p for p in sets.values()}.values())
+    computed = compute_signatures(
+        path,
+        distinct,
+        config=options.signature,
+        device=options.device,
+        cache_dir=options.cache_dir,
+        progress=False,
+    )
+    by_hash = {p.hash: sig for p, sig in zip(distinct, computed, strict=True)}
+    sigs = {key: by_hash[probes.hash] for key, probes in sets.items()}
     sketch = sketch_task_vector(
         checkpoint,
         base,

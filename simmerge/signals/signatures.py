@@ -19,7 +19,7 @@ one batch of activations; what is kept per probe is a few KB.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -178,6 +178,39 @@ def compute_signature(
     with ``reference_dir`` (the folder whose config and tokenizer it fits). A folder is cached
     under its fingerprint; a state dict only when ``model_id`` names it uniquely.
     """
+    (sig,) = compute_signatures(
+        model,
+        [probes],
+        config=config,
+        device=device,
+        reference_dir=reference_dir,
+        model_id=model_id,
+        cache_dir=cache_dir,
+        use_cache=use_cache,
+        progress=progress,
+    )
+    return sig
+
+
+def compute_signatures(
+    model: str | Path | Mapping[str, torch.Tensor],
+    probe_sets: Sequence[ProbeSet],
+    *,
+    config: SignatureConfig | None = None,
+    device: str | torch.device | None = None,
+    reference_dir: str | Path | None = None,
+    model_id: str | None = None,
+    cache_dir: str | Path | None = None,
+    use_cache: bool = True,
+    progress: bool = True,
+) -> list[Signature]:
+    """:func:`compute_signature` for several probe sets of one model, in their order.
+
+    Why one call: a catalog's task probe sets are small (tens of prompts each), so loading the
+    model once per set would cost about as much as the passes themselves. Here the cache is
+    asked first for every set, and the model is loaded once, only if some set is missing; each
+    signature is cached under its own key, the same key a single-set call uses.
+    """
     from simmerge.io.checkpoint import open_checkpoint
     from simmerge.io.models import load_model, load_model_with_state, load_tokenizer, pick_device
 
@@ -193,26 +226,40 @@ def compute_signature(
         tok_dir, ident = Path(reference_dir), model_id
     else:
         tok_dir, ident = Path(model), model_id or open_checkpoint(model).fingerprint
-    material = {
+    cache = TensorCache(cache_dir, "signatures")
+    cached = use_cache and ident is not None
+    out: list[Signature | None] = []
+    for probes in probe_sets:
+        hit = cache.load(_material(ident, probes, config, dtype)) if cached else None
+        out.append(None if hit is None else _from_tensors(hit, ident, probes))
+    if any(sig is None for sig in out):
+        if isinstance(model, Mapping):
+            net = load_model_with_state(tok_dir, model, dev, _DTYPES[dtype])
+        else:
+            net = load_model(tok_dir, dev, _DTYPES[dtype])
+        tokenizer = load_tokenizer(tok_dir)
+        for i, probes in enumerate(probe_sets):
+            if out[i] is not None:
+                continue
+            sig = _run_probes(net, tokenizer, probes, config, dev, ident or "", progress)
+            if cached:
+                cache.store(_material(ident, probes, config, dtype), sig.tensors())
+            out[i] = sig
+        del net
+    return [sig for sig in out if sig is not None]
+
+
+def _material(
+    ident: str | None, probes: ProbeSet, config: SignatureConfig, dtype: str
+) -> dict[str, Any]:
+    """The cache key's material: every input a signature depends on."""
+    return {
         "format": FORMAT_VERSION,
         "model": ident,
         "probes": probes.hash,
         "config": dataclasses.asdict(config),
         "dtype": dtype,
     }
-    cache = TensorCache(cache_dir, "signatures")
-    if use_cache and ident is not None:
-        hit = cache.load(material)
-        if hit is not None:
-            return _from_tensors(hit, ident, probes)
-    if isinstance(model, Mapping):
-        net = load_model_with_state(tok_dir, model, dev, _DTYPES[dtype])
-    else:
-        net = load_model(tok_dir, dev, _DTYPES[dtype])
-    sig = _run_probes(net, load_tokenizer(tok_dir), probes, config, dev, ident or "", progress)
-    if use_cache and ident is not None:
-        cache.store(material, sig.tensors())
-    return sig
 
 
 def _from_tensors(t: dict[str, torch.Tensor], ident: str, probes: ProbeSet) -> Signature:

@@ -12,7 +12,7 @@ from simmerge.catalog import Catalog
 from simmerge.errors import CacheError, IncompatibleModelsError
 from simmerge.signals.probes import ProbeSet
 from simmerge.signals.profiles import FeatureOptions, build_profiles, feature_rows
-from simmerge.signals.signatures import SignatureConfig, compute_signature
+from simmerge.signals.signatures import SignatureConfig, compute_signature, compute_signatures
 from simmerge.signals.similarity import (
     FEATURE_COLUMNS,
     exact_structural_features,
@@ -67,15 +67,44 @@ def test_second_call_reads_the_cache_and_returns_identical_tensors(
 ):
     model = tiny_zoo / "experts" / "sort_a"
     first = compute_signature(model, reverse_probes, device="cpu", cache_dir=tmp_path)
-    import simmerge.evaluation.harness
+    import simmerge.io.models
 
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded although the signature is cached")
 
-    monkeypatch.setattr(simmerge.evaluation.harness, "load_model", no_model)
+    monkeypatch.setattr(simmerge.io.models, "load_model", no_model)
     second = compute_signature(model, reverse_probes, device="cpu", cache_dir=tmp_path)
     for name, t in first.tensors().items():
         assert torch.equal(t, second.tensors()[name]), name
+
+
+def test_several_probe_sets_load_the_model_once_and_match_single_set_calls(
+    tiny_zoo, tmp_path, monkeypatch
+):
+    import simmerge.io.models
+
+    model = tiny_zoo / "experts" / "sort_a"
+    sets = [ProbeSet.load(f) for f in sorted((tiny_zoo / "probes").glob("*.jsonl"))[:3]]
+    assert len({p.hash for p in sets}) == 3
+    alone = [compute_signature(model, p, device="cpu", use_cache=False) for p in sets]
+    compute_signature(model, sets[1], device="cpu", cache_dir=tmp_path)  # one set cached
+    loads = []
+    real_load = simmerge.io.models.load_model
+
+    def counting_load(*args, **kwargs):
+        loads.append(args)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(simmerge.io.models, "load_model", counting_load)
+    together = compute_signatures(model, sets, device="cpu", cache_dir=tmp_path, progress=False)
+    assert len(loads) == 1
+    assert [s.probe_hash for s in together] == [p.hash for p in sets]
+    for one, other in zip(alone, together, strict=True):
+        for name, t in one.tensors().items():
+            assert torch.allclose(t.float(), other.tensors()[name].float(), atol=1e-5), name
+    assert len(list((tmp_path / "signatures").glob("*.safetensors"))) == 3
+    compute_signatures(model, sets, device="cpu", cache_dir=tmp_path, progress=False)
+    assert len(loads) == 1  # every set cached: no load at all
 
 
 def test_cache_entry_for_other_inputs_raises_cache_error(tiny_zoo, reverse_probes, tmp_path):
