@@ -394,24 +394,26 @@ def _exact_match(model, tokenizer, task, device, batch_size) -> list[ExampleResu
     if max_new is None:
         max_new = max(len(_ids(tokenizer, e.answer or "", special=False)) for e in task.examples)
         max_new += 2
-    results = []
-    for lo in range(0, len(task.examples), batch_size):
-        batch = task.examples[lo : lo + batch_size]
-        prompts = [_ids(tokenizer, e.prompt, special=True) for e in batch]
+    # batches of similar prompt lengths waste little left padding; results keep the task's order
+    encoded = [_ids(tokenizer, e.prompt, special=True) for e in task.examples]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    results: list[ExampleResult | None] = [None] * len(encoded)
+    for lo in range(0, len(order), batch_size):
+        rows = order[lo : lo + batch_size]
+        prompts = [encoded[i] for i in rows]
         width = max(len(p) for p in prompts)
-        ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
         for i, p in enumerate(prompts):  # left padding: every row ends at the last column
             ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
             mask[i, width - len(p) :] = 1
         ids, mask = ids.to(device), mask.to(device)
         generated = _greedy(model, ids, mask, max_new, eos, pad)
-        for e, gen in zip(batch, generated, strict=True):
+        for i, gen in zip(rows, generated, strict=True):
+            e = task.examples[i]
             text = tokenizer.decode(gen, skip_special_tokens=True)
-            results.append(
-                ExampleResult(e.id, float(text.strip() == (e.answer or "").strip()), text)
-            )
-    return results
+            results[i] = ExampleResult(e.id, float(text.strip() == (e.answer or "").strip()), text)
+    return [r for r in results if r is not None]
 
 
 def _greedy(model, ids, mask, max_new: int, eos: set[int], pad: int) -> list[list[int]]:
@@ -427,11 +429,20 @@ def _greedy(model, ids, mask, max_new: int, eos: set[int], pad: int) -> list[lis
     step_ids, step_pos = ids, pos
     # transformers 5.x renamed the KV-cache argument and output ``past_key_values`` -> ``cache``
     # (the old name warns, and goes in 5.40); older releases only know the old name
-    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else None
+    params = inspect.signature(model.forward).parameters
+    cache_arg = "cache" if "cache" in params else None
+    # only the last position's logits are read: the prefill skips the LM head (vocab x hidden
+    # per token, a fifth of a small model's compute) on every prompt token but the last
+    last_only = next(({k: 1} for k in ("logits_to_keep", "num_logits_to_keep") if k in params), {})
     for _ in range(max_new):
         kv = {cache_arg: past} if cache_arg else {"past_key_values": past}
         res = model(
-            input_ids=step_ids, attention_mask=mask, position_ids=step_pos, use_cache=True, **kv
+            input_ids=step_ids,
+            attention_mask=mask,
+            position_ids=step_pos,
+            use_cache=True,
+            **kv,
+            **last_only,
         )
         past = res.cache if cache_arg else res.past_key_values
         nxt = res.logits[:, -1].argmax(-1)

@@ -146,11 +146,13 @@ def _mixed_length_task():
     return EvalTask.from_records(rows, kind="exact_match", max_new_tokens=6)
 
 
-def test_batched_greedy_with_left_padding_matches_unbatched_rollout(tmp_path, tok):
+@pytest.mark.parametrize("batch_size", [5, 2])  # one batch; batches of sorted lengths
+def test_batched_greedy_with_left_padding_matches_unbatched_rollout(tmp_path, tok, batch_size):
     folder, model = _tiny_llama_dir(tmp_path, tok)
     model.eval()
     task = _mixed_length_task()
-    batched = evaluate(model, task, tokenizer=tok, batch_size=5)
+    batched = evaluate(model, task, tokenizer=tok, batch_size=batch_size)
+    assert [r.id for r in batched.examples] == [e.id for e in task.examples]
     for ex, got in zip(task.examples, batched.examples, strict=True):
         ids = tok(ex.prompt)["input_ids"]
         out = []
