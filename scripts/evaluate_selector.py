@@ -101,6 +101,13 @@ def main(argv: list[str] | None = None) -> int:
         "default, as the shipped predictor is fitted)",
     )
     p.add_argument("--folds", type=int, default=5, help="model folds")
+    p.add_argument(
+        "--deals",
+        type=int,
+        default=1,
+        help="held-out models: pool this many deals of the models into folds (seeds --seed "
+        "onwards); one deal of a ~20-model catalog tests a few dozen pairs",
+    )
     p.add_argument("--k", type=int, default=3, help="verifications for the top-k metric")
     p.add_argument("--n-models", type=int, default=DEFAULT_ENSEMBLE, help="predictor ensemble size")
     p.add_argument("--seed", type=int, default=0)
@@ -132,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         "extra_rows": 0 if extra is None else len(extra),
         "k_verify": args.k,
         "folds": args.folds,
+        "deals": args.deals,
         "seed": args.seed,
         "distinct_top_k": args.distinct_top_k,
     }
@@ -147,7 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     t0 = time.perf_counter()
     schemes = {
-        "held-out models": (frame, model_folds(frame, args.folds, args.seed), None),
+        "held-out models": (
+            frame,
+            model_folds(frame, args.folds, args.seed, deals=args.deals),
+            None,
+        ),
         "held-out tasks": (frame, task_folds(frame), None),
     }
     rebuilt = None if args.no_remeasured else load_remeasured(args.data)
@@ -185,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{cost['exhaustive_evals_per_pair']:.1f} evals; selector 0; with top-{args.k} "
         f"verification {args.k} merges ({cost['fewer_merge_evals_with_k']:.1f}x fewer)"
     )
-    name = Path(str(args.data)).name
+    name = Path(str(args.data)).name + (f"_deals{args.deals}" if args.deals > 1 else "")
     out = Path(args.json or ROOT / "scripts" / "results" / f"evaluate_selector_{name}.json")
     write_json_report(out, report)
     return 0

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from simmerge.errors import PredictorError
+from simmerge.learn.splits import deal_models
 
 REFERENCE_ROWS = 2000
 NEIGHBOURS = 5
@@ -188,9 +189,8 @@ def held_out_rows(
     models = sorted({m for p in pairs for m in p})
     for part in range(partitions):
         rng = np.random.default_rng(seed + part)
-        order = rng.permutation(len(models))
-        for i in range(folds):
-            held = {models[j] for j in order[i::folds]}
+        rng.permutation(len(models))  # the deal's draw: the subsampling below continues after it
+        for held in deal_models(models, folds, seed + part):
             a = np.array([p[0] in held for p in pairs])
             b = np.array([p[1] in held for p in pairs])
             test, ref = a & b, ~a & ~b

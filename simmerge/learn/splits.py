@@ -24,22 +24,33 @@ class Fold:
     test: np.ndarray
 
 
-def model_folds(frame: pd.DataFrame, k: int = 5, seed: int = 0) -> Iterator[Fold]:
+def deal_models(models: list, k: int, seed: int) -> list[set]:
+    """The models dealt into ``k`` groups by ``seed``: the one dealing rule of held-out-model
+    cross-validation (:func:`model_folds`) and of the training domain's held-out scores."""
+    order = np.random.default_rng(seed).permutation(len(models))
+    return [{models[j] for j in order[i::k]} for i in range(k)]
+
+
+def model_folds(frame: pd.DataFrame, k: int = 5, seed: int = 0, deals: int = 1) -> Iterator[Fold]:
     """Group k-fold by model: test pairs have both models in the fold, training pairs neither
-    (pairs with one model on each side are unused in that fold)."""
+    (pairs with one model on each side are unused in that fold).
+
+    ``deals`` > 1 repeats it with the models dealt again (seeds ``seed`` onwards), folds named
+    ``models-<deal>.<i>``: one deal of a catalog of ~20 models tests only the pairs inside its
+    groups (a few dozen), so a figure from one deal moves with the luck of that deal; pooling
+    several tests each pair several times against other training sets."""
     models = sorted(
         set(zip(frame["catalog"], frame["a"], strict=True))
         | set(zip(frame["catalog"], frame["b"], strict=True))
     )
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(models))
     a_key = list(zip(frame["catalog"], frame["a"], strict=True))
     b_key = list(zip(frame["catalog"], frame["b"], strict=True))
-    for i in range(k):
-        held = {models[j] for j in order[i::k]}
-        in_a = np.array([m in held for m in a_key])
-        in_b = np.array([m in held for m in b_key])
-        yield Fold(f"models-{i}", train=~in_a & ~in_b, test=in_a & in_b)
+    for deal in range(deals):
+        for i, held in enumerate(deal_models(models, k, seed + deal)):
+            in_a = np.array([m in held for m in a_key])
+            in_b = np.array([m in held for m in b_key])
+            name = f"models-{i}" if deals == 1 else f"models-{deal}.{i}"
+            yield Fold(name, train=~in_a & ~in_b, test=in_a & in_b)
 
 
 def task_folds(frame: pd.DataFrame) -> Iterator[Fold]:

@@ -308,6 +308,21 @@ def test_model_folds_never_share_a_model_between_train_and_test():
     assert tested == {f"m{i}" for i in range(8)}
 
 
+def test_model_folds_over_several_deals_repeat_the_first_deal_and_deal_the_models_anew():
+    frame = _frame()
+    one = list(model_folds(frame, k=4, seed=1))
+    many = list(model_folds(frame, k=4, seed=1, deals=3))
+    assert [f.name for f in many[:4]] == ["models-0.0", "models-0.1", "models-0.2", "models-0.3"]
+    assert len(many) == 12
+    # deal 0 is the single deal's folds; the next deals test other pairs
+    assert all((a.test == b.test).all() for a, b in zip(one, many[:4], strict=True))
+    tested = [frozenset(np.flatnonzero(f.test)) for f in many]
+    assert len(set(tested[4:]) - set(tested[:4])) > 0
+    for fold in many:  # every deal keeps the guarantee
+        train = set(frame[fold.train]["a"]) | set(frame[fold.train]["b"])
+        assert not train & (set(frame[fold.test]["a"]) | set(frame[fold.test]["b"]))
+
+
 def test_task_folds_hold_out_every_pair_that_involves_the_task():
     frame = _frame()
     for fold in task_folds(frame):
