@@ -236,9 +236,15 @@ _Measured = dict[tuple[str, str, str, str, str], tuple[float, str]]
 
 def _known(measured: _Measured, first: str, second: str, canon: OperatorConfig, tasks, hashes):
     """(score, plan id) per task of the merge (first, second, canon) from ``measured``, or None
-    when some task of it is not measured."""
-    known = [measured.get((first, second, canon.id, t, hashes[t])) for t in tasks]
-    return None if any(k is None for k in known) else known
+    when some task of it is not measured. The store may hold it under the other order (rows
+    are written in the order asked for, e.g. a table seeded from one order only), as the
+    mirrored configuration of (second, first)."""
+    mirror = canon.mirrored().id
+    for x, y, cid in ((first, second, canon.id), (second, first, mirror)):
+        known = [measured.get((x, y, cid, t, hashes[t])) for t in tasks]
+        if all(k is not None for k in known):
+            return known
+    return None
 
 
 def _collect_here(

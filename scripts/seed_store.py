@@ -1,0 +1,98 @@
+"""Seed an outcome store with a shipped outcome table, so a collection resumes from it.
+
+    python scripts/seed_store.py features/smol-large --catalog runs/smol-large/catalog.yaml \
+        --store runs/smol-large-outcomes.sqlite
+
+Why: the SQLite store a collection writes lives beside the zoo, which is rebuilt, not
+committed; only the exported table (``features/<name>/outcomes.parquet``) is shipped. To extend
+a table that is not exhaustive (``features/smol-large``), rebuild the zoo with the recipe
+and library versions of its ``meta.json`` (the build is deterministic on one machine kind),
+seed a store with the shipped rows, and run ``simmerge collect`` on it: the collector skips
+every (pair, candidate) the store holds and reuses its measurements for the equal merges of
+the other order, so only the missing merges run.
+
+The rows are only valid for the same models and eval files: the script refuses a table whose
+catalog name differs from the catalog's, whose models the catalog lacks, or whose rows carry an
+``eval_hash`` that differs from the catalog's eval file of that task, and, where the catalog is
+a zoo with a manifest, a table whose ``meta.json`` names another zoo hash. Rows already in the
+store are kept (the store skips repeated keys). Prints what it added as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    import pandas as pd
+
+    from simmerge.catalog import Catalog
+    from simmerge.errors import ConfigError
+    from simmerge.evaluation.scorer import MergeScorer
+    from simmerge.learn.datasets import OUTCOMES_FILE, dataset_folder
+    from simmerge.outcomes.store import Outcome, OutcomeStore
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("table", help="shipped dataset name or folder (holds outcomes.parquet)")
+    p.add_argument("--catalog", required=True, help="the rebuilt catalog YAML")
+    p.add_argument("--store", required=True, help="outcome store to seed (created if absent)")
+    args = p.parse_args(argv)
+
+    folder = dataset_folder(args.table)
+    rows = pd.read_parquet(folder / OUTCOMES_FILE)
+    catalog = Catalog.load(args.catalog)
+    _check_zoo(folder, Path(args.catalog).parent)
+    wrong_catalog = sorted(set(rows["catalog"]) - {catalog.name})
+    if wrong_catalog:
+        raise ConfigError(
+            f"The table holds rows of catalog(s) {wrong_catalog}, not of {catalog.name!r}.",
+            "seed a store of the catalog the table was collected on.",
+        )
+    unknown = sorted((set(rows["a"]) | set(rows["b"])) - set(catalog.expert_names))
+    if unknown:
+        raise ConfigError(
+            f"The table names experts the catalog lacks: {unknown[:5]}.",
+            "rebuild the zoo with the table's recipe (features/DATASHEET.md).",
+        )
+    scorer = MergeScorer(catalog, "cpu")
+    hashes = {t: scorer.eval_hash(t) for t in rows["task"].unique() if t in scorer.tasks}
+    stale = sorted(
+        t
+        for t in rows["task"].unique()
+        if t not in hashes or set(rows[rows.task == t].eval_hash) != {hashes[t]}
+    )
+    if stale:
+        raise ConfigError(
+            f"The table's eval hashes differ from the catalog's eval files for task(s) {stale}.",
+            "rebuild the zoo with the table's recipe and library versions (its meta.json).",
+        )
+    records = rows.rename(columns={"a": "model_a", "b": "model_b"})
+    fields = Outcome.__dataclass_fields__
+    outcomes = [Outcome(**{k: r[k] for k in fields}) for r in records.to_dict("records")]
+    with OutcomeStore(args.store) as store:
+        added = store.add(outcomes)
+        total = len(store)
+    print(json.dumps({"table_rows": len(rows), "added": added, "store_rows": total}))
+    return 0
+
+
+def _check_zoo(folder: Path, zoo: Path) -> None:
+    from simmerge.errors import ConfigError
+
+    meta, manifest = folder / "meta.json", zoo / "zoo_manifest.json"
+    if not (meta.is_file() and manifest.is_file()):
+        return
+    want = json.loads(meta.read_text()).get("zoo", {}).get("hash")
+    got = json.loads(manifest.read_text()).get("hash")
+    if want and got and want != got:
+        raise ConfigError(
+            f"The table was collected on zoo {want}, the catalog is zoo {got}.",
+            "rebuild the zoo with the table's recipe and library versions (its meta.json).",
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
