@@ -44,9 +44,7 @@ def test_a_seeded_store_collects_only_the_merges_the_table_lacks(trained, tmp_pa
     assert (got == want).all()  # a deterministic rebuild measures what the table holds
 
 
-def test_a_table_measured_on_other_eval_files_is_refused_and_nothing_is_written(
-    trained, tmp_path
-):
+def test_a_table_measured_on_other_eval_files_is_refused_and_nothing_is_written(trained, tmp_path):
     rows = trained["outcomes"].copy()
     rows.loc[rows.index[0], "eval_hash"] = "0000000000000000"
     store_path = tmp_path / "refused.sqlite"
