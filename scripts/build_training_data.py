@@ -7,6 +7,10 @@ cached signatures and sketches) and ``outcomes.parquet`` (the store's rows for t
 plus ``meta.json`` (row counts, git commit, and when the catalog is a zoo its recipe hash, build
 time and the library versions that built it: a rebuild is bit-exact only with those). The whole
 regeneration of the shipped data is described in ``features/DATASHEET.md``.
+
+``--outcomes-only`` writes ``outcomes.parquet`` and ``meta.json`` alone, without computing any
+feature: a checkpoint of a collection that outlasts its machine (the zoo and its store are
+rebuilt, not committed), which ``scripts/seed_store.py`` turns back into a store.
 """
 
 from __future__ import annotations
@@ -35,9 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     from simmerge.catalog import Catalog
     from simmerge.infra.files import atomic_write_text
     from simmerge.learn.datasets import (
+        OUTCOMES_FILE,
         describe,
         feature_frame,
         outcome_frame,
+        write_table,
         write_training_tables,
     )
     from simmerge.outcomes.store import OutcomeStore
@@ -50,19 +56,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default=None)
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--quiet", action="store_true")
+    p.add_argument(
+        "--outcomes-only",
+        action="store_true",
+        help="write the outcome table and meta.json only (a collection checkpoint)",
+    )
     args = p.parse_args(argv)
 
     catalog = Catalog.load(args.catalog)
     with OutcomeStore(args.store) as store:
         outcomes = outcome_frame(store, catalog)
-    features = feature_frame(
-        catalog,
-        FeatureOptions(device=args.device, cache_dir=args.cache_dir),
-        progress=not args.quiet,
-    )
     out = Path(args.out)
-    write_training_tables(features, outcomes, out)
-    meta = {"commit": git_commit(), **describe(features, outcomes)}
+    if args.outcomes_only:
+        write_table(outcomes, out / OUTCOMES_FILE)
+        meta = {"commit": git_commit(), "outcomes_only": True, **describe(None, outcomes)}
+    else:
+        features = feature_frame(
+            catalog,
+            FeatureOptions(device=args.device, cache_dir=args.cache_dir),
+            progress=not args.quiet,
+        )
+        write_training_tables(features, outcomes, out)
+        meta = {"commit": git_commit(), **describe(features, outcomes)}
     manifest = Path(args.catalog).parent / "zoo_manifest.json"
     if manifest.is_file():
         zoo = json.loads(manifest.read_text())

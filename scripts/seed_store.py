@@ -1,7 +1,7 @@
 """Seed an outcome store with a shipped outcome table, so a collection resumes from it.
 
-    python scripts/seed_store.py features/smol-large --catalog runs/smol-large/catalog.yaml \
-        --store runs/smol-large-outcomes.sqlite
+    python scripts/seed_store.py features/smol-large [features/smol-large/collecting] \
+        --catalog runs/smol-large/catalog.yaml --store runs/smol-large/outcomes.sqlite
 
 Why: the SQLite store a collection writes lives beside the zoo, which is rebuilt, not
 committed; only the exported table (``features/<name>/outcomes.parquet``) is shipped. To extend
@@ -10,6 +10,11 @@ and library versions of its ``meta.json`` (the build is deterministic on one mac
 seed a store with the shipped rows, and run ``simmerge collect`` on it: the collector skips
 every (pair, candidate) the store holds and reuses its measurements for the equal merges of
 the other order, so only the missing merges run.
+
+Several tables may be given: a collection too long for one session is checkpointed between
+sessions as an outcomes-only table (``scripts/build_training_data.py --outcomes-only``, e.g.
+``features/smol-large/collecting``), and the next session seeds its store with the shipped
+table and that checkpoint.
 
 The rows are only valid for the same models and eval files: the script refuses a table whose
 catalog name differs from the catalog's, whose models the catalog lacks, or whose rows carry an
@@ -30,21 +35,41 @@ def main(argv: list[str] | None = None) -> int:
     import pandas as pd
 
     from simmerge.catalog import Catalog
-    from simmerge.errors import ConfigError
     from simmerge.evaluation.scorer import MergeScorer
     from simmerge.learn.datasets import OUTCOMES_FILE, dataset_folder
     from simmerge.outcomes.store import Outcome, OutcomeStore
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("table", help="shipped dataset name or folder (holds outcomes.parquet)")
+    p.add_argument(
+        "tables", nargs="+", help="shipped dataset names or folders (each holds outcomes.parquet)"
+    )
     p.add_argument("--catalog", required=True, help="the rebuilt catalog YAML")
     p.add_argument("--store", required=True, help="outcome store to seed (created if absent)")
     args = p.parse_args(argv)
 
-    folder = dataset_folder(args.table)
-    rows = pd.read_parquet(folder / OUTCOMES_FILE)
     catalog = Catalog.load(args.catalog)
-    _check_zoo(folder, Path(args.catalog).parent)
+    scorer = MergeScorer(catalog, "cpu")
+    tables = []
+    for table in args.tables:
+        folder = dataset_folder(table)
+        tables.append(pd.read_parquet(folder / OUTCOMES_FILE))
+        _check_zoo(folder, Path(args.catalog).parent)
+        _check_rows(tables[-1], catalog, scorer)
+    rows = pd.concat(tables, ignore_index=True)
+    records = rows.rename(columns={"a": "model_a", "b": "model_b"})
+    fields = Outcome.__dataclass_fields__
+    outcomes = [Outcome(**{k: r[k] for k in fields}) for r in records.to_dict("records")]
+    with OutcomeStore(args.store) as store:
+        added = store.add(outcomes)
+        total = len(store)
+    print(json.dumps({"table_rows": len(rows), "added": added, "store_rows": total}))
+    return 0
+
+
+def _check_rows(rows, catalog, scorer) -> None:
+    """Refuse rows measured on another catalog, other models or other eval files."""
+    from simmerge.errors import ConfigError
+
     wrong_catalog = sorted(set(rows["catalog"]) - {catalog.name})
     if wrong_catalog:
         raise ConfigError(
@@ -57,7 +82,6 @@ def main(argv: list[str] | None = None) -> int:
             f"The table names experts the catalog lacks: {unknown[:5]}.",
             "rebuild the zoo with the table's recipe (features/DATASHEET.md).",
         )
-    scorer = MergeScorer(catalog, "cpu")
     hashes = {t: scorer.eval_hash(t) for t in rows["task"].unique() if t in scorer.tasks}
     stale = sorted(
         t
@@ -69,14 +93,6 @@ def main(argv: list[str] | None = None) -> int:
             f"The table's eval hashes differ from the catalog's eval files for task(s) {stale}.",
             "rebuild the zoo with the table's recipe and library versions (its meta.json).",
         )
-    records = rows.rename(columns={"a": "model_a", "b": "model_b"})
-    fields = Outcome.__dataclass_fields__
-    outcomes = [Outcome(**{k: r[k] for k in fields}) for r in records.to_dict("records")]
-    with OutcomeStore(args.store) as store:
-        added = store.add(outcomes)
-        total = len(store)
-    print(json.dumps({"table_rows": len(rows), "added": added, "store_rows": total}))
-    return 0
 
 
 def _check_zoo(folder: Path, zoo: Path) -> None:

@@ -166,13 +166,16 @@ def shipped_datasets() -> list[str]:
     return sorted(p.name for p in root.iterdir() if (p / OUTCOMES_FILE).is_file())
 
 
-def describe(features: pd.DataFrame, outcomes: pd.DataFrame) -> dict[str, Any]:
-    return {
+def describe(features: pd.DataFrame | None, outcomes: pd.DataFrame) -> dict[str, Any]:
+    """Counts for a dataset's meta.json (no feature count for an outcomes-only table)."""
+    counts = {
         "catalogs": sorted(outcomes["catalog"].unique().tolist()),
         "experts": int(len(set(outcomes["a"]) | set(outcomes["b"]))),
         "ordered_pairs": int(outcomes.groupby(["catalog", "a", "b"]).ngroups),
         "candidates": int(outcomes["candidate"].nunique()),
         "tasks": sorted(outcomes["task"].unique().tolist()),
         "outcome_rows": len(outcomes),
-        "pair_feature_rows": len(features),
     }
+    if features is not None:
+        counts["pair_feature_rows"] = len(features)
+    return counts

@@ -59,3 +59,27 @@ def test_a_table_of_another_catalog_is_refused(trained, tmp_path):
     args = [str(_table(tmp_path, rows)), "--catalog", str(trained["catalog_path"])]
     with pytest.raises(ConfigError, match="not of"):
         load_script("seed_store").main([*args, "--store", str(tmp_path / "s.sqlite")])
+
+
+def test_a_collection_checkpoint_and_the_shipped_table_seed_one_store(trained, tmp_path):
+    """A collection that outlasts its machine is checkpointed as an outcomes-only table
+    (build_training_data --outcomes-only, no features computed) and resumed from it together
+    with the shipped table: the store then holds every row of both, each once."""
+    full = trained["outcomes"]
+    pairs = sorted(set(zip(full["a"], full["b"], strict=True)))
+    in_first = full[["a", "b"]].apply(tuple, axis=1).isin(pairs[: len(pairs) // 2])
+    shipped = _table(tmp_path, full[in_first])
+    checkpoint = tmp_path / "collecting"
+    script = load_script("build_training_data")
+    args = [str(trained["catalog_path"]), "--store", str(trained["store"])]
+    assert script.main([*args, "--out", str(checkpoint), "--outcomes-only", "--quiet"]) == 0
+    assert sorted(p.name for p in checkpoint.iterdir()) == ["meta.json", OUTCOMES_FILE]
+    store_path = tmp_path / "resumed.sqlite"
+    seed = [str(shipped), str(checkpoint), "--catalog", str(trained["catalog_path"])]
+    assert load_script("seed_store").main([*seed, "--store", str(store_path)]) == 0
+    with OutcomeStore(store_path) as store:
+        assert len(store) == len(full)
+        resumed = outcome_frame(store, trained["catalog"])
+    keys = ["a", "b", "candidate", "task"]
+    got = resumed.set_index(keys)["score"].sort_index()
+    assert (got == full.set_index(keys)["score"].sort_index()).all()
