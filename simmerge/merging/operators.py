@@ -13,14 +13,18 @@ float64 on one device; the result has the same dtype and shape.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import torch
 
 from simmerge.merging.topk import chunks, keep_top_k_, top_k_mask
 
 _EPS = 1e-8
+_PARALLEL_MIN = 1 << 16  # entries per thread below which splitting a sort costs more than it saves
 
 
 # --- sparsification of one task vector (in place) --------------------------------------------
@@ -88,6 +92,37 @@ def drop_random_(
     return _rescale_l1_(delta, l1_before) if rescale else delta
 
 
+def _magnitude_ranks(block: torch.Tensor) -> torch.Tensor:
+    """Rank of every entry's magnitude within its row (0 = smallest), as ``block``'s dtype.
+
+    One sort per row, then the positions are scattered back. On CPU numpy's argsort is used: it
+    is vectorised (AVX-512/AVX2) and several times faster than torch's, but single-threaded, so
+    a large block is split by rows over torch's intra-op thread count (numpy and torch release
+    the interpreter lock while they work). Ties are ordered arbitrarily, as in mergekit.
+    """
+    mags = block.abs()
+    positions = torch.arange(block.shape[1], dtype=block.dtype, device=block.device)
+    if mags.device.type != "cpu":
+        return mags.scatter_(1, mags.argsort(dim=1), positions.expand_as(mags))
+
+    def rank_rows_(part: torch.Tensor) -> None:
+        order = torch.from_numpy(np.argsort(part.numpy(), axis=1))
+        part.scatter_(1, order, positions.expand_as(part))
+
+    threads = min(torch.get_num_threads(), mags.shape[0], max(1, mags.numel() // _PARALLEL_MIN))
+    if threads <= 1:
+        rank_rows_(mags)
+    else:
+        list(_sort_pool(threads).map(rank_rows_, mags.tensor_split(threads, dim=0)))
+    return mags
+
+
+@functools.cache
+def _sort_pool(threads: int) -> ThreadPoolExecutor:
+    """One pool per thread count for the whole process: a merge ranks hundreds of blocks."""
+    return ThreadPoolExecutor(max_workers=threads, thread_name_prefix="simmerge-sort")
+
+
 def drop_magnitude_ranked_(
     delta: torch.Tensor,
     density: float,
@@ -109,13 +144,11 @@ def drop_magnitude_ranked_(
     row_block = max(1, (1 << 20) // max(width, 1))
     for start in range(0, rows.shape[0], row_block):
         block = rows[start : start + row_block]
-        order = block.abs().argsort(dim=1)  # one sort; ranks by scattering positions
-        ranks = torch.empty_like(block)  # 0 = smallest
-        positions = torch.arange(width, dtype=block.dtype, device=block.device)
-        ranks.scatter_(1, order, positions.expand_as(block))
-        del order
-        rank_norm = ranks / (width - 1) if width > 1 else torch.full_like(ranks, 0.5)
-        probs = (density - epsilon) + rank_norm * (2.0 * epsilon)
+        ranks = _magnitude_ranks(block)  # 0 = smallest
+        if width > 1:
+            probs = ranks.mul_(2.0 * epsilon / (width - 1)).add_(density - epsilon)
+        else:
+            probs = ranks.fill_(density)
         draw = torch.rand(block.shape, generator=generator, device=generator.device)
         block.mul_(draw.to(block.device) < probs)
     return _rescale_l1_(delta, l1_before) if rescale else delta
