@@ -21,6 +21,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 CHUNK = 1 << 20  # elements per chunk for elementwise passes (4 MiB of float32)
@@ -45,6 +46,9 @@ class Threshold:
 
 def kth_largest_abs(flat: torch.Tensor, k: int) -> float:
     """The k-th largest value of ``|flat|`` (1 <= k <= numel), exactly."""
+    n = flat.numel()
+    if 1 <= k <= n <= _SMALL:  # no counts needed: one selection
+        return kth_smallest(flat.abs(), n - k + 1)
     return magnitude_threshold(flat, k).value
 
 
@@ -52,9 +56,20 @@ def _count(mask: torch.Tensor) -> int:
     return int(torch.count_nonzero(mask))
 
 
+_NUMPY_DTYPES = (torch.float16, torch.float32, torch.float64)
+
+
+def kth_smallest(a: torch.Tensor, rank: int) -> float:
+    """The ``rank``-th smallest entry (1-based) of the 1-D ``a``. On CPU numpy's introselect
+    (vectorised) takes half the time of ``torch.kthvalue`` or less; both copy the input once."""
+    if a.device.type == "cpu" and a.dtype in _NUMPY_DTYPES:
+        return float(np.partition(a.numpy(), rank - 1)[rank - 1])
+    return float(a.kthvalue(rank).values)
+
+
 def _exact(a: torch.Tensor, rank: int) -> Threshold:
     """Full selection on the magnitudes ``a`` (small tensors, or a missed sample)."""
-    value = float(a.kthvalue(rank).values)
+    value = kth_smallest(a, rank)
     return Threshold(value, _count(a > value), _count(a == value))
 
 
@@ -89,7 +104,7 @@ def magnitude_threshold(flat: torch.Tensor, k: int) -> Threshold:
     mid = torch.cat(inside) if inside else flat.new_empty(0)
     r = rank - at_or_below
     if 0 < r <= mid.numel():
-        value = float(mid.kthvalue(r).values)
+        value = kth_smallest(mid, r)
         return Threshold(value, _count(mid > value) + at_or_above, _count(mid == value))
     # Rare: the answer is lo or hi itself (a block of equal values), or outside the bracket.
     if r <= 0:

@@ -391,12 +391,7 @@ def top_mask_threshold(tau: torch.Tensor, density: float) -> float:
     """|τ| threshold of the top-``density`` mask of ``tau`` (exact on the values given: the
     whole tensor, or a sample of it to estimate the tensor's threshold)."""
     flat = tau.reshape(-1)
-    k = max(1, int(density * flat.numel()))
-    if flat.numel() <= THRESHOLD_SAMPLE and flat.device.type == "cpu":
-        # numpy's introselect is several times faster than torch.kthvalue on small vectors
-        a = np.abs(flat.numpy())
-        return float(np.partition(a, a.size - k)[a.size - k])
-    return kth_largest_abs(flat, k)
+    return kth_largest_abs(flat, max(1, int(density * flat.numel())))
 
 
 def check_same_layout(a: TaskVectorSketch, b: TaskVectorSketch) -> None:
