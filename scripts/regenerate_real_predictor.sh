@@ -17,10 +17,16 @@ DEVICE=${DEVICE:-cpu}
 TRAIN=${TRAIN:-smol-large}
 export OMP_NUM_THREADS=1
 "$SIMMERGE" zoo build --recipe smol --size large --out "$ZOO" --device "$DEVICE"
-# resume from the shipped table (SEED=0 measures everything again): the collectors skip what the
-# store holds; scripts/seed_store.py first checks the rebuilt zoo's eval files and hash
+# resume from the shipped table and, where one is checked in, the checkpoint of a collection in
+# progress (features/smol-large/collecting, outcomes only; SEED=0 measures everything again): the
+# collectors skip what the store holds; scripts/seed_store.py first checks the rebuilt zoo's eval
+# files and hash
 if [ "${SEED:-1}" = 1 ] && [ -f features/smol-large/outcomes.parquet ]; then
-    "$PY" scripts/seed_store.py features/smol-large --catalog "$ZOO/catalog.yaml" \
+    tables=(features/smol-large)
+    if [ -f features/smol-large/collecting/outcomes.parquet ]; then
+        tables+=(features/smol-large/collecting)
+    fi
+    "$PY" scripts/seed_store.py "${tables[@]}" --catalog "$ZOO/catalog.yaml" \
         --store "$ZOO/outcomes.sqlite"
 fi
 # one single-threaded collector per core, each on its own shard of the pairs, one store
