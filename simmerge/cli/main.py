@@ -20,6 +20,7 @@ from simmerge import __version__
 from simmerge.cli import models, online, pairwise, plans, scans
 from simmerge.cli.options import output_options
 from simmerge.errors import SimmergeError
+from simmerge.infra.allocator import reuse_freed_memory
 
 EXIT_OK = 0
 EXIT_BUG = 1
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = plans.legacy_alias(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    reuse_freed_memory()  # commands stream tensors: keep freed blocks for the next one
     try:
         return int(args.func(args) or EXIT_OK)
     except SimmergeError as exc:
