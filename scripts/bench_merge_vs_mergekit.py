@@ -160,6 +160,8 @@ def main() -> None:
     report = {
         "benchmark": "merge_vs_mergekit",
         "model": "SmolLM2-135M-Instruct (fp32) + 2 fine-tuned experts",
+        "zoo": Path(args.zoo).name,
+        "experts": args.experts.split(","),
         "mergekit_version": version,
         "cpus": os.cpu_count(),
         "machine": platform.machine(),
