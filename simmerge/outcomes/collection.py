@@ -25,8 +25,9 @@ from __future__ import annotations
 import contextlib
 import itertools
 import time
+import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +127,9 @@ class CollectSummary:
     reused: int  # written from an equal merge measured before
     rows: int
     seconds: float
+    # per task: the expert scores stored rows were normalized by that differ from today's, and
+    # today's (a store measured on another build of the experts; see reference_drift)
+    reference_drift: dict[str, tuple[tuple[float, ...], float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -198,9 +202,13 @@ def collect_outcomes(
     pairs = list(pairs) if pairs is not None else expert_pairs(catalog)
     # one read of the store: what is measured (for reuse) is also what is done (for skipping)
     measured: dict[tuple[str, str, str, str, str], tuple[float, str]] = {}
-    for o in store.outcomes(catalog.name):
+    stored = list(store.outcomes(catalog.name))
+    for o in stored:
         measured[(o.model_a, o.model_b, o.candidate, o.task, o.eval_hash)] = (o.score, o.plan_id)
     done = set(measured)
+    drift = reference_drift(catalog, stored, refs, {t: scorer.eval_hash(t) for t in scorer.tasks})
+    if drift:
+        warnings.warn(_drift_message(drift), ReferenceDriftWarning, stacklevel=2)
 
     jobs = []
     skipped = 0
@@ -227,6 +235,51 @@ def collect_outcomes(
         reused=reused,
         rows=rows,
         seconds=time.perf_counter() - t0,
+        reference_drift=drift,
+    )
+
+
+class ReferenceDriftWarning(UserWarning):
+    """The store's rows were normalized by expert scores that this catalog's experts no longer
+    reproduce (see :func:`reference_drift`)."""
+
+
+def reference_drift(
+    catalog: Catalog,
+    stored: Sequence[Outcome],
+    refs: dict[tuple[str, str], float],
+    eval_hashes: dict[str, str],
+) -> dict[str, tuple[tuple[float, ...], float]]:
+    """Per task, the reference (expert) scores stored rows were normalized by that differ from
+    the reference this catalog's experts give now, with the current one.
+
+    A store seeded from another build of the catalog -- e.g. a zoo rebuilt on another machine,
+    whose fine-tunes are not bit-identical -- mixes two sets of experts; the collector resumes
+    anyway (the differences are usually a few examples), but says so, because a row's
+    normalized score then depends on which build measured it. Rows of another eval file are
+    not compared (they are not this catalog's measurements)."""
+    seen: dict[str, set[float]] = {}
+    now: dict[str, float] = {}
+    for o in stored:
+        if eval_hashes.get(o.task) != o.eval_hash:
+            continue
+        current = reference_score(catalog, refs, o.task, (o.model_a, o.model_b))
+        if abs(o.expert_score - current) > 1e-9:
+            seen.setdefault(o.task, set()).add(o.expert_score)
+            now[o.task] = current
+    return {t: (tuple(sorted(v)), now[t]) for t, v in sorted(seen.items())}
+
+
+def _drift_message(drift: dict[str, tuple[tuple[float, ...], float]]) -> str:
+    parts = "; ".join(
+        f"{t}: stored {', '.join(f'{x:.4g}' for x in old)}, now {cur:.4g}"
+        for t, (old, cur) in drift.items()
+    )
+    return (
+        f"Some stored rows were normalized by expert scores this catalog's experts no longer "
+        f"give ({parts}): the store was measured on another build of these experts (a zoo "
+        "rebuilt on another machine is not bit-identical). New rows use the current scores; "
+        "start a new store to measure everything on this build."
     )
 
 

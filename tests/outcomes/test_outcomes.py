@@ -250,6 +250,28 @@ def test_interrupted_collection_resumes_without_lost_or_duplicated_rows(
     assert summary.skipped > 0
 
 
+def test_a_store_measured_on_another_build_of_the_experts_is_resumed_with_a_warning(
+    micro_catalog, tmp_path
+):
+    from simmerge.outcomes.collection import ReferenceDriftWarning
+
+    path = tmp_path / "o.sqlite"
+    first_pair = expert_pairs(micro_catalog)[:1]
+    with OutcomeStore(path) as store:
+        collect_outcomes(micro_catalog, store, SMALL_GRID, pairs=first_pair, progress=False)
+        (task, today), *_ = {(o.task, o.expert_score) for o in store}
+    with sqlite3.connect(path) as db:  # as if another build's expert had scored 0.25 lower
+        db.execute("UPDATE outcomes SET expert_score = expert_score - 0.25 WHERE task = ?", (task,))
+    with OutcomeStore(path) as store:
+        with pytest.warns(ReferenceDriftWarning, match=f"{task}: stored"):
+            summary = collect_outcomes(micro_catalog, store, SMALL_GRID, progress=False)
+    assert summary.reference_drift == {task: ((today - 0.25,), today)}
+    with OutcomeStore(tmp_path / "clean.sqlite") as store:
+        collect_outcomes(micro_catalog, store, SMALL_GRID, pairs=first_pair, progress=False)
+        resumed = collect_outcomes(micro_catalog, store, SMALL_GRID, progress=False)
+    assert resumed.reference_drift == {}
+
+
 def test_collect_command_reports_and_resumes(micro_catalog, tmp_path, capsys):
     from simmerge.cli.main import main
 
