@@ -137,10 +137,18 @@ def _kept_chunks(
         if not ties_matter:
             yield sl, a >= t.value
             continue
+        if quota == 0:  # the tied entries that fit were all in earlier chunks
+            yield sl, a > t.value
+            continue
+        equal = a == t.value
+        tied = _count(equal)
+        if tied <= quota:  # all of this chunk's ties fit: no index needed
+            quota -= tied
+            yield sl, equal.logical_or_(a > t.value)
+            continue
         keep = a > t.value
-        equal = (a == t.value).nonzero().squeeze(1)[:quota]
-        keep[equal] = True
-        quota -= equal.numel()
+        keep[equal.nonzero().squeeze(1)[:quota]] = True
+        quota = 0
         yield sl, keep
 
 

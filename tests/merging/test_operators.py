@@ -287,6 +287,21 @@ def test_top_k_mask_keeps_exactly_k_and_breaks_ties_by_index():
     assert bool((small & ~mask).sum() == 0)  # nested
 
 
+def test_ties_at_the_threshold_spread_over_chunks_are_kept_by_index_across_chunks():
+    from simmerge.merging.topk import CHUNK, keep_top_k_
+
+    x = torch.ones(3 * CHUNK)
+    x[torch.arange(5) * 7] = 3.0  # 5 entries above the tie value
+    tied = torch.cat([torch.arange(10) * 11 + c * CHUNK + 100 for c in range(3)])
+    x[tied] = -2.0  # 10 ties in each chunk (negative: ranked by magnitude)
+    mask = top_k_mask(x, 5 + 15)
+    assert int(mask.sum()) == 20
+    assert bool(mask[x == 3.0].all())
+    assert mask[tied].tolist() == [True] * 15 + [False] * 15  # lower index first, across chunks
+    trimmed = keep_top_k_(x.clone(), 20)
+    assert torch.equal(trimmed != 0, mask)
+
+
 # --- parameter schema ----------------------------------------------------------------------------
 
 
