@@ -96,7 +96,7 @@ def _magnitude_ranks(block: torch.Tensor) -> torch.Tensor:
     """Rank of every entry's magnitude within its row (0 = smallest), as ``block``'s dtype.
 
     One sort per row, then the positions are scattered back. On CPU numpy's argsort is used: it
-    is vectorised (AVX-512/AVX2) and several times faster than torch's, but single-threaded, so
+    is vectorised (AVX-512/AVX2) and faster than torch's, but single-threaded, so
     a large block is split by rows over torch's intra-op thread count (numpy and torch release
     the interpreter lock while they work). Ties are ordered arbitrarily, as in mergekit.
     """

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 CHUNK = 1 << 20  # elements per chunk for elementwise passes (4 MiB of float32)
-_SMALL = 1 << 20  # below this size a plain kthvalue is cheap enough
+_SMALL = 1 << 20  # below this size one plain selection over the whole tensor is cheap enough
 _SAMPLE = 1 << 16
 
 
@@ -60,8 +60,8 @@ _NUMPY_DTYPES = (torch.float16, torch.float32, torch.float64)
 
 
 def kth_smallest(a: torch.Tensor, rank: int) -> float:
-    """The ``rank``-th smallest entry (1-based) of the 1-D ``a``. On CPU numpy's introselect
-    (vectorised) takes half the time of ``torch.kthvalue`` or less; both copy the input once."""
+    """The ``rank``-th smallest entry (1-based) of the 1-D ``a``. On CPU numpy's vectorised
+    introselect is faster than ``torch.kthvalue`` (docs/benchmarks.md); both copy the input."""
     if a.device.type == "cpu" and a.dtype in _NUMPY_DTYPES:
         return float(np.partition(a.numpy(), rank - 1)[rank - 1])
     return float(a.kthvalue(rank).values)
