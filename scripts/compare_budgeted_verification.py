@@ -9,7 +9,10 @@ is fitted on the training pairs and ranks the test pairs' candidates; then, at e
 per task, counted in evaluated examples as ``simmerge verify --budget`` counts them):
 
 * ``guided``: successive halving (:func:`simmerge.pairwise.halving.successive_halving`) over the
-  distinct merges in the predictor's order, ``simmerge verify --budget``'s algorithm;
+  distinct merges in the predictor's order, its rungs comparing measured scores shrunk toward
+  the predictions, ``simmerge verify --budget``'s algorithm for a pair in the predictor's domain;
+* ``guided_no_prior``: the same halving comparing measured scores alone (``verify --budget`` out
+  of the domain);
 * ``unguided``: the same halving over the distinct merges in a random order (search without a
   predictor, the multi-fidelity search of "Fine, I'll Merge It Myself");
 * ``top_k``: full verification of the k = floor(f) best-ranked distinct merges (``simmerge
@@ -39,7 +42,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BUDGETS = (0.25, 0.5, 1, 1.5, 2, 3, 4, 6, 8, 12, 16)
-METHODS = ("guided", "unguided", "top_k")
+METHODS = ("guided", "guided_no_prior", "unguided", "top_k")
 
 
 def eval_sizes(args) -> dict[str, int] | int:
@@ -144,7 +147,7 @@ def pick_values(pair, sizes, budget_f: float, runs: int, seed: int) -> dict[str,
     import numpy as np
 
     from simmerge.errors import ConfigError
-    from simmerge.pairwise.halving import successive_halving
+    from simmerge.pairwise.halving import PRIOR_EXAMPLES, successive_halving
 
     tasks = pair["tasks"]
     n_max = max(sizes if isinstance(sizes, int) else sizes[t] for t in tasks)
@@ -159,13 +162,23 @@ def pick_values(pair, sizes, budget_f: float, runs: int, seed: int) -> dict[str,
         top = guided_order[:k]
         out["top_k"] = target[max(top, key=lambda c: target[c])]
     rng = np.random.default_rng(seed)
-    sums = {"guided": 0.0, "unguided": 0.0}
+    sums = {"guided": 0.0, "guided_no_prior": 0.0, "unguided": 0.0}
     try:
         for _ in range(runs):
             won = successive_halving(
-                guided_order, budget, len(tasks), n_max, simulated_scorer(pair, sizes, rng)
+                guided_order,
+                budget,
+                len(tasks),
+                n_max,
+                simulated_scorer(pair, sizes, rng),
+                prior=pair["pred"],
+                prior_examples=PRIOR_EXAMPLES,
             ).winner
             sums["guided"] += target[won]
+            won = successive_halving(
+                guided_order, budget, len(tasks), n_max, simulated_scorer(pair, sizes, rng)
+            ).winner
+            sums["guided_no_prior"] += target[won]
             shuffled = distinct_order(list(rng.permutation(ranked)))
             won = successive_halving(
                 shuffled, budget, len(tasks), n_max, simulated_scorer(pair, sizes, rng)
@@ -224,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
         table[f] = {m: summarize(pairs, values, m) for m in METHODS}
     to_reach = {}
-    for m in ("guided", "unguided"):
+    for m in ("guided", "guided_no_prior", "unguided"):
         hit = [f for f in BUDGETS if table[f][m].get("pct_of_oracle", 0.0) >= args.target]
         to_reach[m] = hit[0] if hit else None
     report = {
@@ -257,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{f:>6} " + " ".join(cells))
     print(
         f"budget to reach {args.target:.2f} of oracle: guided {to_reach['guided']}, "
-        f"unguided {to_reach['unguided']}"
+        f"without the prior {to_reach['guided_no_prior']}, unguided {to_reach['unguided']}"
     )
     name = Path(str(args.data)).name
     out = Path(

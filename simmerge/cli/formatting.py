@@ -97,6 +97,12 @@ def format_budgeted(report: BudgetedReport) -> str:
         f"budgeted verification of {' + '.join(report.models)} on {', '.join(report.tasks)}: "
         f"{report.spent} of {report.budget} example evaluations, {report.merges} merges, "
         "rungs " + " -> ".join(f"{r.candidates}x{r.examples}" for r in report.rungs),
+        (
+            f"rungs compared measured scores shrunk toward the prediction (worth "
+            f"{report.prior_examples:g} examples per task)"
+            if report.prior_examples
+            else "rungs compared measured scores alone"
+        ),
         f"{'rank':>4} {'candidate':<38} {'predicted':>9} {'measured':>8} {'examples':>8}",
     ]
     for s in report.scored:

@@ -8,6 +8,10 @@ candidates again (one merged state in memory at a time, as in :func:`verify`): t
 evaluated examples, the report also counts merges. A candidate that reached every example of
 its tasks was fully measured: its outcome rows equal what :func:`verify` records, and only
 those go to the store (a partial score is not an outcome of the eval set).
+
+The rungs compare candidates by their measured score shrunk toward the predictor's
+(:mod:`simmerge.pairwise.halving`), unless the ranking is flagged out of the predictor's domain:
+a prediction the model cannot back is not evidence, so then only measurements decide.
 """
 
 from __future__ import annotations
@@ -23,7 +27,13 @@ from simmerge.evaluation.scorer import MergeScorer, reference_score
 from simmerge.merging import merge
 from simmerge.outcomes.collection import outcome_rows
 from simmerge.outcomes.store import OutcomeStore
-from simmerge.pairwise.halving import ETA, MIN_EXAMPLES, Rung, successive_halving
+from simmerge.pairwise.halving import (
+    ETA,
+    MIN_EXAMPLES,
+    PRIOR_EXAMPLES,
+    Rung,
+    successive_halving,
+)
 from simmerge.pairwise.rank import RankedCandidate
 from simmerge.pairwise.verify import distinct_top
 
@@ -51,6 +61,7 @@ class BudgetedReport:
     in_distribution: bool | None = None
     skipped: tuple[tuple[str, str], ...] = ()  # (candidate, the same merge ranked better)
     survivors: tuple[tuple[str, ...], ...] = field(default=())
+    prior_examples: float = 0.0  # what the predictions counted for (0: measurements alone)
 
     @property
     def best(self) -> ScoredCandidate:
@@ -69,6 +80,7 @@ class BudgetedReport:
             "in_distribution": self.in_distribution,
             "skipped_as_same_merge": [{"candidate": c, "same_as": o} for c, o in self.skipped],
             "survivors": [list(s) for s in self.survivors],
+            "prior_examples": self.prior_examples,
         }
 
 
@@ -83,10 +95,12 @@ def verify_budgeted(
     cache_dir: str | Path | None = None,
     eta: int = ETA,
     min_examples: int = MIN_EXAMPLES,
+    prior_examples: float = PRIOR_EXAMPLES,
 ) -> BudgetedReport:
     """Successive halving over the distinct merges of ``candidates`` (one pair's ranking, best
     first) within ``budget`` example evaluations (module docs); fully measured candidates are
-    recorded in ``store`` when given."""
+    recorded in ``store`` when given. ``prior_examples``: what a prediction is worth in examples
+    per task (0: measurements alone; ignored out of the predictor's domain)."""
     if not candidates:
         raise ConfigError("verify got no candidates.", "rank a pair first (rank_merges).")
     if len({c.models for c in candidates}) != 1:
@@ -125,6 +139,7 @@ def verify_budgeted(
             out[t] = (s / ref[t] if ref[t] > 0 else 0.0, n)
         return out
 
+    prior = prior_of(picked)
     result = successive_halving(
         [c.candidate for c in picked],
         budget,
@@ -133,6 +148,8 @@ def verify_budgeted(
         score,
         eta=eta,
         min_examples=min_examples,
+        prior=prior,
+        prior_examples=prior_examples,
     )
     scored = []
     for cand, (examples, measured) in result.scores.items():
@@ -153,7 +170,16 @@ def verify_budgeted(
         in_distribution=candidates[0].in_distribution,
         skipped=tuple(skipped),
         survivors=tuple(tuple(s) for s in result.survivors),
+        prior_examples=prior_examples if prior is not None else 0.0,
     )
+
+
+def prior_of(picked: Sequence[RankedCandidate]) -> dict[str, float] | None:
+    """The predictions the rungs may lean on: none when the ranking is out of the predictor's
+    domain (module docs)."""
+    if any(c.in_distribution is False for c in picked):
+        return None
+    return {c.candidate: c.predicted for c in picked}
 
 
 def _record(store, catalog, a, b, by_id, raw, scored, scorer, refs, tasks) -> None:

@@ -15,18 +15,25 @@ task; examples scored at an earlier rung are not scored again (the score functio
 new slice only). Each rung gets an equal share of the budget, plus what earlier rungs could not
 spend (their candidates ran out of examples); a rung's increment is capped by the examples the
 task has.
+
+Guided by a predictor, the rungs also compare candidates by their measured score *shrunk toward
+the prediction* (:func:`successive_halving`'s ``prior``): a first rung of a few examples per task
+is noisy, and without the prediction a lucky low-ranked candidate there can knock out the
+predictor's better pick. The prediction counts as ``PRIOR_EXAMPLES`` examples per task, so a full
+eval set outweighs it (``scripts/compare_budgeted_verification.py`` compares with and without).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from simmerge.errors import ConfigError
 
 ETA = 2  # survivors: 1 / ETA of a rung
 MIN_EXAMPLES = 4  # examples per task a candidate is first scored on
+PRIOR_EXAMPLES = 8  # examples per task a guided prediction is worth (module docs)
 
 
 @dataclass(frozen=True)
@@ -112,10 +119,18 @@ def successive_halving(
     *,
     eta: int = ETA,
     min_examples: int = MIN_EXAMPLES,
+    prior: Mapping[str, float] | None = None,
+    prior_examples: float = 0.0,
 ) -> HalvingResult:
     """Successive halving over candidates in ``order`` (best-ranked first) with ``score``
     (:data:`SliceScore`), within ``budget`` (module docs). The winner is the best-scored
-    candidate of the last rung (ties: the better-ranked)."""
+    candidate of the last rung (ties: the better-ranked).
+
+    With ``prior`` (candidate -> predicted score) and ``prior_examples`` = k > 0, candidates are
+    compared by an estimate of their full-eval-set score: after n of the N = ``max_examples``
+    examples per task, the n measured count as they are and the N - n unseen ones are estimated
+    by the measured mean shrunk toward the prediction, (n x measured + k x predicted) / (n + k).
+    A few noisy examples do not overturn the prediction; a full eval set is its own score."""
     rungs = halving_schedule(
         len(order), budget, n_tasks, max_examples, eta=eta, min_examples=min_examples
     )
@@ -136,12 +151,26 @@ def successive_halving(
                     acc[1] += n
                     spent += n
                 seen[c] = rung.examples
-        means = {c: _mean(sums[c]) for c in alive}
+        means = {
+            c: _estimate(_mean(sums[c]), seen[c], max_examples, prior, prior_examples, c)
+            for c in alive
+        }
         alive.sort(key=lambda c: (-means[c], rank[c]))
         if i + 1 < len(rungs):
             alive = alive[: rungs[i + 1].candidates]
     scores = {c: (seen[c], _mean(sums[c])) for c in sums if seen[c]}
     return HalvingResult(rungs, alive[0], spent, scores, survivors)
+
+
+def _estimate(
+    mean: float, n: int, total: int, prior: Mapping[str, float] | None, k: float, cand: str
+) -> float:
+    """The full-eval-set score of ``cand`` after ``n`` of ``total`` examples per task with a
+    measured ``mean`` (:func:`successive_halving`)."""
+    if prior is None or k <= 0 or cand not in prior or n <= 0 or n >= total:
+        return mean
+    unseen = (n * mean + k * prior[cand]) / (n + k)
+    return (n * mean + (total - n) * unseen) / total
 
 
 def _mean(per_task: dict[str, list[float]]) -> float:

@@ -119,3 +119,15 @@ def test_verify_cli_with_a_budget_prints_the_halving(zoo, capsys):
     assert out["spent"] <= 400 and out["winner"] in {s["candidate"] for s in out["scored"]}
     assert main(argv) == 0
     assert "budgeted verification of reverse_a + sort_a" in capsys.readouterr().out
+
+
+def test_the_halving_leans_on_predictions_only_inside_the_predictors_domain(zoo):
+    from dataclasses import replace
+
+    from simmerge.pairwise.budgeted import prior_of
+
+    ranked = zoo["ranked"]
+    inside = [replace(c, in_distribution=True) for c in ranked]
+    assert prior_of(inside) == {c.candidate: c.predicted for c in ranked}
+    outside = [*inside[:-1], replace(inside[-1], in_distribution=False)]
+    assert prior_of(outside) is None

@@ -45,3 +45,34 @@ def test_ties_go_to_the_better_ranked_candidate():
     order = ["a", "b", "c", "d"]
     result = successive_halving(order, 64, 1, 16, lambda c, s, e: {"t": (0.5 * (e - s), e - s)})
     assert result.winner == "a"
+
+
+def test_a_prior_keeps_the_predicted_best_against_a_few_unlucky_examples():
+    # "a" is predicted (and truly) better; its first 4 examples are unlucky, b's are not
+    def score(cand, start, stop):
+        hits = [0, 0, 1, 1] + [1] * 60 if cand == "a" else [1] * 4 + [0] * 60
+        part = hits[start:stop]
+        return {"t": (float(sum(part)), len(part))}
+
+    prior = {"a": 0.8, "b": 0.4}
+    alone = successive_halving(["a", "b"], 8, 1, 64, score)
+    assert alone.rungs == [Rung(2, 4)] and alone.winner == "b"  # 0.5 vs 1.0 measured
+    shrunk = successive_halving(["a", "b"], 8, 1, 64, score, prior=prior, prior_examples=8)
+    # unseen 60 examples estimated as (4 x 0.5 + 8 x 0.8) / 12 = 0.70 for a and
+    # (4 x 1.0 + 8 x 0.4) / 12 = 0.60 for b: (4 x 0.5 + 60 x 0.7) / 64 = 0.6875 > 0.625
+    assert shrunk.winner == "a"
+    # the reported scores stay measurements, not the shrunk comparison values
+    assert shrunk.scores == {"a": (4, 0.5), "b": (4, 1.0)}
+
+
+def test_a_fully_measured_candidate_is_compared_by_its_measurement_alone():
+    def score(cand, start, stop):
+        rate = 0.5 if cand == "a" else 0.52
+        n = stop - start
+        return {"t": (rate * n, n)}
+
+    # every example scored: the prior (strongly for a) no longer counts, b's 0.52 wins
+    result = successive_halving(
+        ["a", "b"], 128, 1, 64, score, prior={"a": 0.9, "b": 0.1}, prior_examples=64
+    )
+    assert result.rungs == [Rung(2, 64)] and result.winner == "b"
