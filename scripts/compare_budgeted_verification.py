@@ -40,6 +40,8 @@ import sys
 from functools import partial
 from pathlib import Path
 
+from simmerge.pairwise.halving import PRIOR_EXAMPLES
+
 ROOT = Path(__file__).resolve().parents[1]
 BUDGETS = (0.25, 0.5, 1, 1.5, 2, 3, 4, 6, 8, 12, 16)
 METHODS = ("guided", "guided_no_prior", "unguided", "top_k")
@@ -141,13 +143,15 @@ def distinct_order(cands: list[str]) -> list[str]:
     return [c for c in cands if c not in same]
 
 
-def pick_values(pair, sizes, budget_f: float, runs: int, seed: int) -> dict[str, float]:
+def pick_values(
+    pair, sizes, budget_f: float, runs: int, seed: int, prior_examples: float
+) -> dict[str, float]:
     """Mean objective of each method's pick on ``pair`` at a budget of ``budget_f`` full
     evaluations (module docs)."""
     import numpy as np
 
     from simmerge.errors import ConfigError
-    from simmerge.pairwise.halving import PRIOR_EXAMPLES, successive_halving
+    from simmerge.pairwise.halving import successive_halving
 
     tasks = pair["tasks"]
     n_max = max(sizes if isinstance(sizes, int) else sizes[t] for t in tasks)
@@ -172,7 +176,7 @@ def pick_values(pair, sizes, budget_f: float, runs: int, seed: int) -> dict[str,
                 n_max,
                 simulated_scorer(pair, sizes, rng),
                 prior=pair["pred"],
-                prior_examples=PRIOR_EXAMPLES,
+                prior_examples=prior_examples,
             ).winner
             sums["guided"] += target[won]
             won = successive_halving(
@@ -222,6 +226,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--target", type=float, default=0.97, help="share of the oracle to reach")
     p.add_argument("--n-models", type=int, default=DEFAULT_ENSEMBLE)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--prior-examples",
+        type=float,
+        default=PRIOR_EXAMPLES,
+        help="what a prediction is worth in examples per task in the guided halving "
+        "(default: verify --budget's)",
+    )
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
 
@@ -233,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     table = {}
     for f in BUDGETS:
         values = [
-            pick_values(pair, sizes, f, args.runs, args.seed + i) for i, pair in enumerate(pairs)
+            pick_values(pair, sizes, f, args.runs, args.seed + i, args.prior_examples)
+            for i, pair in enumerate(pairs)
         ]
         table[f] = {m: summarize(pairs, values, m) for m in METHODS}
     to_reach = {}
@@ -246,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         "folds": args.folds,
         "runs": args.runs,
         "seed": args.seed,
+        "prior_examples": args.prior_examples,
         "budget_unit": "full evaluations of one candidate (the pair's tasks x examples each)",
         "table": {str(f): table[f] for f in BUDGETS},
         "target": args.target,
