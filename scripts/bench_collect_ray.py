@@ -3,13 +3,19 @@
 Each cluster is a real multi-node cluster on this machine (tests/_ray_cluster.py: a
 ``ray start --head`` and ``ray start --address`` nodes, each with its own raylet and one CPU, so
 one block of merges at a time per node). The same job list -- the ordered pairs of ``--models``
-x ``--candidates`` of the default tiny zoo (built if missing) -- is collected into a fresh store
-on each cluster, after one untimed warm-up job per node, so the table times the merges and not
-the workers' first imports, once per ``--block-sizes`` entry (merges per Ray task: fewer,
-larger tasks pay Ray's per-task cost less often). An in-process collection of the same jobs
-(the default executor) is the baseline whose rows every cluster run must reproduce. Prints a
-table (block size, nodes, jobs, merges, wall s, jobs/s, speed-up over 1 node at that block
-size) and writes JSON (default ``scripts/results/bench_collect_ray.json``).
+x ``--candidates`` of the default tiny zoo (built if missing) or of ``--catalog`` -- is collected
+into a fresh store on each cluster, after one untimed warm-up job per node, so the table times
+the merges and not the workers' first imports, once per ``--block-sizes`` entry (merges per Ray
+task: fewer, larger tasks pay Ray's per-task cost less often). An in-process collection of the
+same jobs (the default executor) is the baseline whose rows every cluster run must reproduce.
+Prints a table (block size, nodes, jobs, merges, wall s, jobs/s, speed-up over 1 node at that
+block size) and writes JSON (default ``scripts/results/bench_collect_ray.json``, or
+``bench_collect_ray_<catalog folder>.json`` with ``--catalog``).
+
+``--catalog`` collects from an existing catalog instead (e.g. ``runs/smol-large/catalog.yaml``:
+real 135 M-parameter merges of several seconds each, where Ray's per-task cost is small next to
+the work; pass ``--models`` from it). The experts' reference scores then come from the default
+score cache that ``simmerge collect`` fills, computed there once if missing (untimed).
 
 The cluster runs share this machine's cores, so a node count above the free cores measures
 contention, not scaling: run it on an idle machine with at least as many cores as nodes.
@@ -58,6 +64,9 @@ def _import_simmerge() -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--zoo", default=str(ROOT / "runs" / "zoo"), help="default tiny zoo")
+    parser.add_argument(
+        "--catalog", default=None, help="collect from this catalog instead of the tiny zoo"
+    )
     parser.add_argument("--models", default=DEFAULT_MODELS, help="experts, comma-separated")
     parser.add_argument("--candidates", default=DEFAULT_CANDIDATES, help="candidate ids")
     parser.add_argument("--nodes", default="1,2", help="cluster sizes, comma-separated")
@@ -83,14 +92,18 @@ def main(argv: list[str] | None = None) -> int:
     from simmerge.zoo import build_zoo
 
     torch.set_num_threads(1)  # as one Ray task gets: the baseline is one worker's speed
-    zoo = build_zoo(args.zoo, size="default", seed=0, progress=True)
-    catalog = Catalog.load(zoo / "catalog.yaml")
+    if args.catalog:
+        catalog_path = Path(args.catalog)
+    else:
+        catalog_path = build_zoo(args.zoo, size="default", seed=0, progress=True) / "catalog.yaml"
+    catalog = Catalog.load(catalog_path)
     grid = grid_from_ids(args.candidates.split(","))
     block_sizes = [int(b) for b in args.block_sizes.split(",")]
     pairs = expert_pairs(catalog, args.models.split(","))
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-collect-ray-") as tmp:
-        cache = Path(tmp) / "cache"
+        # a catalog of real models shares collect's score cache (its references are costly)
+        cache = None if args.catalog else Path(tmp) / "cache"
         MergeScorer(catalog).expert_scores(cache_dir=cache)  # untimed: every run reads them
         start = time.perf_counter()
         with OutcomeStore(Path(tmp) / "local.sqlite") as store:
@@ -137,8 +150,9 @@ def main(argv: list[str] | None = None) -> int:
         r["speedup_vs_1_node"] = round(one / r["wall_s"], 2) if one and r["nodes"] else None
     print_table(rows)
     report = {
-        "what": "simmerge collect --executor ray on local clusters of one-CPU nodes, "
-        "default tiny zoo; wall time of the collection on a connected driver with warm workers",
+        "what": "simmerge collect --executor ray on local clusters of one-CPU nodes; wall time "
+        "of the collection on a connected driver with warm workers",
+        "catalog": str(catalog_path) if args.catalog else "default tiny zoo",
         "models": args.models.split(","),
         "candidates": args.candidates.split(","),
         "block_sizes": block_sizes,
@@ -149,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "rows": rows,
     }
-    out = Path(args.out or ROOT / "scripts" / "results" / "bench_collect_ray.json")
+    name = f"bench_collect_ray_{catalog_path.parent.name}" if args.catalog else "bench_collect_ray"
+    out = Path(args.out or ROOT / "scripts" / "results" / f"{name}.json")
     write_json_report(out, report)
     return 0
 
