@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     manifest = Path(args.catalog).parent / "zoo_manifest.json"
     if manifest.is_file():
         zoo = json.loads(manifest.read_text())
-        keys = ("size", "seed", "hash", "build_seconds", "versions")
+        keys = ("size", "seed", "hash", "build_seconds", "versions", "machine", "weights")
         meta["zoo"] = {k: zoo[k] for k in keys if k in zoo}
     atomic_write_text(out / "meta.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
     print(json.dumps(meta, indent=2, sort_keys=True))

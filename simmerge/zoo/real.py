@@ -11,8 +11,11 @@ is what exact-match scoring reads.
 Builds are resumable and deterministic for one set of library versions on one machine kind:
 every expert folder is written atomically with the hash of what produced it (recipe entry,
 base file hash, seed) and reused when that hash matches; ``zoo_manifest.json`` -- library
-versions, CPU, per-model hashes and build time -- is written last. Checkpoints are never
-committed: the recipe rebuilds them.
+versions, the CPU and its vector instruction level, per-model recipe hashes, a digest of each
+expert's weights and build time -- is written last. Checkpoints are never committed: the recipe
+rebuilds them. Another CPU kind can train slightly different weights from the same recipe (its
+kernels round differently), which can move an expert's eval score; the weight digests are what
+tells two builds' outcomes apart.
 """
 
 from __future__ import annotations
@@ -396,8 +399,44 @@ def build_real_zoo(
         "base": {"gguf": str(gguf_file), "sha256": base_hash},
         "models": hashes,
         "build_seconds": round(time.perf_counter() - t0, 1),
-        "machine": {"cpu": platform.processor() or platform.machine(), "device": str(dev)},
+        "machine": machine_facts(dev),
+        "weights": {e.name: weights_digest(out / "experts" / e.name) for e in spec.experts},
         "versions": _library_versions(("gguf", "num2words", "peft")),
     }
     atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return out
+
+
+def weights_digest(folder: Path) -> str:
+    """SHA-256 of a model folder's weight files (``*.safetensors``, by name): equal digests are
+    bit-identical weights, whatever recipe or machine produced them."""
+    h = hashlib.sha256()
+    for file in sorted(Path(folder).glob("*.safetensors")):
+        h.update(file.name.encode())
+        with open(file, "rb") as f:
+            while chunk := f.read(1 << 24):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def machine_facts(device: Any) -> dict[str, Any]:
+    """What decides a build's floating-point results besides the libraries: the CPU model, the
+    instruction level torch's kernels use (e.g. AVX2 vs AVX512), the thread count, the device."""
+    import torch
+
+    return {
+        "cpu": _cpu_model() or platform.processor() or platform.machine(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": torch.get_num_threads(),
+        "device": str(device),
+    }
+
+
+def _cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None

@@ -97,7 +97,7 @@ def test_a_micro_real_zoo_builds_resumes_and_loads(smollm2, tmp_path, monkeypatc
     from _factories import SMOLLM2_GGUF
 
     from simmerge.catalog import Catalog
-    from simmerge.zoo.real import MANIFEST, MODEL_STAMP, build_real_zoo
+    from simmerge.zoo.real import MANIFEST, MODEL_STAMP, build_real_zoo, weights_digest
 
     monkeypatch.setenv("SIMMERGE_CACHE", str(smollm2.parent.parent))  # the converted base
     recipe = RealRecipe(
@@ -116,6 +116,9 @@ def test_a_micro_real_zoo_builds_resumes_and_loads(smollm2, tmp_path, monkeypatc
     out = build_real_zoo(tmp_path / "zoo", recipe, bases_dir=SMOLLM2_GGUF.parent, progress=False)
     manifest = json.loads((out / MANIFEST).read_text())
     assert manifest["base"]["sha256"] and manifest["versions"]["transformers"]
+    # which bits were trained, and on what kind of CPU: two builds' outcomes can be told apart
+    assert set(manifest["weights"]) == {"add", "sub"} and manifest["machine"]["cpu_capability"]
+    assert manifest["weights"]["add"] == weights_digest(out / "experts" / "add")
     stamp = json.loads((out / "experts" / "add" / MODEL_STAMP).read_text())
     assert len(stamp["loss"]) == 3
     from safetensors import safe_open
@@ -152,3 +155,15 @@ def test_a_micro_real_zoo_builds_resumes_and_loads(smollm2, tmp_path, monkeypatc
     merged = merge(config.plan(str(catalog.base.path), str(a.path), str(b.path)), device="cpu")
     scores = scorer.score_state(merged, ["add", "general"])
     assert 0 <= scores["add"] <= 1 and 0 < scores["general"] <= 1
+
+
+def test_the_weights_digest_changes_with_any_weight_byte_and_nothing_else(tmp_path):
+    from simmerge.zoo.real import weights_digest
+
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.safetensors").write_bytes(b"\x00" * 1000)
+    (tmp_path / "b" / "config.json").write_text("{}")  # not a weight file
+    assert weights_digest(tmp_path / "a") == weights_digest(tmp_path / "b")
+    (tmp_path / "b" / "model.safetensors").write_bytes(b"\x00" * 999 + b"\x01")
+    assert weights_digest(tmp_path / "a") != weights_digest(tmp_path / "b")
