@@ -16,6 +16,10 @@ sessions as an outcomes-only table (``scripts/build_training_data.py --outcomes-
 ``features/smol-large/collecting``), and the next session seeds its store with the shipped
 table and that checkpoint.
 
+``--drop-models a,b`` leaves out every row of a pair with one of those experts, so that
+``simmerge collect`` on the seeded store measures exactly their pairs again: for experts whose
+rebuild is not bit-identical to the build the table was measured on (features/DATASHEET.md).
+
 The rows are only valid for the same models and eval files: the script refuses a table whose
 catalog name differs from the catalog's, whose models the catalog lacks, or whose rows carry an
 ``eval_hash`` that differs from the catalog's eval file of that task, and, where the catalog is
@@ -45,6 +49,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--catalog", required=True, help="the rebuilt catalog YAML")
     p.add_argument("--store", required=True, help="outcome store to seed (created if absent)")
+    p.add_argument(
+        "--drop-models",
+        default="",
+        help="experts, comma-separated, whose pairs are not seeded (to be measured again)",
+    )
     args = p.parse_args(argv)
 
     catalog = Catalog.load(args.catalog)
@@ -56,13 +65,25 @@ def main(argv: list[str] | None = None) -> int:
         _check_zoo(folder, Path(args.catalog).parent)
         _check_rows(tables[-1], catalog, scorer)
     rows = pd.concat(tables, ignore_index=True)
+    drop = [m for m in args.drop_models.split(",") if m]
+    unknown = sorted(set(drop) - set(catalog.expert_names))
+    if unknown:
+        from simmerge.errors import ConfigError
+
+        raise ConfigError(
+            f"--drop-models names experts the catalog lacks: {unknown}.",
+            f"use expert names of {args.catalog}.",
+        )
+    dropped = rows["a"].isin(drop) | rows["b"].isin(drop)
+    rows = rows[~dropped]
     records = rows.rename(columns={"a": "model_a", "b": "model_b"})
     fields = Outcome.__dataclass_fields__
     outcomes = [Outcome(**{k: r[k] for k in fields}) for r in records.to_dict("records")]
     with OutcomeStore(args.store) as store:
         added = store.add(outcomes)
         total = len(store)
-    print(json.dumps({"table_rows": len(rows), "added": added, "store_rows": total}))
+    report = {"table_rows": len(rows), "added": added, "store_rows": total}
+    print(json.dumps({**report, "dropped_rows": int(dropped.sum())}))
     return 0
 
 

@@ -83,3 +83,29 @@ def test_a_collection_checkpoint_and_the_shipped_table_seed_one_store(trained, t
     keys = ["a", "b", "candidate", "task"]
     got = resumed.set_index(keys)["score"].sort_index()
     assert (got == full.set_index(keys)["score"].sort_index()).all()
+
+
+def test_dropped_experts_pairs_are_left_out_so_collect_measures_exactly_them(trained, tmp_path):
+    catalog, full = trained["catalog"], trained["outcomes"]
+    drop = sorted(set(full["a"]))[0]
+    store_path = tmp_path / "dropped.sqlite"
+    args = [str(_table(tmp_path, full)), "--catalog", str(trained["catalog_path"])]
+    script = load_script("seed_store")
+    assert script.main([*args, "--store", str(store_path), "--drop-models", drop]) == 0
+    with OutcomeStore(store_path) as store:
+        seeded = outcome_frame(store, catalog)
+        assert not ((seeded["a"] == drop) | (seeded["b"] == drop)).any()
+        summary = collect_outcomes(catalog, store, SMALL_GRID, progress=False)
+        again = outcome_frame(store, catalog)
+    theirs = (full["a"] == drop) | (full["b"] == drop)
+    assert summary.skipped == len(full[~theirs].groupby(["a", "b", "candidate"]))
+    assert len(again) == len(full)
+
+
+def test_dropping_an_expert_the_catalog_lacks_is_refused(trained, tmp_path):
+    args = [str(_table(tmp_path, trained["outcomes"])), "--catalog", str(trained["catalog_path"])]
+    with pytest.raises(ConfigError, match="lacks"):
+        load_script("seed_store").main(
+            [*args, "--store", str(tmp_path / "s.sqlite"), "--drop-models", "nobody"]
+        )
+    assert not (tmp_path / "s.sqlite").exists()
