@@ -408,15 +408,11 @@ def build_real_zoo(
 
 
 def weights_digest(folder: Path) -> str:
-    """SHA-256 of a model folder's weight files (``*.safetensors``, by name): equal digests are
-    bit-identical weights, whatever recipe or machine produced them."""
-    h = hashlib.sha256()
-    for file in sorted(Path(folder).glob("*.safetensors")):
-        h.update(file.name.encode())
-        with open(file, "rb") as f:
-            while chunk := f.read(1 << 24):
-                h.update(chunk)
-    return h.hexdigest()
+    """Exact hash of an expert folder's config and weights: equal digests are bit-identical
+    models, whatever recipe or machine produced them."""
+    from simmerge.io.checkpoint import open_checkpoint
+
+    return open_checkpoint(folder).content_hash()
 
 
 def machine_facts(device: Any) -> dict[str, Any]:

@@ -158,12 +158,18 @@ def test_a_micro_real_zoo_builds_resumes_and_loads(smollm2, tmp_path, monkeypatc
 
 
 def test_the_weights_digest_changes_with_any_weight_byte_and_nothing_else(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
     from simmerge.zoo.real import weights_digest
 
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
-        (tmp_path / name / "model.safetensors").write_bytes(b"\x00" * 1000)
-    (tmp_path / "b" / "config.json").write_text("{}")  # not a weight file
+        (tmp_path / name / "config.json").write_text('{"model_type": "llama"}')
+        save_file({"w": torch.zeros(250)}, tmp_path / name / "model.safetensors")
+    (tmp_path / "b" / "README.md").write_text("not a weight file")
     assert weights_digest(tmp_path / "a") == weights_digest(tmp_path / "b")
-    (tmp_path / "b" / "model.safetensors").write_bytes(b"\x00" * 999 + b"\x01")
+    data = bytearray((tmp_path / "b" / "model.safetensors").read_bytes())
+    data[-1] ^= 1  # one bit of the last weight
+    (tmp_path / "b" / "model.safetensors").write_bytes(bytes(data))
     assert weights_digest(tmp_path / "a") != weights_digest(tmp_path / "b")
