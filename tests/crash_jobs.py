@@ -39,6 +39,19 @@ def exit_once(marker: str) -> str:
     return "ok"
 
 
+def sleep_then_mark(item: tuple[float, str]) -> int:
+    """Leave ``started.<pid>`` in the folder, sleep, leave ``done.<pid>``; return the pid: a
+    long job whose end shows whether it was allowed to finish."""
+    import os
+    import time
+
+    seconds, folder = item
+    (Path(folder) / f"started.{os.getpid()}").write_text("")
+    time.sleep(seconds)
+    (Path(folder) / f"done.{os.getpid()}").write_text("")
+    return os.getpid()
+
+
 def on_worker(fn, log: str, marker: str | None = None, die=None):
     """``fn`` as a Ray job (a function: Ray's remote wants one) that leaves one file per call in
     ``log``, named by the node it ran on, and that the first time ``die(item)`` is true

@@ -17,13 +17,16 @@ bar: :meth:`~Executor.map` returns the results in item order, :meth:`~Executor.i
   the cache folder at the same paths (shared storage); see docs/design.md, "Scans".
 
 A job that raises stops the run: the error reaches the caller with its own type, and the jobs
-not yet finished are cancelled.
+not yet finished are cancelled. So does a caller that stops early or is interrupted (Ctrl-C):
+a local pool's workers are terminated at once rather than left to finish the jobs they hold,
+whose results nobody would read (only the caller stores results, so nothing finished is lost).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
@@ -80,10 +83,31 @@ def in_item_order(results: Iterator[tuple[int, R]], n: int) -> list[R]:
     return out
 
 
-def _limit_threads(n: int) -> None:
+def _init_worker(n: int) -> None:
+    """A pool worker: ``n`` torch threads, and deaf to Ctrl-C. The terminal sends SIGINT to
+    the whole process group; a worker that took it would hand the interruption back as its
+    job's result and go on with the next queued job, so the caller alone decides, and stops
+    the workers (:func:`_stop_now`)."""
     import torch
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(n)
+
+
+def _stop_now(pool: ProcessPoolExecutor) -> None:
+    """Cancel the queued jobs and terminate the workers running the others. ``shutdown``
+    alone waits for every job already handed to a worker (minutes for a block of merges)."""
+    terminate = getattr(pool, "terminate_workers", None)  # Python >= 3.14
+    if terminate is not None:
+        terminate()
+        return
+    # Python < 3.14 has no public way: take the worker list before shutdown drops it
+    workers = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in workers:
+        proc.terminate()
+    for proc in workers:
+        proc.join(timeout=10)
 
 
 class LocalExecutor:
@@ -114,7 +138,7 @@ class LocalExecutor:
         with ProcessPoolExecutor(
             self.workers,
             mp_context=get_context("spawn"),
-            initializer=_limit_threads,
+            initializer=_init_worker,
             initargs=(threads,),
         ) as pool:
             futures = {pool.submit(fn, x): i for i, x in enumerate(items)}
@@ -122,8 +146,8 @@ class LocalExecutor:
             try:
                 for fut in tqdm(done, total=len(items), desc=desc, disable=not progress):
                     yield futures[fut], fut.result()
-            except BaseException:  # a failed job, or the caller stopped early: drop the rest
-                pool.shutdown(cancel_futures=True)
+            except BaseException:  # a failed job, Ctrl-C, or the caller stopped early
+                _stop_now(pool)
                 raise
 
     def map(
