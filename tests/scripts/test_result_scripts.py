@@ -177,3 +177,20 @@ def test_best_fixed_with_an_arm_per_request_is_scored_against_each_requests_best
     (res,) = replay.fixed_results(data, [[2, 0, 1]], ["x", "y", "x"])
     assert res.chosen == ["x", "x", "y"]
     assert res.regret == pytest.approx([0.0, 0.7, 0.3])
+
+
+def test_order_averaging_pairs_each_merge_with_the_same_merge_in_the_other_order():
+    script = load_script("explore_order_averaging")
+    rows = [  # (a, b, task, candidate)
+        ("x", "y", "t", "ties[density=0.5]"),
+        ("y", "x", "t", "ties[density=0.5]"),
+        ("x", "y", "t", "slerp[t=0.3]"),
+        ("y", "x", "t", "slerp[t=0.7]"),  # the same merge as slerp t=0.3 on (x, y)
+        ("y", "x", "t", "slerp[t=0.3]"),  # its partner, slerp t=0.7 on (x, y), is absent
+        ("x", "y", "u", "ties[density=0.5]"),  # another task: no partner
+    ]
+    frame = pd.DataFrame(rows, columns=["a", "b", "task", "candidate"]).assign(catalog="c")
+    mean = [0.2, 0.4, 0.6, 1.0, 0.5, 0.9]
+    assert script.order_averaged(frame, pd.Series(mean).to_numpy()) == pytest.approx(
+        [0.3, 0.3, 0.8, 0.8, 0.5, 0.9]
+    )
