@@ -19,6 +19,12 @@ table and that checkpoint.
 ``--drop-models a,b`` leaves out every row of a pair with one of those experts, so that
 ``simmerge collect`` on the seeded store measures exactly their pairs again: for experts whose
 rebuild is not bit-identical to the build the table was measured on (features/DATASHEET.md).
+A table whose ``meta.json`` records the experts' weight digests (``zoo.weights``, written since
+the third smol-large build) is checked against the rebuilt zoo's: rows of an expert whose
+weights differ are refused unless that expert is dropped, so that a rebuild on another kind
+of machine cannot silently mix two builds in one table. (A table records the digests of the
+build that exported it; each export since the 17-expert checkpoint comes from a store holding
+no other build's rows of the experts that differ between builds.)
 
 The rows are only valid for the same models and eval files: the script refuses a table whose
 catalog name differs from the catalog's, whose models the catalog lacks, or whose rows carry an
@@ -59,12 +65,6 @@ def main(argv: list[str] | None = None) -> int:
     catalog = Catalog.load(args.catalog)
     scorer = MergeScorer(catalog, "cpu")
     tables = []
-    for table in args.tables:
-        folder = dataset_folder(table)
-        tables.append(pd.read_parquet(folder / OUTCOMES_FILE))
-        _check_zoo(folder, Path(args.catalog).parent)
-        _check_rows(tables[-1], catalog, scorer)
-    rows = pd.concat(tables, ignore_index=True)
     drop = [m for m in args.drop_models.split(",") if m]
     unknown = sorted(set(drop) - set(catalog.expert_names))
     if unknown:
@@ -74,6 +74,13 @@ def main(argv: list[str] | None = None) -> int:
             f"--drop-models names experts the catalog lacks: {unknown}.",
             f"use expert names of {args.catalog}.",
         )
+    for table in args.tables:
+        folder = dataset_folder(table)
+        tables.append(pd.read_parquet(folder / OUTCOMES_FILE))
+        _check_zoo(folder, Path(args.catalog).parent)
+        _check_rows(tables[-1], catalog, scorer)
+        _check_weights(folder, Path(args.catalog).parent, tables[-1], drop)
+    rows = pd.concat(tables, ignore_index=True)
     dropped = rows["a"].isin(drop) | rows["b"].isin(drop)
     rows = rows[~dropped]
     records = rows.rename(columns={"a": "model_a", "b": "model_b"})
@@ -113,6 +120,32 @@ def _check_rows(rows, catalog, scorer) -> None:
         raise ConfigError(
             f"The table's eval hashes differ from the catalog's eval files for task(s) {stale}.",
             "rebuild the zoo with the table's recipe and library versions (its meta.json).",
+        )
+
+
+def _check_weights(folder: Path, zoo: Path, rows, drop: list[str]) -> None:
+    """Refuse rows of an expert (not in ``drop``) whose weight digest in the table's
+    ``meta.json`` differs from the rebuilt zoo's manifest (either may lack digests: older
+    tables and zoos do)."""
+    from simmerge.errors import ConfigError
+
+    meta, manifest = folder / "meta.json", zoo / "zoo_manifest.json"
+    if not (meta.is_file() and manifest.is_file()):
+        return
+    recorded = json.loads(meta.read_text()).get("zoo", {}).get("weights") or {}
+    current = json.loads(manifest.read_text()).get("weights") or {}
+    present = set(rows["a"]) | set(rows["b"])
+    differ = sorted(
+        e
+        for e, digest in recorded.items()
+        if e in present and e not in drop and e in current and current[e] != digest
+    )
+    if differ:
+        raise ConfigError(
+            f"{folder}: the rows of {differ} were measured on other weights than this build's "
+            "(their weight digests differ: the rebuild on this machine is not bit-identical).",
+            f"pass --drop-models {','.join(differ)} so that collect measures their pairs again "
+            "on this build.",
         )
 
 

@@ -109,3 +109,32 @@ def test_dropping_an_expert_the_catalog_lacks_is_refused(trained, tmp_path):
             [*args, "--store", str(tmp_path / "s.sqlite"), "--drop-models", "nobody"]
         )
     assert not (tmp_path / "s.sqlite").exists()
+
+
+def test_rows_of_an_expert_whose_weights_differ_from_this_build_are_refused_unless_dropped(
+    trained, tmp_path
+):
+    """A rebuild on another kind of machine can train other weights for some experts: their
+    rows are refused (the table's meta.json and the zoo manifest record weight digests), the
+    others are seeded, and dropping the differing experts lets the seeding go on."""
+    import json
+
+    rows = trained["outcomes"]
+    experts = sorted(set(rows["a"]) | set(rows["b"]))
+    table = _table(tmp_path, rows)
+    digests = {e: f"digest-{e}" for e in experts}
+    (table / "meta.json").write_text(json.dumps({"zoo": {"weights": digests}}))
+    zoo = tmp_path / "zoo"
+    zoo.mkdir()
+    rebuilt = {**digests, experts[0]: "another-digest"}
+    (zoo / "zoo_manifest.json").write_text(json.dumps({"weights": rebuilt}))
+    check = load_script("seed_store")._check_weights
+    with pytest.raises(ConfigError, match=rf"\['{experts[0]}'\].*other weights") as err:
+        check(table, zoo, rows, [])
+    assert f"--drop-models {experts[0]}" in str(err.value)
+    check(table, zoo, rows, [experts[0]])  # dropped: nothing of it is seeded
+    check(table, zoo, rows[(rows["a"] != experts[0]) & (rows["b"] != experts[0])], [])
+    (zoo / "zoo_manifest.json").write_text(json.dumps({"weights": digests}))
+    check(table, zoo, rows, [])  # the same build
+    (zoo / "zoo_manifest.json").write_text(json.dumps({}))
+    check(table, zoo, rows, [])  # a zoo that records no digests cannot be checked
