@@ -17,20 +17,20 @@ DEVICE=${DEVICE:-cpu}
 TRAIN=${TRAIN:-smol-large}
 export OMP_NUM_THREADS=1
 "$SIMMERGE" zoo build --recipe smol --size large --out "$ZOO" --device "$DEVICE"
-# resume from the shipped table and, where one is checked in, the checkpoint of a collection in
-# progress (features/smol-large/collecting, outcomes only; SEED=0 measures everything again): the
-# collectors skip what the store holds; scripts/seed_store.py first checks the rebuilt zoo's eval
-# files and hash. The pairs of the experts named in DROP are not seeded but measured again on
-# this build: sort_json and words_en_de train slightly differently on another CPU kind
-# (features/DATASHEET.md), so their rows must all come from one build; DROP= seeds everything.
-DROP=${DROP-sort_json,words_en_de}
-if [ "${SEED:-1}" = 1 ] && [ -f features/smol-large/outcomes.parquet ]; then
-    tables=(features/smol-large)
-    if [ -f features/smol-large/collecting/outcomes.parquet ]; then
-        tables+=(features/smol-large/collecting)
-    fi
-    "$PY" scripts/seed_store.py "${tables[@]}" --catalog "$ZOO/catalog.yaml" \
-        --store "$ZOO/outcomes.sqlite" --drop-models "$DROP"
+# resume from the checkpoint of a collection in progress where one is checked in
+# (features/smol-large/collecting, outcomes only: it holds every row of the shipped table worth
+# keeping), else from the shipped table (SEED=0 measures everything again): the collectors skip
+# what the store holds; scripts/seed_store.py first checks the rebuilt zoo's eval files and hash.
+# sort_json and words_en_de train slightly differently on another CPU kind
+# (features/DATASHEET.md), so their rows must all come from one build: --drop-differing drops
+# the experts whose weight digests differ from the checkpoint's, and the shipped table, which
+# records none, is seeded without the experts in DROP. Dropped pairs are measured again here.
+if [ "${SEED:-1}" = 1 ] && [ -f features/smol-large/collecting/outcomes.parquet ]; then
+    "$PY" scripts/seed_store.py features/smol-large/collecting --catalog "$ZOO/catalog.yaml" \
+        --store "$ZOO/outcomes.sqlite" --drop-models "${DROP-}" --drop-differing
+elif [ "${SEED:-1}" = 1 ] && [ -f features/smol-large/outcomes.parquet ]; then
+    "$PY" scripts/seed_store.py features/smol-large --catalog "$ZOO/catalog.yaml" \
+        --store "$ZOO/outcomes.sqlite" --drop-models "${DROP-sort_json,words_en_de}"
 fi
 # one single-threaded collector per core, each on its own shard of the pairs, one store
 SHARDS=${SHARDS:-2}

@@ -22,7 +22,8 @@ rebuild is not bit-identical to the build the table was measured on (features/DA
 A table whose ``meta.json`` records the experts' weight digests (``zoo.weights``, written since
 the third smol-large build) is checked against the rebuilt zoo's: rows of an expert whose
 weights differ are refused unless that expert is dropped, so that a rebuild on another kind
-of machine cannot silently mix two builds in one table. (A table records the digests of the
+of machine cannot silently mix two builds in one table; ``--drop-differing`` drops them
+instead (the JSON lists them under ``dropped_models``). (A table records the digests of the
 build that exported it; each export since the 17-expert checkpoint comes from a store holding
 no other build's rows of the experts that differ between builds.)
 
@@ -60,6 +61,12 @@ def main(argv: list[str] | None = None) -> int:
         default="",
         help="experts, comma-separated, whose pairs are not seeded (to be measured again)",
     )
+    p.add_argument(
+        "--drop-differing",
+        action="store_true",
+        help="drop the pairs of experts whose recorded weight digest differs from this build's "
+        "(default: refuse such a table)",
+    )
     args = p.parse_args(argv)
 
     catalog = Catalog.load(args.catalog)
@@ -79,7 +86,10 @@ def main(argv: list[str] | None = None) -> int:
         tables.append(pd.read_parquet(folder / OUTCOMES_FILE))
         _check_zoo(folder, Path(args.catalog).parent)
         _check_rows(tables[-1], catalog, scorer)
-        _check_weights(folder, Path(args.catalog).parent, tables[-1], drop)
+        zoo = Path(args.catalog).parent
+        if args.drop_differing:
+            drop += differing_weights(folder, zoo, tables[-1], drop)
+        _check_weights(folder, zoo, tables[-1], drop)
     rows = pd.concat(tables, ignore_index=True)
     dropped = rows["a"].isin(drop) | rows["b"].isin(drop)
     rows = rows[~dropped]
@@ -90,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         added = store.add(outcomes)
         total = len(store)
     report = {"table_rows": len(rows), "added": added, "store_rows": total}
-    print(json.dumps({**report, "dropped_rows": int(dropped.sum())}))
+    print(json.dumps({**report, "dropped_rows": int(dropped.sum()), "dropped_models": drop}))
     return 0
 
 
@@ -123,29 +133,34 @@ def _check_rows(rows, catalog, scorer) -> None:
         )
 
 
-def _check_weights(folder: Path, zoo: Path, rows, drop: list[str]) -> None:
-    """Refuse rows of an expert (not in ``drop``) whose weight digest in the table's
+def differing_weights(folder: Path, zoo: Path, rows, drop: list[str]) -> list[str]:
+    """Experts with rows in the table, not in ``drop``, whose weight digest in the table's
     ``meta.json`` differs from the rebuilt zoo's manifest (either may lack digests: older
-    tables and zoos do)."""
-    from simmerge.errors import ConfigError
-
+    tables and zoos do, and then nothing can be told)."""
     meta, manifest = folder / "meta.json", zoo / "zoo_manifest.json"
     if not (meta.is_file() and manifest.is_file()):
-        return
+        return []
     recorded = json.loads(meta.read_text()).get("zoo", {}).get("weights") or {}
     current = json.loads(manifest.read_text()).get("weights") or {}
     present = set(rows["a"]) | set(rows["b"])
-    differ = sorted(
+    return sorted(
         e
         for e, digest in recorded.items()
         if e in present and e not in drop and e in current and current[e] != digest
     )
+
+
+def _check_weights(folder: Path, zoo: Path, rows, drop: list[str]) -> None:
+    """Refuse the rows of experts that :func:`differing_weights` names."""
+    from simmerge.errors import ConfigError
+
+    differ = differing_weights(folder, zoo, rows, drop)
     if differ:
         raise ConfigError(
             f"{folder}: the rows of {differ} were measured on other weights than this build's "
             "(their weight digests differ: the rebuild on this machine is not bit-identical).",
-            f"pass --drop-models {','.join(differ)} so that collect measures their pairs again "
-            "on this build.",
+            f"pass --drop-models {','.join(differ)} (or --drop-differing) so that collect "
+            "measures their pairs again on this build.",
         )
 
 

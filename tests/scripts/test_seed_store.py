@@ -134,6 +134,7 @@ def test_rows_of_an_expert_whose_weights_differ_from_this_build_are_refused_unle
     assert f"--drop-models {experts[0]}" in str(err.value)
     check(table, zoo, rows, [experts[0]])  # dropped: nothing of it is seeded
     check(table, zoo, rows[(rows["a"] != experts[0]) & (rows["b"] != experts[0])], [])
+    assert load_script("seed_store").differing_weights(table, zoo, rows, []) == [experts[0]]
     (zoo / "zoo_manifest.json").write_text(json.dumps({"weights": digests}))
     check(table, zoo, rows, [])  # the same build
     (zoo / "zoo_manifest.json").write_text(json.dumps({}))
