@@ -194,3 +194,20 @@ def test_order_averaging_pairs_each_merge_with_the_same_merge_in_the_other_order
     assert script.order_averaged(frame, pd.Series(mean).to_numpy()) == pytest.approx(
         [0.3, 0.3, 0.8, 0.8, 0.5, 0.9]
     )
+
+
+def test_feature_comparison_reports_only_columns_that_differ_on_matched_rows():
+    script = load_script("compare_feature_tables")
+    keys = {"catalog": ["c"] * 3, "a": ["x", "x", "z"], "b": ["y", "z", "x"], "task": ["t"] * 3}
+    old = pd.DataFrame({**keys, "kl": [1.0, 2.0, 3.0], "cos": [0.5, 0.5, float("nan")]})
+    new = old.assign(kl=[1.5, 2.0, 9.0])
+    report = script.compare(old, new, exclude={"z"})  # the z rows are left out
+    assert report["matched_rows"] == 1
+    assert report["columns_differing"] == 1  # cos is equal, NaN in both counts as equal
+    assert report["differences"]["kl"] == {
+        "max_abs": 0.5,
+        "mean_abs": 0.5,
+        "mean_abs_value": 1.0,
+        "rows_differing": 1,
+    }
+    assert script.compare(old, new, exclude=set())["differences"]["kl"]["rows_differing"] == 2
