@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         for m in ("plain", "order_averaged"):
             cells = " ".join(f"{results[m][c]:>20.3f}" for c in COLUMNS)
             lines.append(f"{seed:>4} {m:>14} {cells}")
+            print(lines[-1], file=sys.stderr, flush=True)  # progress: a seed takes minutes
     seeds = report["seeds"]
     report["mean"] = {
         m: {c: float(np.mean([s[m][c] for s in seeds.values()])) for c in COLUMNS}
