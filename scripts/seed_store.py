@@ -24,8 +24,9 @@ the third smol-large build) is checked against the rebuilt zoo's: rows of an exp
 weights differ are refused unless that expert is dropped, so that a rebuild on another kind
 of machine cannot silently mix two builds in one table; ``--drop-differing`` drops them
 instead (the JSON lists them under ``dropped_models``). (A table records the digests of the
-build that exported it; each export since the 17-expert checkpoint comes from a store holding
-no other build's rows of the experts that differ between builds.)
+build that exported it. smol-large's checkpoint satisfies that only from the export after
+its 17-expert one: that export still held other builds' rows of the two drifting experts, and
+every later one comes from a store seeded without them.)
 
 The rows are only valid for the same models and eval files: the script refuses a table whose
 catalog name differs from the catalog's, whose models the catalog lacks, or whose rows carry an
