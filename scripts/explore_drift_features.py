@@ -12,8 +12,9 @@ cosine, i.e. the functional features of the pair (expert, base). They cost one m
 pass (the base's signature on each probe set), so a scan stays O(N).
 
 This script measures them the way ``evaluate_selector.py`` measures the predictor: held-out
-models, ``--deals`` deals pooled, for each fold seed in ``--seeds`` and predictor seed in
-``--model-seeds``; all variants are fitted on the same folds:
+models, ``--deals`` deals pooled, for each fold seed in ``--seeds`` (seed s deals the models
+with seeds s to s + deals - 1, as there, so consecutive seeds share deals) and predictor seed
+in ``--model-seeds``; all variants are fitted on the same folds:
 
 * ``plain``: the shipped columns;
 * ``drift_task``: plus the drift of a and of b on the row's task probes;
