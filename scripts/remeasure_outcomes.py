@@ -2,7 +2,9 @@
 eval examples.
 
     python scripts/remeasure_outcomes.py runs/zoo-large [--data zoo-large] [--examples 1000]
-        [--folds 5 --seed 0] [--shard K/N] [--quiet]
+        [--folds 5 --seed 0 --deals 1] [--shard K/N] [--quiet]
+    python scripts/remeasure_outcomes.py runs/smol-large --data smol-large --examples 256 \
+        --deals 4
 
 Why: every outcome in ``features/`` is an exact-match rate on the zoo's 200 eval examples per
 task. A pair's oracle is the best of 20 such noisy measurements, so it is biased upwards (the
@@ -20,6 +22,13 @@ Test models are never in a fold's training pairs, so training on the shipped row
 other models stays a held-out-model evaluation either way. ``meta.json`` records how many of
 the experts' scores equal the shipped data's (all of them when the zoo is the shipped data's
 own build, as for the shipped ``zoo-large``).
+
+A real catalog (``simmerge zoo build --recipe smol|gemma``) gets fresh prompts that no split of
+its build used (:func:`simmerge.zoo.real.remeasure_real_catalog`); the tiny zoo gets prompts of
+the same input lengths. The first measurement of a real catalog is the collection's: seed the
+store with it (``scripts/seed_store.py features/smol-large/collecting --catalog
+runs/smol-large/catalog.yaml --store runs/smol-large/remeasure.sqlite``) and only the second
+is merged and evaluated.
 
 Resumable like ``simmerge collect`` (store ``<zoo>/remeasure.sqlite``); ``--shard K/N`` runs N
 processes on one store, then one run without ``--shard`` finishes and writes
@@ -51,19 +60,34 @@ def eval_hashes(catalog) -> dict[str, str]:
     }
 
 
-def test_groups(features, outcomes, folds: int, seed: int) -> list[list[str]]:
+def test_groups(features, outcomes, folds: int, seed: int, deals: int = 1) -> list[list[str]]:
     """The experts of each held-out-model fold of ``evaluate_selector.py`` (on the dataset's
-    tables)."""
+    tables), over ``deals`` deals as its ``--deals``."""
     from simmerge.learn.datasets import training_frame
     from simmerge.learn.splits import model_folds
 
     frame = training_frame(features, outcomes)
     groups = []
-    for fold in model_folds(frame, folds, seed):
+    for fold in model_folds(frame, folds, seed, deals=deals):
         test = frame[fold.test]
         if not test.empty:  # a fold of one model has no test pair
             groups.append(sorted(set(test["a"]) | set(test["b"])))
     return groups
+
+
+def second_catalog(zoo: Path, examples: int, skip: tuple[str, ...] = ()) -> Path:
+    """The catalog of fresh eval sets: the tiny zoo's rule (same input lengths) or a real
+    catalog's (prompts no split of the build used; ``skip``: tasks left without one), by the
+    zoo's manifest."""
+    from simmerge.zoo.build import MANIFEST, remeasure_catalog
+    from simmerge.zoo.real import remeasure_real_catalog
+
+    recipe = json.loads((zoo / MANIFEST).read_text())["recipe"]
+    if "eval_lengths" in recipe:
+        if skip:
+            raise SystemExit("--skip-tasks is for real catalogs: the tiny zoo's tasks have room")
+        return remeasure_catalog(zoo, examples, STREAM)
+    return remeasure_real_catalog(zoo, examples, STREAM, skip=skip)
 
 
 def shipped_expert_scores(outcomes) -> dict[tuple[str, str], float]:
@@ -96,7 +120,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     from simmerge.outcomes.store import OutcomeStore
     from simmerge.signals.profiles import FeatureOptions
-    from simmerge.zoo.build import remeasure_catalog
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("zoo", help="zoo folder of the dataset's recipe (e.g. runs/zoo-large)")
@@ -104,6 +127,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--examples", type=int, default=1000, help="fresh eval examples per task")
     p.add_argument("--folds", type=int, default=5, help="as in evaluate_selector.py")
     p.add_argument("--seed", type=int, default=0, help="as in evaluate_selector.py")
+    p.add_argument("--deals", type=int, default=1, help="as in evaluate_selector.py")
+    p.add_argument(
+        "--skip-tasks",
+        default="",
+        help="comma-separated tasks without enough fresh prompts (a real catalog's "
+        "days_in_month); the experts holding them are left out of the test pairs",
+    )
     p.add_argument("--shard", default=None, help="K/N: this process's share of the pairs")
     p.add_argument("--cache-dir", default=None, help="signature/sketch cache")
     p.add_argument("--quiet", action="store_true")
@@ -111,16 +141,19 @@ def main(argv: list[str] | None = None) -> int:
 
     zoo = Path(args.zoo)
     first_catalog = Catalog.load(zoo / "catalog.yaml")
-    second_catalog = Catalog.load(remeasure_catalog(zoo, args.examples, STREAM))
+    skip = tuple(t for t in args.skip_tasks.split(",") if t)
+    second = Catalog.load(second_catalog(zoo, args.examples, skip))
     shipped_features, shipped = load_training_tables(args.data)
     if not (shipped["catalog"] == first_catalog.name).any():
         raise ConfigError(
             f"features/{args.data} has no rows of catalog {first_catalog.name!r}.",
             "pass a zoo folder built with the dataset's recipe and seed.",
         )
-    groups = test_groups(shipped_features, shipped, args.folds, args.seed)
+    groups = test_groups(shipped_features, shipped, args.folds, args.seed, args.deals)
+    left_out = {e.name for e in first_catalog.experts if set(e.tasks) & set(skip)}
+    groups = [[m for m in group if m not in left_out] for group in groups]
     shard = parse_shard(args.shard) if args.shard else None
-    catalogs = {"first": first_catalog, "second": second_catalog}
+    catalogs = {"first": first_catalog, "second": second}
     hashes = {key: eval_hashes(catalog) for key, catalog in catalogs.items()}
     measured = {}
     with OutcomeStore(zoo / f"{STREAM}.sqlite") as store:
@@ -165,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
             },
             "folds": args.folds,
             "seed": args.seed,
+            "deals": args.deals,
+            "skipped_tasks": list(skip),
+            "left_out_experts": sorted(left_out),
             "test_groups": groups,
             "ordered_pairs": len(test_pairs),
             "outcome_rows": {k: len(v) for k, v in measured.items()},

@@ -160,6 +160,57 @@ def task_data(task: str, recipe: RealRecipe) -> dict[str, list]:
     return {"train": train, "eval": evals, "probe": probes}
 
 
+def remeasure_real_catalog(
+    zoo: str | Path, examples: int, stream: str = "remeasure", skip: Sequence[str] = ()
+) -> Path:
+    """A second measurement of a built real catalog's merges: fresh eval sets
+    ``<zoo>/eval-<stream>/<task>.jsonl`` for every task an expert holds (up to ``examples``
+    prompts from another seed, disjoint from the task's train, eval and probe prompts) and
+    ``<zoo>/catalog-<stream>.yaml`` pointing at them, as :func:`simmerge.zoo.build.
+    remeasure_catalog` does for the tiny zoo. Why: a pair's best of 20 candidates measured on
+    64 examples per task is biased upwards (the winner's curse); scoring picks on examples
+    no selection saw removes that bias. A task with fewer than ``examples`` distinct prompts
+    left (``days_in_month`` has none: its splits take them all) is an error unless it is in
+    ``skip``; skipped tasks keep their eval set, so their experts' pairs must not be
+    remeasured."""
+    import yaml
+
+    zoo = Path(zoo)
+    recipe = json.loads((zoo / MANIFEST).read_text())["recipe"]
+    sizes = RealRecipe(
+        name=recipe["name"],
+        base=recipe["base"],
+        experts=(),
+        train_size=recipe["train_size"],
+        eval_size=recipe["eval_size"],
+        probe_size=recipe["probe_size"],
+    )
+    doc = yaml.safe_load((zoo / "catalog.yaml").read_text())
+    held = sorted({t for e in doc["experts"] for t in e["tasks"]} - set(skip))
+    fresh = {}
+    for task in held:
+        taken = {ex[0] for part in task_data(task, sizes).values() for ex in part}
+        seed = _seed(stream, "eval", task)
+        fresh[task] = TEXT_TASKS[task].examples(seed, examples, exclude=taken)
+    short = {t: len(v) for t, v in fresh.items() if len(v) < examples}
+    if short:
+        raise ConfigError(
+            f"Too few fresh eval prompts for a second measurement of {examples} per task: "
+            + ", ".join(f"{t} has {n}" for t, n in sorted(short.items()))
+            + " (the build's train, eval and probe splits use the rest).",
+            "ask for fewer examples, or skip those tasks (their experts' pairs are then not "
+            "remeasured: remeasure_outcomes.py --skip-tasks).",
+        )
+    (zoo / f"eval-{stream}").mkdir(exist_ok=True)
+    for task in held:
+        rows = eval_rows(task, fresh[task])
+        atomic_write_text(zoo / f"eval-{stream}" / f"{task}.jsonl", _jsonl(rows))
+        doc["tasks"][task]["eval"] = f"eval-{stream}/{task}.jsonl"
+    path = zoo / f"catalog-{stream}.yaml"
+    atomic_write_text(path, yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
 def eval_rows(task: str, examples: Sequence[tuple]) -> list[dict[str, Any]]:
     """Eval rows: multiple choice (choices with the leading space the answer gets) where the
     task has choices, exact match otherwise."""

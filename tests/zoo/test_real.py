@@ -173,3 +173,75 @@ def test_the_weights_digest_changes_with_any_weight_byte_and_nothing_else(tmp_pa
     data[-1] ^= 1  # one bit of the last weight
     (tmp_path / "b" / "model.safetensors").write_bytes(bytes(data))
     assert weights_digest(tmp_path / "a") != weights_digest(tmp_path / "b")
+
+
+def test_remeasure_draws_fresh_eval_prompts_unseen_in_training_eval_and_probes(tmp_path):
+    """A second measurement scores the same models on examples no split of the build used."""
+    from dataclasses import asdict
+
+    import yaml
+
+    from simmerge.evaluation.harness import EvalTask
+    from simmerge.zoo.build import MANIFEST
+    from simmerge.zoo.real import remeasure_real_catalog
+
+    recipe = real_recipe("smol-large")
+    (tmp_path / MANIFEST).write_text(json.dumps({"recipe": asdict(recipe)}))
+    held = ("add", "larger", "words_fr")
+    for folder in ("eval", "experts/x", "experts/y"):
+        (tmp_path / folder).mkdir(parents=True)
+    for t in (*held, "general"):
+        rows = eval_rows(t, task_data(t, recipe)["eval"]) if t != "general" else []
+        rows = rows or [{"id": 0, "prompt": "Hello", "answer": " there", "kind": "exact_match"}]
+        (tmp_path / "eval" / f"{t}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    doc = {
+        "name": "smol-large",
+        "base": {"name": "base", "path": "base"},  # no models: only the YAML is read
+        "experts": [
+            {"name": "x", "path": "experts/x", "tasks": ["add", "larger"]},
+            {"name": "y", "path": "experts/y", "tasks": ["words_fr"]},
+        ],
+        "tasks": {t: {"eval": f"eval/{t}.jsonl"} for t in (*held, "general")},
+    }
+    (tmp_path / "catalog.yaml").write_text(yaml.safe_dump(doc))
+    path = remeasure_real_catalog(tmp_path, 200)
+    second = yaml.safe_load(path.read_text())
+    assert second["experts"] == doc["experts"] and second["name"] == doc["name"]
+    assert second["tasks"]["general"] == doc["tasks"]["general"]  # no expert holds it
+    for t in held:
+        used = {p for part in task_data(t, recipe).values() for p, _, _ in part}
+        new = EvalTask.load(tmp_path / second["tasks"][t]["eval"])
+        assert len(new.examples) == 200, t
+        assert not {e.prompt for e in new.examples} & used, t
+        assert new.kind == EvalTask.load(tmp_path / "eval" / f"{t}.jsonl").kind  # scored alike
+    again = (tmp_path / "eval-remeasure" / "add.jsonl").read_text()
+    remeasure_real_catalog(tmp_path, 200)
+    assert (tmp_path / "eval-remeasure" / "add.jsonl").read_text() == again
+
+
+def test_remeasure_refuses_a_task_without_enough_fresh_prompts_unless_skipped(tmp_path):
+    from dataclasses import asdict
+
+    import yaml
+
+    from simmerge.errors import ConfigError
+    from simmerge.zoo.build import MANIFEST
+    from simmerge.zoo.real import remeasure_real_catalog
+
+    recipe = real_recipe("smol-large")
+    (tmp_path / MANIFEST).write_text(json.dumps({"recipe": asdict(recipe)}))
+    doc = {
+        "name": "c",
+        "base": {"name": "base", "path": "base"},
+        "experts": [{"name": "d", "path": "d", "tasks": ["days_in_month", "add"]}],
+        "tasks": {t: {"eval": f"eval/{t}.jsonl"} for t in ("days_in_month", "add")},
+    }
+    (tmp_path / "catalog.yaml").write_text(yaml.safe_dump(doc))
+    # the build's splits take every distinct days_in_month prompt
+    with pytest.raises(ConfigError, match="days_in_month has 0"):
+        remeasure_real_catalog(tmp_path, 64)
+    assert not (tmp_path / "eval-remeasure").exists()  # nothing half-written
+    path = remeasure_real_catalog(tmp_path, 64, skip=["days_in_month"])
+    second = yaml.safe_load(path.read_text())
+    assert second["tasks"]["days_in_month"] == doc["tasks"]["days_in_month"]
+    assert second["tasks"]["add"]["eval"] == "eval-remeasure/add.jsonl"
