@@ -48,12 +48,7 @@ def run_killed(ctx, target, args, delay: float) -> bool:
     proc = ctx.Process(target=target, args=args)
     proc.start()
     proc.join(delay)
-    if proc.is_alive():
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.join()
-        return False
-    assert proc.exitcode == 0, f"{target.__name__} failed with exit code {proc.exitcode}"
-    return True
+    return _kill_unless_finished(proc, target)
 
 
 def run_killed_when(ctx, target, args, path: Path, timeout: float) -> bool:
@@ -64,11 +59,20 @@ def run_killed_when(ctx, target, args, path: Path, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while proc.is_alive() and not path.exists() and time.monotonic() < deadline:
         time.sleep(0.002)
+    return _kill_unless_finished(proc, target)
+
+
+def _kill_unless_finished(proc, target) -> bool:
+    """SIGKILL ``proc`` unless it has finished; True when it finished on its own.
+
+    The child may exit between any liveness check and the signal (and under forkserver it is
+    reaped by the server, so its pid is gone): ``Process.kill`` tolerates that, and the exit
+    code, not the liveness check, says which of the two happened."""
     if proc.is_alive():
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.join()
-        return False
+        proc.kill()
     proc.join()
+    if proc.exitcode == -signal.SIGKILL:
+        return False
     assert proc.exitcode == 0, f"{target.__name__} failed with exit code {proc.exitcode}"
     return True
 
