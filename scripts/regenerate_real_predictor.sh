@@ -17,20 +17,15 @@ DEVICE=${DEVICE:-cpu}
 TRAIN=${TRAIN:-smol-large}
 export OMP_NUM_THREADS=1
 "$SIMMERGE" zoo build --recipe smol --size large --out "$ZOO" --device "$DEVICE"
-# resume from the checkpoint of a collection in progress where one is checked in
-# (features/smol-large/collecting, outcomes only: it holds every row of the shipped table worth
-# keeping), else from the shipped table (SEED=0 measures everything again): the collectors skip
-# what the store holds; scripts/seed_store.py first checks the rebuilt zoo's eval files and hash.
-# sort_json and words_en_de train slightly differently on another CPU kind
-# (features/DATASHEET.md), so their rows must all come from one build: --drop-differing drops
-# the experts whose weight digests differ from the checkpoint's, and the shipped table, which
-# records none, is seeded without the experts in DROP. Dropped pairs are measured again here.
-if [ "${SEED:-1}" = 1 ] && [ -f features/smol-large/collecting/outcomes.parquet ]; then
-    "$PY" scripts/seed_store.py features/smol-large/collecting --catalog "$ZOO/catalog.yaml" \
-        --store "$ZOO/outcomes.sqlite" --drop-models "${DROP-}" --drop-differing
-elif [ "${SEED:-1}" = 1 ] && [ -f features/smol-large/outcomes.parquet ]; then
+# resume from the shipped table (SEED=0 measures everything again): the collectors skip what
+# the store holds; scripts/seed_store.py first checks the rebuilt zoo's eval files and hash.
+# Some experts train slightly differently on another CPU kind (features/DATASHEET.md): the
+# table records the weight digests of the build it was measured on, and --drop-differing drops
+# the experts whose digests differ from this build's, so that their pairs are measured again
+# here and no table mixes two builds' rows of one expert.
+if [ "${SEED:-1}" = 1 ] && [ -f features/smol-large/outcomes.parquet ]; then
     "$PY" scripts/seed_store.py features/smol-large --catalog "$ZOO/catalog.yaml" \
-        --store "$ZOO/outcomes.sqlite" --drop-models "${DROP-sort_json,words_en_de}"
+        --store "$ZOO/outcomes.sqlite" --drop-differing
 fi
 # one single-threaded collector per core, each on its own shard of the pairs, one store
 SHARDS=${SHARDS:-2}
