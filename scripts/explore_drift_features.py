@@ -1,7 +1,7 @@
 """Do features of how far each expert moved from the base help the predictor pick merges?
 
     python scripts/explore_drift_features.py runs/smol-large/catalog.yaml \
-        [--outcomes features/smol-large/collecting] [--features TABLE] \
+        [--outcomes features/smol-large] [--features TABLE] \
         [--seeds 0,1,2] [--model-seeds 0] [--deals 4] [--members 5]
 
 Every shipped feature compares the two experts with each other. Which way a merge should
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("catalog", help="the catalog whose models the outcomes were measured on")
-    p.add_argument("--outcomes", default="features/smol-large/collecting")
+    p.add_argument("--outcomes", default="features/smol-large")
     p.add_argument("--features", default=None, help="pair feature table of the same build")
     p.add_argument("--seeds", default="0,1,2", help="fold-dealing seeds")
     p.add_argument("--model-seeds", default="0", help="predictor (bagging) seeds")

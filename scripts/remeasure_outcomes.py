@@ -26,7 +26,7 @@ own build, as for the shipped ``zoo-large``).
 A real catalog (``simmerge zoo build --recipe smol|gemma``) gets fresh prompts that no split of
 its build used (:func:`simmerge.zoo.real.remeasure_real_catalog`); the tiny zoo gets prompts of
 the same input lengths. The first measurement of a real catalog is the collection's: seed the
-store with it (``scripts/seed_store.py features/smol-large/collecting --catalog
+store with it (``scripts/seed_store.py features/smol-large --catalog
 runs/smol-large/catalog.yaml --store runs/smol-large/remeasure.sqlite``) and only the second
 is merged and evaluated.
 

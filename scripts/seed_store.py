@@ -1,20 +1,20 @@
 """Seed an outcome store with a shipped outcome table, so a collection resumes from it.
 
-    python scripts/seed_store.py features/smol-large [features/smol-large/collecting] \
+    python scripts/seed_store.py features/smol-large [CHECKPOINT] \
         --catalog runs/smol-large/catalog.yaml --store runs/smol-large/outcomes.sqlite
 
 Why: the SQLite store a collection writes lives beside the zoo, which is rebuilt, not
-committed; only the exported table (``features/<name>/outcomes.parquet``) is shipped. To extend
-a table that is not exhaustive (``features/smol-large``), rebuild the zoo with the recipe
-and library versions of its ``meta.json`` (the build is deterministic on one machine kind),
-seed a store with the shipped rows, and run ``simmerge collect`` on it: the collector skips
-every (pair, candidate) the store holds and reuses its measurements for the equal merges of
-the other order, so only the missing merges run.
+committed; only the exported table (``features/<name>/outcomes.parquet``) is shipped. To
+extend a table that is not exhaustive, or to rebuild a zoo without measuring it again, rebuild
+the zoo with the recipe and library versions of its ``meta.json`` (the build is deterministic
+on one machine kind), seed a store with the shipped rows, and run ``simmerge collect`` on it:
+the collector skips every (pair, candidate) the store holds and reuses its measurements for the
+equal merges of the other order, so only the missing merges run.
 
 Several tables may be given: a collection too long for one session is checkpointed between
-sessions as an outcomes-only table (``scripts/build_training_data.py --outcomes-only``, e.g.
-``features/smol-large/collecting``), and the next session seeds its store with the shipped
-table and that checkpoint.
+sessions as an outcomes-only table (``scripts/build_training_data.py --outcomes-only``, as
+``features/smol-large`` was while it was collected), and the next session seeds its store with
+the shipped table and that checkpoint.
 
 ``--drop-models a,b`` leaves out every row of a pair with one of those experts, so that
 ``simmerge collect`` on the seeded store measures exactly their pairs again: for experts whose
