@@ -3,8 +3,11 @@
     python scripts/explore_selector_variants.py [--data zoo-large] [--splits models,tasks]
 
 Same data and splits as scripts/evaluate_selector.py (``--data``, default zoo-large, plus the
-``--extra`` training-only datasets if any -- none by default, as there; group 5-fold by model
-and leave-one-task-out), without the anchored rule except in the ``anchoring`` group. Variants:
+``--extra`` training-only datasets if any -- none by default, as there; group 5-fold by model,
+``--deals`` deals of the models pooled from ``--seed`` on, and leave-one-task-out), without the
+anchored rule except in the ``anchoring`` group. A variant chosen on this table is chosen on
+its test pairs: confirm it on deals it was not chosen on (another ``--seed``) before adopting
+it. Variants:
 
 * ``regression`` -- the shipped recipe: level + deviation LightGBM regression, argmax of the
   mean predicted normalized score over the pair's tasks;
@@ -14,7 +17,9 @@ and leave-one-task-out), without the anchored rule except in the ``anchoring`` g
 * ``lambdarank`` / ``rank_xendcg`` -- a ranking objective within each (pair, task), with
   graded relevance (the range of each group cut into ``levels``), scores standardized per group
   before averaging over the pair's tasks;
-* LightGBM settings: fewer/more leaves, larger leaves;
+* LightGBM settings: fewer/more leaves, larger leaves, and the stronger regularization a small
+  catalog may need (7 leaves, 200 rows per leaf, an L1 loss that a few noisy outcomes pull
+  less);
 * ``catalog-relative (rank|z)`` -- the similarity columns replaced by their percentile rank
   (or z-score) among the rows of their own catalog, so that catalogs with another base model
   line up (the extra training catalog is transformed on its own rows; at use time this needs
@@ -129,6 +134,14 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated training-only datasets from other catalogs, as for "
         "evaluate_selector.py ('' = none, the default)",
     )
+    parser.add_argument("--deals", type=int, default=1, help="deals of the models, pooled")
+    parser.add_argument("--seed", type=int, default=0, help="first deal's seed")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="LightGBM threads per fit (default: the predictor's); 1 when the cores are shared",
+    )
     parser.add_argument(
         "--out", default=str(ROOT / "scripts/results/explore_selector_variants.json")
     )
@@ -140,7 +153,11 @@ def main(argv: list[str] | None = None) -> int:
     group = [*PAIR, GROUP_EXTRA]
 
     def folds(split):
-        return model_folds(frame, 5, 0) if split == "models" else task_folds(frame)
+        if split == "models":
+            return model_folds(frame, 5, args.seed, args.deals)
+        return task_folds(frame)
+
+    threads = {} if args.threads is None else {"num_threads": args.threads}
 
     def relative(df, how):
         """Similarity columns as rank or z-score within each catalog (see the module docs)."""
@@ -183,7 +200,9 @@ def main(argv: list[str] | None = None) -> int:
             }
         outs = {name: [] for name in rules}
         for train, test, bf in fold_data(split, how):
-            model = MergePredictor(n_models=5, params=params, columns=(*cols, *added))
+            model = MergePredictor(
+                n_models=5, params={**threads, **params}, columns=(*cols, *added)
+            )
             model.fit(train, train["target"].to_numpy())
             test["pred"], test["sd2"] = model.predict(test, return_std=True)
             test["sd2"] = test["sd2"] ** 2
@@ -215,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             y = np.clip(np.floor(rel * levels + 1e-9), 0, levels).astype(int).to_numpy()
             sizes = train.groupby(group, sort=False).size().to_numpy()
-            params = {**DEFAULT_PARAMS, "objective": objective}
+            params = {**DEFAULT_PARAMS, **threads, "objective": objective}
             if objective == "lambdarank":
                 params["label_gain"] = list(range(levels + 1))
             preds = []
@@ -235,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         5 inner folds on a finer grid -- and with fixed margins. The fixed rows trace the
         trade-off between gap closure and risk; a margin read off them is tuned on the test
         pairs, so they are not a selection rule."""
-        factory = partial(MergePredictor, n_models=5)
+        factory = partial(MergePredictor, n_models=5, params=threads)
         inner = {
             "inner CV 3 folds": (3, MARGINS),
             "inner CV 5 folds, finer grid": (5, FINE_MARGINS),
@@ -279,6 +298,9 @@ def main(argv: list[str] | None = None) -> int:
             ("num_leaves 15", {"num_leaves": 15}),
             ("num_leaves 63", {"num_leaves": 63}),
             ("min_data_in_leaf 60", {"min_data_in_leaf": 60}),
+            ("num_leaves 7", {"num_leaves": 7}),
+            ("min_data_in_leaf 200", {"min_data_in_leaf": 200}),
+            ("l1 loss", {"objective": "regression_l1"}),
         ):
             if "params" in groups:
                 rows.setdefault(label, {})[split] = regression_variants(split, params)["regression"]
@@ -308,7 +330,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:>26} {cells}")
     out = Path(args.out)
     previous = json.loads(out.read_text()) if out.is_file() else {}
-    if previous.get("extra") == args.extra:  # keep the rows of groups not run this time
+    same = all(
+        previous.get(k, d) == v
+        for k, v, d in (
+            ("data", args.data, "zoo-large"),
+            ("extra", args.extra, None),
+            ("deals", args.deals, 1),
+            ("seed", args.seed, 0),
+        )
+    )
+    if same:  # keep the rows of groups not run this time (same data, extra and deals)
         kept = previous["variants"]
         for name, res in rows.items():
             kept.setdefault(name, {}).update(res)
@@ -316,7 +347,10 @@ def main(argv: list[str] | None = None) -> int:
     write_json_report(
         out,
         {
+            "data": args.data,
             "extra": args.extra,
+            "deals": args.deals,
+            "seed": args.seed,
             "splits": sorted({s for r in rows.values() for s in r}),
             "variants": rows,
         },
