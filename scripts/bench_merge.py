@@ -141,7 +141,9 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--repeats", type=int, default=3, help="timed rounds (best kept per mode)")
-    ap.add_argument("--workdir", default=None, help="where to write the synthetic models")
+    ap.add_argument(
+        "--workdir", default=None, help="a folder for the synthetic models (a fresh subfolder)"
+    )
     ap.add_argument("--out", default=None, help="JSON results path")
     ap.add_argument("--quick", action="store_true", help="one repeat (smoke runs)")
     args = ap.parse_args()
@@ -154,7 +156,7 @@ def main() -> None:
     n_tensors = max(1, round(args.size_gb * 1024**3 / tensor_bytes))
     names = [f"layers.{i}.weight" for i in range(n_tensors)]
     shard_bytes = int(args.shard_mb * 1024 * 1024)
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="simmerge-bench-"))
+    work = Path(tempfile.mkdtemp(prefix="simmerge-bench-", dir=args.workdir))
     params = {"ties": {"density": 0.5}}
 
     print(
@@ -260,8 +262,7 @@ def main() -> None:
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nwrote {out_path}")
-    if not args.workdir:
-        shutil.rmtree(work)
+    shutil.rmtree(work)
 
 
 if __name__ == "__main__":

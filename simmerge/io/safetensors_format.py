@@ -187,6 +187,8 @@ def read_tensor(info: TensorInfo) -> torch.Tensor:
 # smaller tensors are written inline even in background mode (measured on SmolLM2-135M, whose
 # tensors are mostly under 4 MB: background writes of them were no faster)
 BACKGROUND_MIN_BYTES = 1 << 22
+# write-behind: after this many bytes a helper thread starts pushing them to disk (fdatasync)
+SYNC_EVERY_BYTES = 64 << 20
 
 
 class SafetensorsStreamWriter:
@@ -199,6 +201,11 @@ class SafetensorsStreamWriter:
     caller must not modify a tensor after handing it over. A failed background write is raised
     by the next :meth:`write` or by :meth:`close`. Tensors under :data:`BACKGROUND_MIN_BYTES`
     are written inline: for them the thread handoff costs more than the overlap saves.
+
+    :meth:`close` makes the file durable (fsync) before the caller renames it into place. So
+    that this is not one long wait at the end, every :data:`SYNC_EVERY_BYTES` a second helper
+    thread flushes what the kernel holds so far (``fdatasync``) while the caller goes on
+    computing and reading; the final fsync only has the tail left.
     """
 
     def __init__(
@@ -228,6 +235,9 @@ class SafetensorsStreamWriter:
         self._next = 0
         self._pool = ThreadPoolExecutor(max_workers=1) if background else None
         self._pending: Future | None = None
+        self._syncer: ThreadPoolExecutor | None = None
+        self._sync: Future | None = None
+        self._unsynced = 0
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
         expected_name, dtype, shape = self._order[self._next]
@@ -243,6 +253,18 @@ class SafetensorsStreamWriter:
             self._file.write(memoryview(data.numpy()))
         else:
             self._pending = self._pool.submit(self._file.write, memoryview(data.numpy()))
+        self._unsynced += data.numel()
+        if self._unsynced >= SYNC_EVERY_BYTES and (self._sync is None or self._sync.done()):
+            self._start_sync()
+
+    def _start_sync(self) -> None:
+        """Push what the kernel holds to disk in the background (the caller never waits)."""
+        if self._sync is not None:
+            self._sync.result()  # re-raise a failed earlier sync
+        if self._syncer is None:
+            self._syncer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="simmerge-sync")
+        self._unsynced = 0
+        self._sync = self._syncer.submit(os.fdatasync, self._file.fileno())
 
     def _wait(self) -> None:
         pending, self._pending = self._pending, None
@@ -251,8 +273,9 @@ class SafetensorsStreamWriter:
 
     def _release(self) -> None:
         """Stop the helper thread (after its current write) and close the file."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
+        for pool in (self._pool, self._syncer):
+            if pool is not None:
+                pool.shutdown(wait=True)
         self._file.close()
 
     def close(self) -> None:
@@ -260,6 +283,8 @@ class SafetensorsStreamWriter:
             self._wait()
             if self._next != len(self._order):
                 raise ValueError(f"{self.path}: only {self._next} of {len(self._order)} written")
+            if self._sync is not None:
+                self._sync.result()
             self._file.flush()
             os.fsync(self._file.fileno())
         finally:

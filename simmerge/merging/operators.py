@@ -13,15 +13,13 @@ float64 on one device; the result has the same dtype and shape.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 
-from simmerge.merging.topk import chunks, keep_top_k_, top_k_mask
+from simmerge.merging.topk import chunks, keep_top_k_, top_k_mask, worker_pool
 
 _EPS = 1e-8
 _PARALLEL_MIN = 1 << 16  # entries per thread below which splitting a sort costs more than it saves
@@ -88,7 +86,7 @@ def drop_random_(
     flat = delta.view(-1)
     for sl in chunks(flat.numel()):
         draw = torch.rand(sl.stop - sl.start, generator=generator, device=generator.device)
-        flat[sl].mul_(draw.to(flat.device) < density)
+        flat[sl].mul_(draw.to(flat.device).lt_(density))  # a float 0/1 mask: see _disjoint_sum
     return _rescale_l1_(delta, l1_before) if rescale else delta
 
 
@@ -113,14 +111,8 @@ def _magnitude_ranks(block: torch.Tensor) -> torch.Tensor:
     if threads <= 1:
         rank_rows_(mags)
     else:
-        list(_sort_pool(threads).map(rank_rows_, mags.tensor_split(threads, dim=0)))
+        list(worker_pool(threads).map(rank_rows_, mags.tensor_split(threads, dim=0)))
     return mags
-
-
-@functools.cache
-def _sort_pool(threads: int) -> ThreadPoolExecutor:
-    """One pool per thread count for the whole process: a merge ranks hundreds of blocks."""
-    return ThreadPoolExecutor(max_workers=threads, thread_name_prefix="simmerge-sort")
 
 
 def drop_magnitude_ranked_(
@@ -150,7 +142,7 @@ def drop_magnitude_ranked_(
         else:
             probs = ranks.fill_(density)
         draw = torch.rand(block.shape, generator=generator, device=generator.device)
-        block.mul_(draw.to(block.device) < probs)
+        block.mul_(draw.to(block.device).lt_(probs))  # a float 0/1 mask: see _disjoint_sum
     return _rescale_l1_(delta, l1_before) if rescale else delta
 
 
@@ -180,25 +172,47 @@ def combine_task_vectors_(
     flat_deltas = [d.view(-1) for d in deltas]
     total_weight = float(sum(weights))
     for sl in chunks(flat_base.numel()):
-        mixed = torch.zeros_like(flat_base[sl])
-        for d, w in zip(flat_deltas, weights, strict=True):
-            mixed.add_(d[sl], alpha=w)
+        weighted = [
+            d[sl] if w == 1.0 else d[sl].mul_(w) for d, w in zip(flat_deltas, weights, strict=True)
+        ]
+        mixed = weighted[0].clone()
+        for x in weighted[1:]:
+            mixed.add_(x)
         if sign_consensus:
-            elected = torch.where(mixed >= 0, 1.0, -1.0)  # a zero sum elects +
-            mixed.zero_()
-            divisor = torch.zeros_like(mixed) if normalize else None
-            for d, w in zip(flat_deltas, weights, strict=True):
-                weighted = d[sl].mul_(w)
-                agree = (weighted * elected) > 0  # same sign as elected; zeros never agree
-                mixed.add_(weighted.mul_(agree))
-                if divisor is not None:
-                    divisor.add_(agree, alpha=w)
-            if divisor is not None:
-                mixed.div_(divisor.add_(divisor == 0))  # no agreeing member: divide by 1
+            mixed = _disjoint_sum(mixed, weighted, weights, normalize=normalize)
         elif normalize and abs(total_weight) > _EPS:
             mixed.div_(total_weight)
         flat_base[sl].add_(mixed, alpha=lam)
     return base
+
+
+def _disjoint_sum(
+    mixed: torch.Tensor,
+    weighted: Sequence[torch.Tensor],
+    weights: Sequence[float],
+    *,
+    normalize: bool,
+) -> torch.Tensor:
+    """The TIES step on one chunk: keep each weighted delta whose sign matches the elected sign
+    of ``mixed`` (their sum), add them up, and divide by the agreeing members' weights.
+
+    Only float arithmetic: on CPU torch's comparisons into bool tensors, bool-by-float multiplies
+    and ``where`` are several times slower than float ops. ``s * relu(s * x)`` is ``x`` where x
+    has sign ``s`` and 0 elsewhere, exactly (multiplying by +-1 never rounds).
+    """
+    elected = torch.ones_like(mixed).copysign_(mixed)  # +1 where the sum is >= +0, else -1
+    agreeing = torch.zeros_like(mixed)
+    divisor = torch.zeros_like(mixed) if normalize else None
+    scratch = mixed  # the sum is no longer needed once the signs are elected
+    for x, w in zip(weighted, weights, strict=True):
+        torch.mul(x, elected, out=scratch).clamp_min_(0.0)  # |x| where x agrees, else 0
+        agreeing.add_(scratch)
+        if divisor is not None:
+            divisor.add_(scratch.gt_(0.0), alpha=w)  # zeros never agree
+    agreeing.mul_(elected)
+    if divisor is not None:
+        agreeing.div_(divisor.add_(torch.eq(divisor, 0.0, out=scratch)))  # none agree: divide by 1
+    return agreeing
 
 
 def _task_vectors_(base: torch.Tensor, experts: Sequence[torch.Tensor]) -> list[torch.Tensor]:

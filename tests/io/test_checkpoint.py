@@ -234,6 +234,35 @@ def test_a_failed_background_write_is_raised_and_the_file_closed(tmp_path, monke
     assert opened[0].inner.closed
 
 
+def test_stream_writer_syncs_behind_the_writes_and_raises_a_failed_sync_at_close(
+    tmp_path, monkeypatch
+):
+    import errno
+
+    from simmerge.io import safetensors_format
+
+    synced = []
+    monkeypatch.setattr(safetensors_format, "SYNC_EVERY_BYTES", 64 * 33 * 4 * 2)  # 2 tensors
+    monkeypatch.setattr(safetensors_format.os, "fdatasync", synced.append)
+    tensors = {f"t{i}": torch.randn(64, 33) for i in range(7)}
+    layout = [(k, v.dtype, tuple(v.shape)) for k, v in tensors.items()]
+    with SafetensorsStreamWriter(tmp_path / "x.st", layout) as w:
+        for k, v in tensors.items():
+            w.write(k, v)
+    assert len(synced) >= 2  # pushed to disk while writing, not only by the final fsync
+    with safe_open(tmp_path / "x.st", "pt") as f:
+        assert torch.equal(f.get_tensor("t6"), tensors["t6"])
+
+    def broken(fd):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(safetensors_format.os, "fdatasync", broken)
+    with pytest.raises(OSError, match="Input/output"):
+        with SafetensorsStreamWriter(tmp_path / "y.st", layout) as w:
+            for k, v in tensors.items():
+                w.write(k, v)
+
+
 def test_stream_writer_rejects_out_of_order_tensors(tmp_path):
     layout = [("a", torch.float32, (2,)), ("b", torch.float32, (2,))]
     with pytest.raises(ValueError, match="expected a"):

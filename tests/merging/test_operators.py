@@ -415,3 +415,37 @@ def test_ties_rescale_restores_the_l1_norm_of_each_trimmed_vector():
     a = T([4.0, -1.0, 1.0, 2.0])
     got = apply_operator("ties", BASE, [a], params={"density": 0.5, "rescale": True})
     assert close(got, [4.0 * 8 / 6, 0.0, 0.0, 2.0 * 8 / 6], 1e-5)
+
+
+def _stacked_disjoint_mean(deltas, weights):
+    """mergekit's formulation on stacked tensors: weighted deltas, the majority sign of their sum
+    (>= 0 elects +), mask = sign(weighted) == majority, a divisor of 0 becomes 1."""
+    weighted = [d * w for d, w in zip(deltas, weights, strict=True)]
+    mixed = weighted[0].clone()
+    for x in weighted[1:]:
+        mixed += x
+    majority = (mixed >= 0).float() * 2 - 1
+    masks = [(x.sign() == majority).float() for x in weighted]
+    agreeing = weighted[0] * masks[0]
+    for x, m in zip(weighted[1:], masks[1:], strict=True):
+        agreeing += x * m
+    divisor = sum(w * m for w, m in zip(weights, masks, strict=True))
+    divisor[divisor == 0] = 1.0
+    return agreeing / divisor
+
+
+@pytest.mark.parametrize("weights", [[1.0, 1.0, 1.0], [1.0, -0.5, 2.0], [1.0, -1.0, 0.0]])
+def test_disjoint_mean_over_many_chunks_equals_the_stacked_mask_formula(weights):
+    # [1, -1, 0] makes divisors cancel to exactly 0 where both non-zero members agree
+    from simmerge.merging.topk import CHUNK
+
+    g = torch.Generator().manual_seed(5)
+    n = 2 * CHUNK + 123
+    deltas = [torch.randn(n, generator=g) for _ in weights]
+    deltas[1][:1000] = -deltas[0][:1000]  # sums of exactly 0 elect +
+    deltas[2][1000:2000] = 0.0  # zeros never agree
+    base = torch.zeros(n)  # so the operator sees exactly these task vectors
+    got = apply_operator(
+        "ties", base, [d.clone() for d in deltas], weights, {"density": 1.0, "normalize": True}
+    )
+    assert torch.equal(got, _stacked_disjoint_mean(deltas, weights))
