@@ -345,10 +345,15 @@ def _stream(
     codes = []
     todo = list(zip(layout.names, layout.numels, layout.counts, layout.groups, strict=True))
 
-    def read(item: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+    def read(item: tuple) -> tuple[torch.Tensor, float, float]:
+        """The task vector and the squared norms, computed while the bytes just read are still
+        in the CPU's cache (in the read-ahead thread for large tensors)."""
         name = item[0]
-        w_base = base.get(name, device=device, dtype=torch.float32)
-        return w_base, ckpt.get(name, device=device, dtype=torch.float32).sub_(w_base).view(-1)
+        w_base = base.get(name, device=device, dtype=torch.float32).view(-1)
+        # A BLAS dot, not vector_norm: one fused pass, accumulated in float32 blocks.
+        w_sq = float(torch.dot(w_base, w_base))
+        tau = ckpt.get(name, device=device, dtype=torch.float32).view(-1).sub_(w_base)
+        return tau, float(torch.dot(tau, tau)), w_sq
 
     stream = tqdm(
         read_ahead(todo, read, worth_it=lambda item: item[1] >= READ_AHEAD_NUMEL),
@@ -356,13 +361,10 @@ def _stream(
         desc="sketch",
         disable=not progress,
     )
-    for (name, numel, count, groups), (w_base, tau) in stream:
+    for (name, numel, count, groups), (tau, t_sq, w_sq) in stream:
         rows = [index[g] for g in groups]
-        # A BLAS dot, not vector_norm: one fused pass, accumulated in float32 blocks.
-        tau_sq[rows] += float(torch.dot(tau, tau))
-        w_flat = w_base.view(-1)
-        base_sq[rows] += float(torch.dot(w_flat, w_flat))
-        del w_base, w_flat
+        tau_sq[rows] += t_sq
+        base_sq[rows] += w_sq
         sampled = tau[layout.indices(name, numel, count, config.seed).to(device)]
         code = (sampled < 0).to(torch.uint8) * NEGATIVE + (sampled != 0).to(torch.uint8) * NONZERO
         probe = tau[layout.indices(name, numel, THRESHOLD_SAMPLE, config.seed + 1).to(device)]
