@@ -27,7 +27,9 @@ makes their differences less noisy: the simulation is pessimistic for halving. E
 (pair, budget, method) is averaged over ``--runs`` simulated orders. Metrics as
 :mod:`simmerge.learn.metrics` (% of oracle, gap closure vs the fold's best-fixed). The budget
 to reach ``--target`` of the oracle is the smallest budget of the grid where a method reaches it.
-Prints a table and writes JSON (default
+``--min-examples`` and ``--eta`` change every halving's schedule (default: ``verify --budget``'s);
+a schedule chosen on this table is chosen on its test pairs, so confirm it on another
+``--seed`` (other folds) before adopting it. Prints a table and writes JSON (default
 ``scripts/results/compare_budgeted_verification_<data>.json``).
 """
 
@@ -40,7 +42,7 @@ import sys
 from functools import partial
 from pathlib import Path
 
-from simmerge.pairwise.halving import PRIOR_EXAMPLES
+from simmerge.pairwise.halving import ETA, MIN_EXAMPLES, PRIOR_EXAMPLES
 
 ROOT = Path(__file__).resolve().parents[1]
 BUDGETS = (0.25, 0.5, 1, 1.5, 2, 3, 4, 6, 8, 12, 16)
@@ -144,10 +146,16 @@ def distinct_order(cands: list[str]) -> list[str]:
 
 
 def pick_values(
-    pair, sizes, budget_f: float, runs: int, seed: int, prior_examples: float
+    pair,
+    sizes,
+    budget_f: float,
+    runs: int,
+    seed: int,
+    prior_examples: float,
+    schedule: dict | None = None,
 ) -> dict[str, float]:
     """Mean objective of each method's pick on ``pair`` at a budget of ``budget_f`` full
-    evaluations (module docs)."""
+    evaluations (module docs); ``schedule`` (``eta``, ``min_examples``) goes to every halving."""
     import numpy as np
 
     from simmerge.errors import ConfigError
@@ -166,6 +174,7 @@ def pick_values(
         top = guided_order[:k]
         out["top_k"] = target[max(top, key=lambda c: target[c])]
     rng = np.random.default_rng(seed)
+    schedule = schedule or {}
     sums = {"guided": 0.0, "guided_no_prior": 0.0, "unguided": 0.0}
     try:
         for _ in range(runs):
@@ -177,15 +186,21 @@ def pick_values(
                 simulated_scorer(pair, sizes, rng),
                 prior=pair["pred"],
                 prior_examples=prior_examples,
+                **schedule,
             ).winner
             sums["guided"] += target[won]
             won = successive_halving(
-                guided_order, budget, len(tasks), n_max, simulated_scorer(pair, sizes, rng)
+                guided_order,
+                budget,
+                len(tasks),
+                n_max,
+                simulated_scorer(pair, sizes, rng),
+                **schedule,
             ).winner
             sums["guided_no_prior"] += target[won]
             shuffled = distinct_order(list(rng.permutation(ranked)))
             won = successive_halving(
-                shuffled, budget, len(tasks), n_max, simulated_scorer(pair, sizes, rng)
+                shuffled, budget, len(tasks), n_max, simulated_scorer(pair, sizes, rng), **schedule
             ).winner
             sums["unguided"] += target[won]
     except ConfigError:  # the budget cannot score one candidate on the first rung
@@ -233,8 +248,16 @@ def main(argv: list[str] | None = None) -> int:
         help="what a prediction is worth in examples per task in the guided halving "
         "(default: verify --budget's)",
     )
+    p.add_argument(
+        "--min-examples",
+        type=int,
+        default=MIN_EXAMPLES,
+        help="examples per task a candidate is first scored on (default: verify --budget's)",
+    )
+    p.add_argument("--eta", type=int, default=ETA, help="1 / the share kept at each rung")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
+    schedule = {"eta": args.eta, "min_examples": args.min_examples}
 
     sizes = eval_sizes(args)
     features, outcomes = load_training_tables(args.data)
@@ -244,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     table = {}
     for f in BUDGETS:
         values = [
-            pick_values(pair, sizes, f, args.runs, args.seed + i, args.prior_examples)
+            pick_values(pair, sizes, f, args.runs, args.seed + i, args.prior_examples, schedule)
             for i, pair in enumerate(pairs)
         ]
         table[f] = {m: summarize(pairs, values, m) for m in METHODS}
@@ -259,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": args.runs,
         "seed": args.seed,
         "prior_examples": args.prior_examples,
+        **schedule,
         "budget_unit": "full evaluations of one candidate (the pair's tasks x examples each)",
         "table": {str(f): table[f] for f in BUDGETS},
         "target": args.target,
