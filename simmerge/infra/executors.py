@@ -141,9 +141,9 @@ class LocalExecutor:
             initializer=_init_worker,
             initargs=(threads,),
         ) as pool:
-            futures = {pool.submit(fn, x): i for i, x in enumerate(items)}
-            done = as_completed(futures)
-            try:
+            try:  # submitting too: Ctrl-C there must not leave the pool to finish its jobs
+                futures = {pool.submit(fn, x): i for i, x in enumerate(items)}
+                done = as_completed(futures)
                 for fut in tqdm(done, total=len(items), desc=desc, disable=not progress):
                     yield futures[fut], fut.result()
             except BaseException:  # a failed job, Ctrl-C, or the caller stopped early
