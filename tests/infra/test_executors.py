@@ -39,6 +39,10 @@ def test_ctrl_c_stops_a_process_pool_at_once(tmp_path):
     """Ctrl-C reaches the whole process group: the workers ignore it, the caller terminates
     them and exits with KeyboardInterrupt instead of finishing every queued job first."""
     script = (
+        # Python's Ctrl-C handler, as in a terminal: a job started in the background can
+        # inherit SIGINT ignored, and then no KeyboardInterrupt would ever be raised
+        "import signal\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "from simmerge.infra.executors import LocalExecutor\n"
         "from crash_jobs import sleep_then_mark\n"
         f"items = [({JOB_SECONDS}, {str(tmp_path)!r})] * 6\n"
