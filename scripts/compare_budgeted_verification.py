@@ -152,7 +152,7 @@ def pick_values(
     runs: int,
     seed: int,
     prior_examples: float,
-    schedule: dict | None = None,
+    schedule: dict,
 ) -> dict[str, float]:
     """Mean objective of each method's pick on ``pair`` at a budget of ``budget_f`` full
     evaluations (module docs); ``schedule`` (``eta``, ``min_examples``) goes to every halving."""
@@ -174,7 +174,6 @@ def pick_values(
         top = guided_order[:k]
         out["top_k"] = target[max(top, key=lambda c: target[c])]
     rng = np.random.default_rng(seed)
-    schedule = schedule or {}
     sums = {"guided": 0.0, "guided_no_prior": 0.0, "unguided": 0.0}
     try:
         for _ in range(runs):

@@ -175,7 +175,8 @@ def combine_task_vectors_(
         weighted = [
             d[sl] if w == 1.0 else d[sl].mul_(w) for d, w in zip(flat_deltas, weights, strict=True)
         ]
-        mixed = weighted[0].clone()
+        # the sign election still needs every member after the sum; otherwise sum in place
+        mixed = weighted[0].clone() if sign_consensus else weighted[0]
         for x in weighted[1:]:
             mixed.add_(x)
         if sign_consensus:

@@ -218,8 +218,7 @@ def keep_top_k_(flat: torch.Tensor, k: int) -> torch.Tensor:
         return flat
     if t.value == 0.0:  # every entry is >= 0 in magnitude: all stay
         return flat
-    # The usual case, "keep what is not below the threshold", in float arithmetic only: on CPU
-    # a comparison into a bool tensor and a bool-by-float multiply cost several float passes.
+    # the usual case, "keep what is not below the threshold", with a float mask (module docs)
     mask = torch.empty(min(n, CHUNK), dtype=flat.dtype, device=flat.device)
     for sl in chunks(n):
         part = flat[sl]
