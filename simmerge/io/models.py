@@ -90,10 +90,27 @@ def load_model_with_state(
 
     model_dir = _check_model_dir(model_dir)
     config = AutoConfig.from_pretrained(str(model_dir), trust_remote_code=False)
-    model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+    with _without_random_init():
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
     load_state_into(model, state_dict, model_dir)
     model.config._name_or_path = str(model_dir)
     return model.to(device=pick_device(device), dtype=dtype).eval()
+
+
+def _without_random_init():
+    """Build a model without drawing its random initial weights.
+
+    Why: every parameter is overwritten by the state dict right after, and drawing them is
+    most of the cost of building a model (every merge evaluated or signed in memory pays it).
+    Buffers computed at build time (rotary frequencies) are built as usual, and
+    :func:`load_state_into` refuses a state that leaves a parameter unset, so no uninitialized
+    memory is ever used.
+    """
+    try:  # transformers 5
+        from transformers.initialization import no_init_weights
+    except ImportError:  # transformers 4
+        from transformers.modeling_utils import no_init_weights
+    return no_init_weights()
 
 
 def load_state_into(model: Any, state_dict: Mapping[str, Any], model_dir: str | Path) -> Any:

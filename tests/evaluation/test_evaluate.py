@@ -178,6 +178,17 @@ def test_folder_loaded_model_and_state_dict_give_identical_results(tmp_path, tok
         evaluate(model.state_dict(), task)
 
 
+def test_loading_a_state_dict_draws_no_random_initial_weights(tmp_path, tok):
+    # the state overwrites every parameter, so drawing random ones first is wasted time; a
+    # build that draws them advances torch's global generator
+    folder, model = _tiny_llama_dir(tmp_path, tok)
+    before = torch.get_rng_state()
+    loaded = load_model_with_state(folder, model.state_dict(), device="cpu")
+    assert torch.equal(torch.get_rng_state(), before)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+
+
 def test_load_model_with_state_rejects_a_state_of_another_shape(tmp_path, tok):
     from simmerge.errors import TensorMismatchError
 
