@@ -3,9 +3,11 @@
     python scripts/evaluate_multiway.py CATALOG [--sizes 3] [--max-models 3] [--sample 20]
 
 For each target task set (every set of ``--sizes`` tasks among the catalog's tasks with eval
-data, or a seeded sample of ``--sample`` of them) the *bounded space* is: every subset of 2 to
-``--max-models`` experts having a target task, every merge order, every sequence of 2-way
-operators from ``--grid``, plus one-shot N-way merges with the grid's N-way operators. Every
+data, or a seeded sample of ``--sample`` of them; ``--max-space`` first keeps only the sets
+whose bounded space is at most that large, which on a big catalog means the tasks with few
+experts) the *bounded space* is: every subset of 2 to ``--max-models`` experts having a target
+task, every merge order, every sequence of 2-way operators from ``--grid``, plus one-shot
+N-way merges with the grid's N-way operators. Every
 plan in it is merged and evaluated on the target tasks (the exhaustive oracle; scores cached
 in ``--cache``, a JSON-lines file, so an interrupted run resumes). A plan's score is the mean
 over the target tasks of its normalized score (score / the best expert of that task).
@@ -25,6 +27,9 @@ task set of the catalog). Prints a table, writes JSON
 (``scripts/results/evaluate_multiway_<catalog>.json``). With ``--shard K/N`` several processes
 share the work and the cache (appends of one short line are atomic); the final run without
 ``--shard`` merges nothing new and writes the report.
+
+``--cached-only`` reports the task sets whose plans are all in the cache and merges nothing (a
+look at partial results while shards run; the report lists the sets it left out).
 
 ``--data-out FILE.parquet`` also writes the plan model's training table: one row per measured
 (plan, target task a member has) with the columns of :func:`simmerge.learn.plan_model.plan_columns`,
@@ -183,6 +188,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", default="3", help="comma-separated target task set sizes")
     p.add_argument("--sample", type=int, default=20, help="task sets per size (0: all)")
     p.add_argument("--max-models", type=int, default=3)
+    p.add_argument(
+        "--max-space",
+        type=int,
+        default=0,
+        help="only task sets whose bounded space has at most this many plans (0: any); applied "
+        "before --sample, and the report says so (it favours tasks with few experts)",
+    )
     p.add_argument("--grid", default=";".join(DEFAULT_GRID), help="operator ids, ';'-separated")
     p.add_argument(
         "--beam",
@@ -211,6 +223,12 @@ def main(argv: list[str] | None = None) -> int:
         help="K/N: only measure task sets i with i %% N == K (parallel processes on one cache; "
         "a final run without --shard then reads everything from the cache)",
     )
+    p.add_argument(
+        "--cached-only",
+        action="store_true",
+        help="report only the task sets whose every plan is already in --cache (merge nothing; "
+        "the report lists the sets left out), e.g. while shards are still running",
+    )
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     if args.verify < 1:
@@ -227,6 +245,12 @@ def main(argv: list[str] | None = None) -> int:
     task_sets = []
     for size in map(int, args.sizes.split(",")):
         sets = list(combinations(eval_tasks, size))
+        if args.max_space:
+            sets = [
+                s
+                for s in sets
+                if len(bounded_space(catalog, s, args.max_models, grid, nway)) <= args.max_space
+            ]
         if args.sample and len(sets) > args.sample:
             sets = [sets[i] for i in sorted(rng.choice(len(sets), args.sample, replace=False))]
         task_sets += sets
@@ -235,11 +259,24 @@ def main(argv: list[str] | None = None) -> int:
         if not 0 <= k < n:
             raise SystemExit(f"--shard K/N needs 0 <= K < N (got {args.shard}): use 0/2 and 1/2.")
         task_sets = task_sets[k::n]
+    cache = ScoreCache(Path(args.cache or ROOT / "runs" / "multiway" / f"{catalog.name}.jsonl"))
+    left_out = []
+    if args.cached_only:  # decided first, so that no skill or reference is measured for them
+        hashes = {t: scorer.eval_hash(t) for s in task_sets for t in s}
+        cached = [
+            all(
+                (plan.id, t, hashes[t]) in cache.scores
+                for plan in bounded_space(catalog, s, args.max_models, grid, nway)
+                for t in s
+            )
+            for s in task_sets
+        ]
+        left_out = [list(s) for s, ok in zip(task_sets, cached, strict=True) if not ok]
+        task_sets = [s for s, ok in zip(task_sets, cached, strict=True) if ok]
     refs = {
         t: max(scorer.score_folder(e, [t])[t] for e in catalog.experts_for(t))
         for t in {t for s in task_sets for t in s}
     }
-    cache = ScoreCache(Path(args.cache or ROOT / "runs" / "multiway" / f"{catalog.name}.jsonl"))
     predictor = load_predictor(args.predictor)
     options = FeatureOptions(cache_dir=args.cache_dir)
     modes = [m for m in args.modes.split(",") if m]
@@ -256,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.data_out or "model" in rankers:
         skills = measure_skills(
             catalog,
-            [e.name for e in catalog.experts],
+            # only the experts some task set can use: the others' skills are never read
+            sorted({n for s in task_sets for n in relevant(catalog, s)}, key=rank.__getitem__),
             sorted({t for s in task_sets for t in s}),
             cache_dir=args.cache_dir,
             scorer=scorer,
@@ -341,6 +379,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
 
+    if left_out:
+        print(
+            f"{len(left_out)} of {len(left_out) + len(task_sets)} task sets left out (not all "
+            "cached yet)"
+        )
     # best-fixed: the N-way operator best on the *other* task sets (leave one out)
     for rec, op in zip(records, best_fixed_ops(records), strict=True):
         if op is not None:
@@ -386,9 +429,11 @@ def main(argv: list[str] | None = None) -> int:
         "catalog": catalog.name,
         "plan_model": plan_model.card_.get("training_sources") if plan_model else None,
         "task_sets": records,
+        "left_out_uncached": left_out,
         "results": results,
         "grid": list(grid),
         "max_models": args.max_models,
+        "max_space": args.max_space or None,
         "beam": args.beam,
         "mean_space": float(np.mean(space_sizes)),
         "seconds": round(time.perf_counter() - t0, 1),

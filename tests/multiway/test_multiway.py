@@ -304,6 +304,29 @@ def test_evaluate_multiway_shards_share_one_cache(trained, tmp_path, capsys):
     assert len(json.loads((tmp_path / "r.json").read_text())["task_sets"]) == 3
 
 
+def test_evaluate_multiway_reports_cached_sets_only_and_filters_by_space_size(
+    trained, tmp_path, capsys
+):
+    script = _evaluate_multiway_script()
+    cache = tmp_path / "scores.jsonl"
+    argv = [str(trained["catalog_path"]), "--sizes", "1,2", "--max-models", "2", "--quiet"]
+    argv += ["--predictor", str(trained["predictor"]), "--modes", "fast", "--cache", str(cache)]
+    argv += ["--rankers", "analytic", "--json", str(tmp_path / "r.json")]
+    assert script.main([*argv, "--shard", "1/2"]) == 0  # set 1 of 3: the second task alone
+    measured = cache.read_text()
+    assert script.main([*argv, "--cached-only"]) == 0
+    assert cache.read_text() == measured  # nothing merged for the set not yet measured
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert [r["tasks"] for r in report["task_sets"]] == [[report["left_out_uncached"][1][1]]]
+    assert len(report["left_out_uncached"]) == 2  # the first task alone, and both
+    assert "2 of 3 task sets left out" in capsys.readouterr().out
+    # a single task's space (one pair of its experts, 2 operators) is smaller than a pair's
+    assert script.main([*argv, "--max-space", "2"]) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert [len(r["tasks"]) for r in report["task_sets"]] == [1, 1]
+    assert all(r["space"] <= 2 for r in report["task_sets"]) and report["max_space"] == 2
+
+
 def _evaluate_multiway_script():
     return load_script("evaluate_multiway")
 
