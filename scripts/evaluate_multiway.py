@@ -28,8 +28,9 @@ task set of the catalog). Prints a table, writes JSON
 share the work and the cache (appends of one short line are atomic); the final run without
 ``--shard`` merges nothing new and writes the report.
 
-``--cached-only`` reports the task sets whose plans are all in the cache and merges nothing (a
-look at partial results while shards run; the report lists the sets it left out).
+``--task-sets 'a,b,c;d,e,f'`` names the task sets instead. ``--cached-only`` reports the task
+sets whose plans are all in the cache and merges nothing (a look at partial results while
+shards run; the report lists the sets it left out).
 
 ``--data-out FILE.parquet`` also writes the plan model's training table: one row per measured
 (plan, target task a member has) with the columns of :func:`simmerge.learn.plan_model.plan_columns`,
@@ -224,6 +225,12 @@ def main(argv: list[str] | None = None) -> int:
         "a final run without --shard then reads everything from the cache)",
     )
     p.add_argument(
+        "--task-sets",
+        default=None,
+        help="explicit task sets, e.g. 'add,sub,upper;add,units,upper' (instead of --sizes, "
+        "--max-space and --sample)",
+    )
+    p.add_argument(
         "--cached-only",
         action="store_true",
         help="report only the task sets whose every plan is already in --cache (merge nothing; "
@@ -243,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     eval_tasks = [t for t in catalog.task_names if t in scorer.tasks and catalog.experts_for(t)]
     rng = np.random.default_rng(args.seed)
     task_sets = []
-    for size in map(int, args.sizes.split(",")):
+    for size in [] if args.task_sets else map(int, args.sizes.split(",")):
         sets = list(combinations(eval_tasks, size))
         if args.max_space:
             sets = [
@@ -254,6 +261,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.sample and len(sets) > args.sample:
             sets = [sets[i] for i in sorted(rng.choice(len(sets), args.sample, replace=False))]
         task_sets += sets
+    for text in filter(None, (args.task_sets or "").split(";")):
+        tasks = tuple(t.strip() for t in text.split(","))
+        unknown = sorted(set(tasks) - set(eval_tasks))
+        if unknown:
+            raise SystemExit(
+                f"--task-sets names {unknown}, not tasks of {catalog.name} with eval data and "
+                f"an expert: use some of {eval_tasks}."
+            )
+        task_sets.append(tasks)
     if args.shard:
         k, n = (int(v) for v in args.shard.split("/"))
         if not 0 <= k < n:
@@ -434,6 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         "grid": list(grid),
         "max_models": args.max_models,
         "max_space": args.max_space or None,
+        "task_sets_given": bool(args.task_sets),
         "beam": args.beam,
         "mean_space": float(np.mean(space_sizes)),
         "seconds": round(time.perf_counter() - t0, 1),

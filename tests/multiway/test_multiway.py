@@ -325,6 +325,14 @@ def test_evaluate_multiway_reports_cached_sets_only_and_filters_by_space_size(
     report = json.loads((tmp_path / "r.json").read_text())
     assert [len(r["tasks"]) for r in report["task_sets"]] == [1, 1]
     assert all(r["space"] <= 2 for r in report["task_sets"]) and report["max_space"] == 2
+    (a,), (b,) = (r["tasks"] for r in report["task_sets"])
+    assert script.main([*argv, "--task-sets", f"{b};{a},{b}"]) == 0  # named sets, in this order
+    assert [r["tasks"] for r in json.loads((tmp_path / "r.json").read_text())["task_sets"]] == [
+        [b],
+        [a, b],
+    ]
+    with pytest.raises(SystemExit, match="no_such_task"):
+        script.main([*argv, "--task-sets", f"{a},no_such_task"])
 
 
 def _evaluate_multiway_script():
