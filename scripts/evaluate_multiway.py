@@ -122,6 +122,10 @@ class ScoreCache:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(path, "a")  # noqa: SIM115 -- closed in close()
 
+    def missing(self, plan: str, tasks, hashes: dict[str, str]) -> list[str]:
+        """The tasks whose score of ``plan`` (on eval data ``hashes[task]``) is not cached."""
+        return [t for t in tasks if (plan, t, hashes[t]) not in self.scores]
+
     def add(self, plan: str, task: str, eval_hash: str, score: float) -> None:
         self.scores[(plan, task, eval_hash)] = score
         self._file.write(
@@ -142,7 +146,7 @@ def measure(plans, tasks, catalog, scorer, cache, progress: bool) -> dict[str, d
     hashes = {t: scorer.eval_hash(t) for t in tasks}
     out = {}
     for plan in tqdm(plans, desc="plans", disable=not progress):
-        missing = [t for t in tasks if (plan.id, t, hashes[t]) not in cache.scores]
+        missing = cache.missing(plan.id, tasks, hashes)
         if missing:
             raw = scorer.score_state(
                 execute_plan(plan, catalog, device=str(scorer.device)), missing
@@ -280,10 +284,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.cached_only:  # decided first, so that no skill or reference is measured for them
         hashes = {t: scorer.eval_hash(t) for s in task_sets for t in s}
         cached = [
-            all(
-                (plan.id, t, hashes[t]) in cache.scores
+            not any(
+                cache.missing(plan.id, s, hashes)
                 for plan in bounded_space(catalog, s, args.max_models, grid, nway)
-                for t in s
             )
             for s in task_sets
         ]

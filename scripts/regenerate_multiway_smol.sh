@@ -13,8 +13,8 @@
 # plan model fitted on the tiny zoos plus the *other* real catalogs (leave one real catalog
 # out) on each. Two shard processes per catalog share one resumable score cache: rerun the
 # script after an interruption. Builds the catalogs first if they are missing (smol-large:
-# most of an hour on 2 CPU cores); the measurements take about an hour more
-# (features/DATASHEET.md).
+# most of an hour on 2 CPU cores); the measurements take about two hours more on 2 shared
+# cores (features/DATASHEET.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
