@@ -14,7 +14,12 @@ does). This scores the whole space, so it measures the model, not the beam searc
 
 With ``--holdout`` every variant is instead fitted on all of ``--zoos`` and tested on the
 held-out zoos: a check of choices made on ``--zoos`` on zoos that played no part in them
-(written to ``..._holdout.json``).
+(written to ``..._holdout.json``). ``--zoos`` and ``--holdout`` may name real catalogs'
+tables too (``smol-small``, ``gemma-small``, ...); a catalog with no
+``runs/multiway/analytic_<name>.json`` takes its best-fixed and oracle values from the
+shipped report ``scripts/results/evaluate_multiway_<name>.json``. ``--shipped-only`` keeps the
+one row of the shipped columns and seed (e.g. a transfer row: the plan model fitted on SmolLM2
+and tiny zoos, tested on Gemma without retraining).
 
 More rows, on the shipped columns: LightGBM's default leaf size instead of the plan model's
 (``PLAN_PARAMS``), the same model with other training seeds
@@ -29,8 +34,9 @@ has no such twin, so this only bounds what learning across catalogs can give. A 
 rows fits the target minus its mean over each task's plans (the per-task level
 is the same for every plan, so it cancels in a pick, as the 2-way predictor's level does).
 Every row also has the pooled gap closure, the risk (the share of task sets whose pick is
-worse than best-fixed by more than 0.01) and the median, over task sets, of the number of
-plans the model ranks above the best measured one.
+worse than best-fixed by more than 0.01), the median, over task sets, of the number of
+plans the model ranks above the best measured one, and the pooled gap closure with the top 3
+verified (the best measured of the three best-predicted plans).
 
 Prints a table and writes ``scripts/results/explore_plan_model_variants.json``.
 """
@@ -63,13 +69,17 @@ def variants() -> dict[str, list[str]]:
     }
 
 
+VERIFIED = 3  # plans merged and evaluated in the "top 3 verified" figure
+
+
 def pick_values(
     test, predicted: np.ndarray, report: dict, margin: float = 0.0
 ) -> tuple[np.ndarray, ...]:
-    """(picked, best-fixed, oracle) value per task set of ``report``, and how many plans the
-    model ranks above the best measured one; with ``margin``, the anchored rule (module docs)."""
+    """(picked, best-fixed, oracle) value per task set of ``report``, how many plans the
+    model ranks above the best measured one, and the best measured value among the
+    ``VERIFIED`` best-predicted plans; with ``margin``, the anchored rule (module docs)."""
     test = test.assign(pred=predicted)
-    picked, fixed, oracle, oracle_rank = [], [], [], []
+    picked, fixed, oracle, oracle_rank, verified = [], [], [], [], []
     for rec in report["task_sets"]:
         tasks = rec["tasks"]
         rows = test[test["task"].isin(tasks)].groupby("plan")
@@ -85,7 +95,16 @@ def pick_values(
         fixed.append(rec["best_fixed"])
         oracle.append(rec["oracle"])
         oracle_rank.append(int((pred > pred[value.idxmax()]).sum()))
-    return tuple(np.array(v) for v in (picked, fixed, oracle, oracle_rank))
+        verified.append(value[pred.nlargest(VERIFIED).index].max())
+    return tuple(np.array(v) for v in (picked, fixed, oracle, oracle_rank, verified))
+
+
+def multiway_report(name: str) -> dict:
+    """Best-fixed and oracle values per task set of one catalog: the report that
+    ``scripts/regenerate_plan_model.sh`` writes for a tiny zoo, else the shipped one."""
+    local = ROOT / "runs" / "multiway" / f"analytic_{name}.json"
+    shipped = ROOT / "scripts" / "results" / f"evaluate_multiway_{name}.json"
+    return json.loads((local if local.is_file() else shipped).read_text())
 
 
 MULTIWAY_ZOOS = "tiny-zoo,tiny-zoo-s1,tiny-zoo-s2,tiny-zoo-s3,tiny-zoo-s4"
@@ -103,6 +122,8 @@ class Variant:
 
 def variant_rows(args) -> dict[str, Variant]:
     shipped = tuple(variants()["shipped columns"])
+    if args.shipped_only:
+        return {"shipped columns": Variant(shipped)}
     rows = {name: Variant(tuple(columns)) for name, columns in variants().items()}
     rows["lookup: the same plan's measured score in the training zoos (names; no model)"] = Variant(
         (), lookup=True
@@ -134,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--seeds", default="0,100,200,300", help="training seeds of the shipped columns")
     p.add_argument("--margins", default="0.05,0.1,0.15", help="anchoring margins")
+    p.add_argument("--shipped-only", action="store_true", help="only the shipped columns' row")
     p.add_argument(
         "--json",
         default=None,
@@ -148,10 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         z: pd.read_parquet(ROOT / "features" / "multiway" / f"{z}.parquet")
         for z in dict.fromkeys([*zoos, *holdout])
     }
-    reports = {
-        z: json.loads((ROOT / "runs" / "multiway" / f"analytic_{z}.json").read_text())
-        for z in tested
-    }
+    reports = {z: multiway_report(z) for z in tested}
     results: dict[str, dict[str, float]] = {}
     for name, v in variant_rows(args).items():
         results[name] = {}
@@ -173,16 +192,21 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 predicted = test["analytic"].to_numpy()
             picks = pick_values(test, predicted, reports[test_zoo], v.margin)
-            picked, fixed, oracle, _ = picks
+            picked, fixed, oracle, *_ = picks
             results[name][test_zoo] = float((picked - fixed).sum() / (oracle - fixed).sum())
             pooled.append(picks)
-        picked, fixed, oracle, rank = (np.concatenate(x) for x in zip(*pooled, strict=True))
+        picked, fixed, oracle, rank, verified = (
+            np.concatenate(x) for x in zip(*pooled, strict=True)
+        )
         results[name]["mean"] = float(np.mean([results[name][z] for z in tested]))
         results[name]["pooled"] = float((picked - fixed).sum() / (oracle - fixed).sum())
         results[name]["risk"] = float(np.mean(picked < fixed - 0.01))
         results[name]["median_oracle_rank"] = float(np.median(rank))
+        results[name][f"pooled_verify{VERIFIED}"] = float(
+            (verified - fixed).sum() / (oracle - fixed).sum()
+        )
     width = max(len(n) for n in results)
-    cols = [*tested, "mean", "pooled", "risk", "median_oracle_rank"]
+    cols = [*tested, "mean", "pooled", "risk", "median_oracle_rank", f"pooled_verify{VERIFIED}"]
     if holdout:
         print(f"gap closure of the best-predicted plan per task set, model fitted on {zoos}")
     else:
