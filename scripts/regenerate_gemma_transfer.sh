@@ -30,8 +30,10 @@ for predictor in default tiny-zoo; do
     "$PY" scripts/evaluate_transfer.py --predictor "models/$predictor" --data features/gemma-small
 done
 # multi-way: every plan of the bounded space of each 3-task set (plans of <= 3 experts), two
-# shard processes on one resumable score cache, then the report with the shipped plan model
-# (models/multiway, fitted on tiny zoos; its step predictor models/tiny-zoo) and its table
+# shard processes on one resumable score cache, then the report with the tiny-zoo plan model
+# (models/multiway-tiny-zoo, by scripts/regenerate_plan_model.sh; its step predictor
+# models/tiny-zoo) and its table. The default plan model (models/multiway) is fitted on this
+# table too, so it is no transfer row here (scripts/regenerate_multiway_smol.sh)
 cache=runs/multiway/gemma-small.jsonl
 pids=()
 for k in 0 1; do
@@ -41,6 +43,6 @@ for k in 0 1; do
 done
 for pid in "${pids[@]}"; do wait "$pid"; done
 "$PY" scripts/evaluate_multiway.py "$ZOO/catalog.yaml" --sample 0 --cache "$cache" --modes fast \
-    --rankers analytic,model --predictor models/tiny-zoo --quiet \
+    --rankers analytic,model --plan-model multiway-tiny-zoo --predictor models/tiny-zoo --quiet \
     --data-out features/multiway/gemma-small.parquet \
     --json scripts/results/evaluate_multiway_gemma-small.json

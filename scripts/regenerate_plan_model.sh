@@ -5,8 +5,10 @@
 # (scripts/evaluate_multiway.py: two shard processes sharing one resumable score cache per
 # zoo), write the training tables (with the experts' single-model skills, simmerge.evaluation.skills),
 # then for each zoo fit a plan model on the *other four* and evaluate the planner with it
-# (leave one zoo out). The shipped model is the one fitted on seeds 1 to 4, so the default zoo
-# (seed 0, the main command's demo) stays unseen.
+# (leave one zoo out). The one fitted on seeds 1 to 4 is shipped as models/multiway-tiny-zoo
+# (the default zoo, seed 0, stays unseen): the plan model of the transfer rows on real
+# catalogs. The default plan model, models/multiway, is fitted on these tables plus real ones
+# by scripts/regenerate_multiway_smol.sh (run it after this script).
 # Every step is cached or resumable: rerun the script after an interruption. The tables hold
 # the step predictions of the 2-way predictor models/tiny-zoo (the tiny-zoo-trained one, which
 # the plan model's card names as its step_predictor): rerun after changing that predictor.
@@ -43,7 +45,7 @@ for seed in "${SEEDS[@]}"; do
         [ "$other" = "$seed" ] || train+=("features/multiway/$(zoo_name "$other").parquet")
     done
     model=runs/multiway/plan-model-without-$name
-    [ "$seed" = 0 ] && model=models/multiway
+    [ "$seed" = 0 ] && model=models/multiway-tiny-zoo
     "$PY" scripts/train_plan_model.py "${train[@]}" --out "$model" \
         --test "features/multiway/$name.parquet"
     "$PY" scripts/evaluate_multiway.py "$(zoo_dir "$seed")/catalog.yaml" \
