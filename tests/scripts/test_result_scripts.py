@@ -43,6 +43,33 @@ def test_pooled_multiway_gap_closure_sums_gains_over_every_task_set_of_every_zoo
     assert fast["task_sets"] == 3
 
 
+def test_plan_pick_is_the_best_predicted_plan_and_top_3_verified_the_best_measured_of_three():
+    script = load_script("explore_plan_model_variants")
+    # one task set (x, y); plan "partial" lacks a score on y, so it cannot be picked
+    rows = [
+        ("p1", 0.2, 0.9),
+        ("p2", 0.8, 0.6),
+        ("p3", 0.5, 0.7),
+        ("p4", 0.9, 0.1),
+        ("p5", 0.6, 0.3),
+    ]
+    test = pd.DataFrame(
+        [(plan, task, value, 0) for plan, x, y in rows for task, value in (("x", x), ("y", y))]
+        + [("partial", "x", 1.0, 0)],
+        columns=["plan", "task", "target", "oneshot"],
+    )
+    # predicted mean per plan: p1 0.9, p2 0.8, p5 0.7, p3 0.6, p4 0.1; measured means
+    # p1 0.55, p2 0.7, p3 0.6, p4 0.5, p5 0.45
+    by_plan = {"p1": 0.9, "p2": 0.8, "p3": 0.6, "p4": 0.1, "p5": 0.7, "partial": 2.0}
+    predicted = test["plan"].map(by_plan).to_numpy()
+    report = {"task_sets": [{"tasks": ["x", "y"], "best_fixed": 0.5, "oracle": 0.7}]}
+    picked, fixed, oracle, oracle_rank, verified = script.pick_values(test, predicted, report)
+    assert picked.tolist() == pytest.approx([0.55])  # p1, the best predicted complete plan
+    assert verified.tolist() == pytest.approx([0.7])  # best measured of p1, p2, p5
+    assert oracle_rank.tolist() == [1]  # p1 is ranked above the best measured plan, p2
+    assert fixed.tolist() == [0.5] and oracle.tolist() == [0.7]
+
+
 def test_outcome_comparison_matches_rows_on_the_outcome_key_and_counts_the_unmatched():
     script = load_script("compare_outcome_tables")
 
