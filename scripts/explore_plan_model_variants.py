@@ -142,6 +142,7 @@ def variant_rows(args) -> dict[str, Variant]:
 
 def main(argv: list[str] | None = None) -> int:
     import pandas as pd
+    from pool_multiway import gap_closure
 
     from simmerge.infra.files import write_json_report
     from simmerge.learn.plan_model import PlanModel
@@ -193,18 +194,16 @@ def main(argv: list[str] | None = None) -> int:
                 predicted = test["analytic"].to_numpy()
             picks = pick_values(test, predicted, reports[test_zoo], v.margin)
             picked, fixed, oracle, *_ = picks
-            results[name][test_zoo] = float((picked - fixed).sum() / (oracle - fixed).sum())
+            results[name][test_zoo] = float(gap_closure(picked, fixed, oracle))
             pooled.append(picks)
         picked, fixed, oracle, rank, verified = (
             np.concatenate(x) for x in zip(*pooled, strict=True)
         )
         results[name]["mean"] = float(np.mean([results[name][z] for z in tested]))
-        results[name]["pooled"] = float((picked - fixed).sum() / (oracle - fixed).sum())
+        results[name]["pooled"] = float(gap_closure(picked, fixed, oracle))
         results[name]["risk"] = float(np.mean(picked < fixed - 0.01))
         results[name]["median_oracle_rank"] = float(np.median(rank))
-        results[name][f"pooled_verify{VERIFIED}"] = float(
-            (verified - fixed).sum() / (oracle - fixed).sum()
-        )
+        results[name][f"pooled_verify{VERIFIED}"] = float(gap_closure(verified, fixed, oracle))
     width = max(len(n) for n in results)
     cols = [*tested, "mean", "pooled", "risk", "median_oracle_rank", f"pooled_verify{VERIFIED}"]
     if holdout:
